@@ -1,0 +1,32 @@
+# One command installs everything; `make test` and `make demo` install first if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdir/demo
+
+.PHONY: install test test-slow demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-slow: install
+	$(PY) -m pytest -q -m slow tests
+
+demo: install
+	$(PY) -m tokendrop_jax.demo --workdir=$(WORKDIR)
+
+bench: install
+	$(PY) -m tokendrop_jax.benchmark --config=configs/bench_cpu.py --output=benchmarks/results/step_bench_cpu.json
+
+clean:
+	rm -rf $(VENV) *.egg-info
