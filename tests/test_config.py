@@ -1,0 +1,96 @@
+"""Every config loads and validates; bad fields fail before compiling, named."""
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from tokendrop_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN_CONFIGS = ["tiny", "demo", "bench_cpu", "small", "bert_base", "bert_large"]
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", PRETRAIN_CONFIGS)
+@pytest.mark.parametrize("variant", [None, "none", "loss_ema", "frequency", "random"])
+def test_configs_validate(name, variant):
+  c = load(name, variant)
+  config_lib.validate(c)
+  assert c.token_drop.strategy == (variant or "loss_ema")
+
+
+def test_paper_recipe():
+  c = load("bert_base")
+  assert (c.data.global_batch_size, c.data.seq_len, c.token_drop.keep_tokens) == (512, 512, 256)
+  assert (c.train.num_steps, c.optim.learning_rate, c.optim.weight_decay) == (1_000_000, 1e-4, 0.01)
+  assert (c.optim.warmup_steps, c.data.max_predictions_per_seq) == (10_000, 76)
+  assert (c.token_drop.ema_init, c.token_drop.ema_beta) == (10.0, 0.995)
+  assert c.model.num_layers == 12 and load("bert_large").model.num_layers == 24
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="variant 'entropy'"):
+    load("tiny", "entropy")
+
+
+BAD = [
+    ("token_drop.keep_tokens", 65, "token_drop.keep_tokens"),
+    ("token_drop.keep_tokens", 0, "token_drop.keep_tokens"),
+    ("token_drop.strategy", "entropy", "token_drop.strategy"),
+    ("model.num_layers", 3, "model.num_layers"),
+    ("model.num_layers", -2, "model.num_layers"),
+    ("model.num_heads", 3, "model.num_heads"),
+    ("model.hidden_size", 0, "model.hidden_size"),
+    ("model.dropout_rate", 1.5, "model.dropout_rate"),
+    ("model.dtype", "float17", "model.dtype"),
+    ("data.seq_len", 4, "data.seq_len"),
+    ("data.seq_len", 128, "model.max_position"),
+    ("data.global_batch_size", -1, "data.global_batch_size"),
+    ("data.max_predictions_per_seq", 100, "data.max_predictions_per_seq"),
+    ("data.mask_prob", 0.0, "data.mask_prob"),
+    ("optim.grad_accum_steps", 3, "optim.grad_accum_steps"),
+    ("optim.learning_rate", -1.0, "optim.learning_rate"),
+    ("train.num_steps", 0, "train.num_steps"),
+    ("train.nan_policy", "ignore", "train.nan_policy"),
+    ("token_drop.ema_beta", 1.0, "token_drop.ema_beta"),
+    ("token_drop.full_start_fraction", 0.7, "full_end_fraction"),
+    ("mesh.data", 0, "mesh.data"),
+    ("mesh.tensor", -3, "mesh.tensor"),
+]
+
+
+@pytest.mark.parametrize("field,value,named", BAD, ids=[f"{f}={v}" for f, v, _ in BAD])
+def test_bad_field_is_named(field, value, named):
+  c = load("tiny")
+  c.token_drop.full_end_fraction = 0.5
+  if field != "token_drop.full_start_fraction":
+    c.token_drop.full_end_fraction = 0.0
+  section, key = field.split(".")
+  c[section][key] = value
+  with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+    config_lib.validate(c)
+
+
+def test_unknown_model_field():
+  c = load("tiny")
+  c.model.hidden = 3
+  with pytest.raises(ValueError, match="model.hidden"):
+    config_lib.validate(c)
+
+
+def test_full_model_needs_no_split():
+  c = load("tiny", "none")
+  c.model.num_layers = 2
+  config_lib.validate(c)
+
+
+def test_every_config_file_is_covered():
+  names = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))}
+  assert set(PRETRAIN_CONFIGS) <= names

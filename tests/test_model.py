@@ -1,0 +1,157 @@
+"""The encoder and token dropping: equivalences, the loop reference, gradients."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import reference_bert
+from tokendrop_jax import synthetic
+from tokendrop_jax.model import token_drop
+from tokendrop_jax.model.bert import (BertConfig, BertEncoder, BertForPretraining,
+                                      BertForSequenceClassification)
+
+CFG = BertConfig(vocab_size=50, hidden_size=16, num_layers=5, num_heads=2, intermediate_size=32,
+                 max_position=16, dropout_rate=0.1, attention_dropout_rate=0.1,
+                 initializer_range=0.3)  # large weights: every layer visibly matters
+B, S, P = 3, 12, 3
+
+
+@pytest.fixture(scope="module")
+def setup():
+  batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size, pad_fraction=0.4)
+  model = BertForPretraining(CFG)
+  boxed = model.init(jax.random.PRNGKey(0), batch["input_ids"], batch["input_mask"],
+                     batch["token_type_ids"], batch["masked_lm_positions"])["params"]
+  return model, boxed, nn.unbox(boxed), batch
+
+
+def _apply(model, params, batch, keep_idx=None, **kw):
+  return model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                     batch["token_type_ids"], batch["masked_lm_positions"], keep_idx, **kw)
+
+
+def test_keep_all_equals_plain_encoder(setup):
+  model, _, params, batch = setup
+  full = _apply(model, params, batch)
+  scores = jax.random.uniform(jax.random.PRNGKey(1), (B, S))
+  keep = token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
+                                synthetic.SPECIAL_IDS, S)
+  np.testing.assert_array_equal(keep, np.tile(np.arange(S), (B, 1)))
+  np.testing.assert_allclose(_apply(model, params, batch, keep), full, atol=1e-5, rtol=0)
+
+
+def test_full_model_matches_loop_reference(setup):
+  model, _, params, batch = setup
+  logits = np.asarray(_apply(model, params, batch))
+  for b in range(B):
+    ref = reference_bert.mlm_logits(params, CFG, batch["input_ids"][b], batch["input_mask"][b],
+                                    batch["token_type_ids"][b], batch["masked_lm_positions"][b])
+    np.testing.assert_allclose(logits[b], ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("keep", [4, 7])
+def test_drop_forward_matches_loop_reference(setup, keep):
+  model, _, params, batch = setup
+  scores = np.asarray(jax.random.normal(jax.random.PRNGKey(keep), (B, S)))
+  keep_idx = token_drop.select_kept(jnp.asarray(scores), batch["input_ids"], batch["input_mask"],
+                                    synthetic.SPECIAL_IDS, keep)
+  logits = np.asarray(_apply(model, params, batch, keep_idx))
+  full = np.asarray(_apply(model, params, batch))
+  for b in range(B):
+    kept = reference_bert.keep_set(scores[b], list(batch["input_ids"][b]), batch["input_mask"][b],
+                                   synthetic.SPECIAL_IDS, keep)
+    assert list(np.asarray(keep_idx[b])) == kept
+    ref = reference_bert.mlm_logits(params, CFG, batch["input_ids"][b], batch["input_mask"][b],
+                                    batch["token_type_ids"][b], batch["masked_lm_positions"][b],
+                                    kept=kept)
+    np.testing.assert_allclose(logits[b], ref, atol=1e-4, rtol=1e-4)
+  assert np.abs(logits - full).max() > 1e-3  # dropping really changes the output
+
+
+def test_selection_keeps_specials_and_drops_padding_first():
+  ids = jnp.array([[2, 10, 4, 11, 12, 3, 0, 0], [2, 10, 11, 12, 13, 14, 15, 3]])
+  mask = (ids != 0).astype(jnp.int32).at[1].set(1)
+  scores = jnp.array([[0., 9., -5., 8., 7., 0., 99., 99.], [-9., 1., 2., 3., 4., 5., 6., -9.]])
+  keep = token_drop.select_kept(scores, ids, mask, synthetic.SPECIAL_IDS, 4)
+  # Row 0: CLS, MASK, SEP always; then the best ordinary token (9.0 at 1); padding never.
+  np.testing.assert_array_equal(keep[0], [0, 1, 2, 5])
+  # Row 1: CLS and SEP despite low scores, then the two best ordinary tokens.
+  np.testing.assert_array_equal(keep[1], [0, 5, 6, 7])
+  # Fewer real tokens than keep: padding fills the remainder, masked out downstream.
+  keep7 = token_drop.select_kept(scores, ids, mask, synthetic.SPECIAL_IDS, 7)
+  np.testing.assert_array_equal(keep7[0], [0, 1, 2, 3, 4, 5, 6])
+
+
+def test_selection_rejects_bad_keep():
+  with pytest.raises(ValueError, match="keep_tokens"):
+    token_drop.select_kept(jnp.zeros((1, 4)), jnp.zeros((1, 4), jnp.int32),
+                           jnp.ones((1, 4), jnp.int32), (), 5)
+
+
+def test_gradients_reach_every_parameter_in_drop_mode(setup):
+  model, _, params, batch = setup
+  keep_idx = token_drop.select_kept(jax.random.normal(jax.random.PRNGKey(3), (B, S)),
+                                    batch["input_ids"], batch["input_mask"],
+                                    synthetic.SPECIAL_IDS, 6)
+
+  def loss(p):
+    logits = _apply(model, p, batch, keep_idx, deterministic=False,
+                    rngs={"dropout": jax.random.PRNGKey(4)})
+    return jax.nn.logsumexp(logits, -1).mean() - logits[..., 7].mean()
+
+  grads = jax.jit(jax.grad(loss))(params)
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g) != 0)]
+  # Position embeddings of padded positions past every row get no gradient by design,
+  # but at least one row uses each position here; token type 1 is never used.
+  assert dead == ["['bert']['embeddings']['token_type']['embedding']"] or dead == [], dead
+  for i in range(CFG.num_layers):
+    assert np.abs(np.asarray(grads["bert"][f"layer_{i}"]["intermediate"]["kernel"])).sum() > 0
+
+
+def test_every_parameter_has_logical_axes(setup):
+  _, boxed, _, _ = setup
+  leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  allowed = {None, "vocab", "embed", "mlp", "heads", "kv"}
+  for x in leaves:
+    assert len(x.names) == x.value.ndim and set(x.names) <= allowed, x.names
+
+
+def test_dropout_is_active_only_when_not_deterministic(setup):
+  model, _, params, batch = setup
+  a = _apply(model, params, batch, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  b = _apply(model, params, batch, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})
+  assert np.abs(np.asarray(a - b)).max() > 1e-4
+  np.testing.assert_array_equal(_apply(model, params, batch), _apply(model, params, batch))
+
+
+def test_bf16_compute_keeps_f32_params(setup):
+  _, _, params, batch = setup
+  cfg = BertConfig(**{**CFG.__dict__, "dtype": "bfloat16"})
+  model = BertForPretraining(cfg)
+  p16 = nn.unbox(model.init(jax.random.PRNGKey(0), batch["input_ids"], batch["input_mask"],
+                            batch["token_type_ids"], batch["masked_lm_positions"])["params"])
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(p16))
+  out16 = _apply(model, params, batch)
+  out32 = _apply(BertForPretraining(CFG), params, batch)
+  assert out16.dtype == jnp.float32
+  rel = np.abs(np.asarray(out16 - out32)).max() / np.abs(np.asarray(out32)).max()
+  assert 0 < rel < 0.05, rel  # bf16 really used, and close
+
+
+def test_classifier_shares_the_encoder_parameters(setup):
+  _, _, params, batch = setup
+  clf = BertForSequenceClassification(CFG, num_labels=3)
+  p = nn.unbox(clf.init(jax.random.PRNGKey(0), batch["input_ids"], batch["input_mask"],
+                        batch["token_type_ids"])["params"])
+  assert jax.tree.map(jnp.shape, p["bert"]) == jax.tree.map(jnp.shape, params["bert"])
+  p = {**p, "bert": params["bert"]}
+  logits = clf.apply({"params": p}, batch["input_ids"], batch["input_mask"], batch["token_type_ids"])
+  assert logits.shape == (B, 3)
+  enc = BertEncoder(CFG).apply({"params": params["bert"]}, batch["input_ids"], batch["input_mask"],
+                               batch["token_type_ids"])
+  pooled = np.tanh(np.asarray(enc[:, 0]) @ np.asarray(p["pooler"]["kernel"]) + p["pooler"]["bias"])
+  np.testing.assert_allclose(logits, pooled @ p["classifier"]["kernel"] + p["classifier"]["bias"],
+                             atol=1e-5)

@@ -1,0 +1,97 @@
+"""The jitted train step: one compile per step function, accumulation, importance."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tokendrop_jax import importance, synthetic
+from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax.training import optim, state as state_lib, step as step_lib
+
+CFG = BertConfig(vocab_size=64, hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32,
+                 max_position=16)
+B, S, P, K = 8, 16, 3, 8
+OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-2, weight_decay=0.01, warmup_steps=2,
+                                       b1=0.9, b2=0.999, eps=1e-6, grad_clip_norm=1.0))
+
+
+def _setup(strategy, cfg=CFG, grad_accum_steps=1, counts=None):
+  model = BertForPretraining(cfg)
+  optimizer, schedule = optim.make_optimizer(OPTIM, 100)
+  imp0 = importance.init_importance(strategy if strategy != "none" else "loss_ema", cfg.vocab_size,
+                                    counts=counts)
+  state = jax.jit(lambda r: nn.unbox(state_lib.make_state_init(model, optimizer, S, P)(r, imp0)))(
+      jax.random.PRNGKey(0))
+  settings = step_lib.DropSettings(strategy=strategy, keep_tokens=None if strategy == "none" else K,
+                                   special_ids=synthetic.SPECIAL_IDS)
+  return state, step_lib.make_train_step(model, optimizer, schedule, settings, grad_accum_steps)
+
+
+@pytest.mark.parametrize("strategy", ["none", "loss_ema", "frequency", "random"])
+def test_step_compiles_once_and_learns(strategy):
+  counts = np.arange(CFG.vocab_size) if strategy == "frequency" else None
+  state, train_step = _setup(strategy, counts=counts)
+  traces = []
+
+  def counted(state, batch):
+    traces.append(1)
+    return train_step(state, batch)
+
+  step = jax.jit(counted, donate_argnums=0)
+  imp_before = np.asarray(state.importance)
+  losses = []
+  for i in range(12):
+    state, metrics = step(state, synthetic.mlm_batch(i % 2, B, S, P, CFG.vocab_size))
+    losses.append(float(metrics["loss"]))
+  assert len(traces) == 1
+  assert int(state.step) == 12
+  assert losses[-1] < losses[0]
+  assert float(metrics["kept_fraction"]) == (1.0 if strategy == "none" else K / S)
+  changed = not np.array_equal(np.asarray(state.importance), imp_before)
+  assert changed == (strategy == "loss_ema")
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  cfg = BertConfig(**{**CFG.__dict__, "dropout_rate": 0.0, "attention_dropout_rate": 0.0})
+  batch = synthetic.mlm_batch(3, B, S, P, CFG.vocab_size, pad_fraction=0.3)
+  batch["masked_lm_weights"][0, -1] = 0.0  # unequal weights per microbatch
+  s1, step1 = _setup("loss_ema", cfg)
+  s4, step4 = _setup("loss_ema", cfg, grad_accum_steps=4)
+  s1, m1 = jax.jit(step1)(s1, batch)
+  s4, m4 = jax.jit(step4)(s4, batch)
+  for a, b in zip(jax.tree_util.tree_leaves(s1), jax.tree_util.tree_leaves(s4)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+
+
+def test_weight_decay_mask_skips_layernorm_and_bias():
+  state, _ = _setup("none")
+  mask = optim.weight_decay_mask(state.params)
+  assert mask["bert"]["layer_0"]["intermediate"]["kernel"] is True
+  assert mask["bert"]["layer_0"]["intermediate"]["bias"] is False
+  assert mask["bert"]["layer_0"]["attention"]["query"]["bias"] is False  # 2-D bias
+  assert mask["bert"]["embeddings"]["layer_norm"]["scale"] is False
+  assert mask["mlm"]["output_bias"] is False
+  assert mask["bert"]["embeddings"]["word"]["embedding"] is True
+
+
+def test_learning_rate_schedule():
+  sched = optim.learning_rate_schedule(1.0, 10, 110)
+  assert float(sched(0)) == 0.0 and float(sched(5)) == pytest.approx(0.5)
+  assert float(sched(10)) == pytest.approx(1.0) and float(sched(60)) == pytest.approx(0.5)
+  assert float(sched(110)) == pytest.approx(0.0)
+
+
+def test_eval_step_runs_the_full_model():
+  state, _ = _setup("loss_ema")
+  model = BertForPretraining(CFG)
+  batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size)
+  sums = jax.jit(step_lib.make_eval_step(model))(state.params, batch)
+  logits = model.apply({"params": state.params}, batch["input_ids"], batch["input_mask"],
+                       batch["token_type_ids"], batch["masked_lm_positions"])
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["masked_lm_ids"][..., None], -1)
+  np.testing.assert_allclose(sums["loss_sum"], ce.sum(), rtol=1e-5)
+  assert float(sums["weight_sum"]) == B * P

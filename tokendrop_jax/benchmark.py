@@ -1,0 +1,127 @@
+"""Step-time benchmark: the full and the token-drop train step of one config, one run.
+
+  python -m tokendrop_jax.benchmark --config=configs/bench_cpu.py --output=FILE.json
+
+Times the jitted train step (forward + backward + AdamW + importance update) of
+the full model and of the token-drop model on the same synthetic batch,
+alternating the two so that machine noise hits both alike. Compile and warm-up
+are excluded; the figure is the median step. The analytic FLOPs ratio comes
+from `tokendrop_jax.flops`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:variant]).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON results.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps per model after compiling.")
+
+
+def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
+  """Times both steps; returns the figures (see the module docstring)."""
+  import jax
+  import numpy as np
+
+  from tokendrop_jax import config_lib, flops, importance, synthetic
+  from tokendrop_jax.model.bert import BertForPretraining
+  from tokendrop_jax.training import optim, state as state_lib, step as step_lib
+
+  config_lib.validate(config)
+  cfg = config_lib.model_config(config)
+  data, td = config.data, config.token_drop
+  strategy = td.strategy if td.strategy != "none" else "loss_ema"
+  model = BertForPretraining(cfg)
+  optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  batch = jax.device_put(synthetic.mlm_batch(0, data.global_batch_size, data.seq_len,
+                                             data.max_predictions_per_seq, cfg.vocab_size))
+  init = jax.jit(lambda rng, imp: __import__("flax").linen.unbox(
+      state_lib.make_state_init(model, optimizer, data.seq_len, data.max_predictions_per_seq)(rng, imp)))
+  imp0 = importance.init_importance("loss_ema", cfg.vocab_size, ema_init=td.ema_init)
+  settings = step_lib.DropSettings(strategy=strategy, keep_tokens=td.keep_tokens,
+                                   special_ids=synthetic.SPECIAL_IDS, ema_beta=td.ema_beta)
+  steps_fn = {
+      "full": jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings.full()),
+                      donate_argnums=0),
+      "drop": jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings),
+                      donate_argnums=0),
+  }
+  states = {name: init(jax.random.PRNGKey(0), imp0) for name in steps_fn}
+  compile_s = {}
+  for name, fn in steps_fn.items():
+    t0 = time.perf_counter()
+    states[name], m = fn(states[name], batch)
+    jax.block_until_ready(m)
+    compile_s[name] = time.perf_counter() - t0
+    for _ in range(warmup):
+      states[name], m = fn(states[name], batch)
+    jax.block_until_ready(m)
+  times = {name: [] for name in steps_fn}
+  for _ in range(steps):
+    for name, fn in steps_fn.items():
+      t0 = time.perf_counter()
+      states[name], m = fn(states[name], batch)
+      jax.block_until_ready(m)
+      times[name].append(time.perf_counter() - t0)
+  full_s, drop_s = statistics.median(times["full"]), statistics.median(times["drop"])
+  tokens = data.global_batch_size * data.seq_len
+  full_flops = flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
+                                      data.max_predictions_per_seq)
+  drop_flops = flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
+                                      data.max_predictions_per_seq, td.keep_tokens)
+  return {
+      "config": config.name,
+      "strategy": strategy,
+      "batch_size": data.global_batch_size,
+      "seq_len": data.seq_len,
+      "keep_tokens": td.keep_tokens,
+      "num_layers": cfg.num_layers,
+      "hidden_size": cfg.hidden_size,
+      "full_step_s": full_s,
+      "drop_step_s": drop_s,
+      "measured_ratio": drop_s / full_s,
+      "flops_ratio": drop_flops / full_flops,
+      "full_tokens_per_s": tokens / full_s,
+      "drop_tokens_per_s": tokens / drop_s,
+      "full_step_gflops": full_flops / 1e9,
+      "drop_step_gflops": drop_flops / 1e9,
+      "full_achieved_gflops_per_s": full_flops / full_s / 1e9,
+      "drop_achieved_gflops_per_s": drop_flops / drop_s / 1e9,
+      "full_step_times_s": times["full"],
+      "drop_step_times_s": times["drop"],
+      "compile_s": compile_s,
+      "steps": steps,
+      "warmup": warmup,
+      "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(),
+      "jax_version": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "host": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+  }
+
+
+def main(argv):
+  del argv
+  results = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  print(f"{results['config']}: full {results['full_step_s']:.3f} s/step, "
+        f"drop {results['drop_step_s']:.3f} s/step, measured ratio {results['measured_ratio']:.3f}, "
+        f"FLOPs ratio {results['flops_ratio']:.3f}; "
+        f"{results['full_tokens_per_s']:.0f} vs {results['drop_tokens_per_s']:.0f} tokens/s")
+  if _OUTPUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(results, f, indent=2)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

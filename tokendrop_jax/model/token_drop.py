@@ -1,0 +1,61 @@
+"""Static-shape token selection and the gather/scatter around the middle layers.
+
+Everything here has shapes fixed by `keep` (a Python int), so XLA compiles the
+token-dropping step once: `lax.top_k` instead of boolean masks, gathers and
+scatters with index arrays of shape [batch, keep].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# Scores are shifted so that special tokens always win and padding always loses,
+# whatever the importance values are (they are finite and far below 1e6).
+_SPECIAL_BONUS = 1e6
+_PAD_PENALTY = -1e7
+
+
+def selection_scores(scores: Array, input_ids: Array, input_mask: Array,
+                     special_ids: Sequence[int]) -> Array:
+  """Scores [batch, seq] with specials forced up and padding forced down."""
+  scores = scores.astype(jnp.float32)
+  special = jnp.isin(input_ids, jnp.asarray(np.asarray(special_ids, np.int32)))
+  scores = jnp.where(special, scores + _SPECIAL_BONUS, scores)
+  return jnp.where(input_mask > 0, scores, _PAD_PENALTY)
+
+
+def select_kept(scores: Array, input_ids: Array, input_mask: Array,
+                special_ids: Sequence[int], keep: int) -> Array:
+  """Positions of the `keep` most important tokens per row, in position order.
+
+  Args:
+    scores: [batch, seq] importance of each token (higher = keep).
+    input_ids: [batch, seq] token ids (to find special tokens).
+    input_mask: [batch, seq] 1 for real tokens, 0 for padding.
+    special_ids: ids always kept (e.g. CLS, SEP, MASK, UNK); padding is a mask,
+      not an id, so it is dropped first even if PAD is listed here.
+    keep: static number of kept tokens.
+  Returns:
+    int32 [batch, keep], sorted ascending within each row.
+  """
+  if not 0 < keep <= scores.shape[1]:
+    raise ValueError(f"keep_tokens must be in [1, {scores.shape[1]}], got {keep}")
+  _, idx = jax.lax.top_k(selection_scores(scores, input_ids, input_mask, special_ids), keep)
+  return jnp.sort(idx, axis=-1).astype(jnp.int32)
+
+
+def gather_tokens(x: Array, idx: Array) -> Array:
+  """x [batch, seq, ...] at positions idx [batch, k] -> [batch, k, ...]."""
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def scatter_tokens(x: Array, idx: Array, rows: Array) -> Array:
+  """x [batch, seq, hidden] with rows [batch, k, hidden] written at idx [batch, k]."""
+  batch = jnp.arange(x.shape[0])[:, None]  # [batch, 1]
+  return x.at[batch, idx].set(rows, unique_indices=True)

@@ -1,0 +1,1 @@
+"""Training support: sharding, checkpoints, metrics, preemption, state and step."""

@@ -1,0 +1,38 @@
+"""AdamW with linear warm-up + linear decay, no decay on LayerNorm/bias, clipping."""
+from __future__ import annotations
+
+import jax
+import optax
+
+# Parameter leaf names that get no weight decay (BERT's recipe).
+NO_DECAY_NAMES = ("bias", "scale", "output_bias")
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """0 -> peak over `warmup_steps`, then linearly to 0 at `total_steps`."""
+  warmup_steps = max(int(warmup_steps), 0)
+  decay_steps = max(int(total_steps) - warmup_steps, 1)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, max(warmup_steps, 1)),
+       optax.linear_schedule(peak, 0.0, decay_steps)],
+      boundaries=[warmup_steps])
+
+
+def weight_decay_mask(params):
+  """True for leaves that get weight decay: matrices, not LayerNorm/bias."""
+  def decays(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips box fields
+    return not names or names[-1] not in NO_DECAY_NAMES
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer and its schedule, from the config's `optim` section."""
+  schedule = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps)
+  chain = []
+  if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+  chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                           weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask))
+  return optax.chain(*chain), schedule

@@ -1,0 +1,133 @@
+"""The pure train and eval steps: `state, batch -> state, metrics`.
+
+The train step picks the kept tokens (static `keep`), runs the token-dropping
+model forward and backward, applies AdamW, and updates the importance vector
+from the per-prediction MLM loss. The eval step always runs the full model:
+that is the model users fine-tune and export.
+
+Batch layout (from `data.pipeline`), all global arrays:
+  input_ids, input_mask, token_type_ids   int32 [batch, seq]
+  masked_lm_positions, masked_lm_ids      int32 [batch, P]
+  masked_lm_weights                       float32 [batch, P]
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tokendrop_jax import importance as imp
+from tokendrop_jax.model import token_drop
+from tokendrop_jax.training.state import TrainState
+
+Batch = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class DropSettings:
+  """How the train step selects tokens. `keep_tokens=None` = full model."""
+  strategy: str = "none"
+  keep_tokens: Optional[int] = None
+  special_ids: Sequence[int] = ()
+  ema_beta: float = 0.995
+
+  @property
+  def drops(self) -> bool:
+    return self.strategy != "none" and self.keep_tokens is not None
+
+  def full(self) -> "DropSettings":
+    """The same settings without dropping (importance still updated)."""
+    return dataclasses.replace(self, keep_tokens=None)
+
+
+def _keep_indices(settings: DropSettings, importance: jax.Array, batch: Batch,
+                  rng: jax.Array) -> Optional[jax.Array]:
+  if not settings.drops:
+    return None
+  scores = imp.token_scores(settings.strategy, importance, batch["input_ids"], rng)
+  return token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
+                                settings.special_ids, settings.keep_tokens)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    settings: DropSettings, grad_accum_steps: int = 1) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted)."""
+
+  def loss_fn(params, batch, keep_idx, dropout_rng):
+    logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                         batch["token_type_ids"], batch["masked_lm_positions"], keep_idx,
+                         deterministic=False, rngs={"dropout": dropout_rng})
+    per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_lm_ids"])
+    correct = (jnp.argmax(logits, -1) == batch["masked_lm_ids"]).astype(jnp.float32)
+    # The gradient is of the weighted *sum*; the step divides by the global
+    # weight, so microbatches of an accumulated step add up to the full batch.
+    return (per_slot * batch["masked_lm_weights"]).sum(), (per_slot, correct)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def microbatch_grads(params, importance, batch, rng):
+    score_rng, dropout_rng = jax.random.split(rng)
+    keep_idx = _keep_indices(settings, importance, batch, score_rng)
+    return grad_fn(params, batch, keep_idx, dropout_rng)  # grads, (per_slot, correct)
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    weights = batch["masked_lm_weights"]  # [batch, P]
+    total_weight = jnp.maximum(weights.sum(), 1.0)
+    if grad_accum_steps == 1:
+      grads, (per_slot, correct) = microbatch_grads(state.params, state.importance, batch, rng)
+    else:
+      split = lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:])
+
+      def body(acc, xs):
+        i, mb = xs
+        g, aux = microbatch_grads(state.params, state.importance, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, g), aux
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      grads, (per_slot, correct) = jax.lax.scan(
+          body, zeros, (jnp.arange(grad_accum_steps), jax.tree.map(split, batch)))
+      per_slot, correct = per_slot.reshape(weights.shape), correct.reshape(weights.shape)
+    grads = jax.tree.map(lambda g: g / total_weight, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    importance = state.importance
+    if settings.strategy == "loss_ema":
+      importance = imp.update_loss_ema(importance, batch["masked_lm_ids"], per_slot, weights,
+                                       beta=settings.ema_beta, special_ids=settings.special_ids)
+    metrics = {
+        "loss": (per_slot * weights).sum() / total_weight,
+        "mlm_accuracy": (correct * weights).sum() / total_weight,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "kept_fraction": jnp.float32(
+            settings.keep_tokens / batch["input_ids"].shape[1] if settings.drops else 1.0),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              importance=importance)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model) -> Callable:
+  """Returns `eval_step(params, batch) -> sums` for the full model (no dropping).
+
+  Sums (not means) so that batches of any weight combine exactly.
+  """
+
+  def eval_step(params, batch: Batch):
+    logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                         batch["token_type_ids"], batch["masked_lm_positions"], None,
+                         deterministic=True)
+    weights = batch["masked_lm_weights"]
+    per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_lm_ids"])
+    correct = (jnp.argmax(logits, -1) == batch["masked_lm_ids"]).astype(jnp.float32)
+    return {"loss_sum": (per_slot * weights).sum(), "correct_sum": (correct * weights).sum(),
+            "weight_sum": weights.sum()}
+
+  return eval_step
