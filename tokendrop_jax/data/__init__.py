@@ -1,0 +1,9 @@
+"""Data: text -> tokenizer -> TFDS/ArrayRecord corpus -> grain batches.
+
+  tokenizer.py     SentencePiece with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4
+  text_builder.py  build_corpus / build_corpus_from_tfds, load_token_counts, open_split
+  pipeline.py      make_pretrain_iterator / make_eval_iterator (packing, masking, sharding)
+  demo_corpus.py   write_demo_corpus: ~1.5 MB of English from the standard library
+
+Kept import-light: import the submodule you need (text_builder pulls in TFDS).
+"""

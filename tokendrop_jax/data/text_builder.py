@@ -1,0 +1,305 @@
+"""Tokenized text corpus as a TFDS dataset in ArrayRecord files (no TensorFlow).
+
+Sources: plain-text files (paths or globs, .txt or .txt.gz, one sentence per
+line, a blank line between documents), or any TFDS text dataset by name and
+text field (its records are split into sentences at line breaks and sentence
+ends). Each stored example is one document:
+
+  ids               int32[n_tokens]     the document's sentences, concatenated
+  sentence_lengths  int32[n_sentences]  sum == n_tokens, every entry > 0
+
+`build_corpus` / `build_corpus_from_tfds` write everything into a temporary
+directory beside the target and rename it at the end, so a dataset directory
+either is complete or does not exist. Beside the TFDS files it holds
+`token_counts.npy` (int64[vocab], train split, for the `frequency` strategy),
+`corpus_meta.json` (vocab size, special ids, sizes, source fingerprint) and a
+copy of the tokenizer as `tokenizer.model`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.importance import count_token_ids
+
+TRAIN, VALIDATION = "train", "validation"
+META_FILE = "corpus_meta.json"
+COUNTS_FILE = "token_counts.npy"
+TOKENIZER_FILE = "tokenizer.model"
+_FORMAT_VERSION = 1
+_ENCODE_CHUNK = 8192  # sentences per sentencepiece batch call
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+
+
+# ---------------------------------------------------------------- sources ---
+@dataclasses.dataclass(frozen=True)
+class TextFiles:
+  """Local text files: one sentence per line, a blank line between documents."""
+  train: tuple[str, ...]
+  validation: tuple[str, ...]
+
+  def documents(self, split: str) -> Iterator[list[str]]:
+    for path in (self.train if split == TRAIN else self.validation):
+      doc = []
+      for line in tokenizer_lib.read_lines(path):
+        line = line.strip()
+        if line:
+          doc.append(line)
+        elif doc:
+          yield doc
+          doc = []
+      if doc:  # a file boundary ends a document
+        yield doc
+
+  def describe(self) -> dict:
+    return {"kind": "text_files", "train": list(self.train), "validation": list(self.validation)}
+
+  def fingerprint_items(self) -> list:
+    return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns)
+            for p in self.train + ("|",) + self.validation if p != "|"] + [len(self.train)]
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsText:
+  """A TFDS dataset prepared in ArrayRecord format, read with `tfds.data_source`."""
+  name: str
+  text_field: str
+  train_split: str = "train"
+  validation_split: str = "validation"
+  data_dir: str | None = None
+
+  def documents(self, split: str) -> Iterator[list[str]]:
+    tfds_split = self.train_split if split == TRAIN else self.validation_split
+    try:
+      source = tfds.data_source(self.name, split=tfds_split, data_dir=self.data_dir)
+    except Exception as e:  # not prepared, tfrecord-only, unknown name, ...
+      raise ValueError(
+          f"cannot open TFDS dataset {self.name!r} split {tfds_split!r} as a data source "
+          f"(it must be prepared with file_format='array_record'): {e}") from e
+    for i in range(len(source)):
+      record = source[i]
+      if self.text_field not in record:
+        raise KeyError(f"TFDS dataset {self.name!r} has no text field {self.text_field!r}; "
+                       f"fields: {sorted(record)}")
+      text = record[self.text_field]
+      if isinstance(text, bytes):
+        text = text.decode("utf-8")
+      doc = split_sentences(str(text))
+      if doc:
+        yield doc
+
+  def describe(self) -> dict:
+    return {"kind": "tfds", **dataclasses.asdict(self)}
+
+  def fingerprint_items(self) -> list:
+    return [self.describe()]
+
+
+def split_sentences(text: str) -> list[str]:
+  """Free text -> sentences: at line breaks, then after . ! ? before a capital."""
+  out = []
+  for line in text.splitlines():
+    line = line.strip()
+    if line:
+      out.extend(s for s in _SENTENCE_END.split(line) if s.strip())
+  return out
+
+
+# ---------------------------------------------------------------- builder ---
+class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
+  """Tokenized documents (ids + sentence lengths), train/validation splits."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Token ids and sentence lengths per document."}
+
+  def __init__(self, *, source: TextFiles | TfdsText, tokenizer: tokenizer_lib.Tokenizer,
+               **kwargs):
+    self._source = source
+    self._tokenizer = tokenizer
+    self.token_counts = np.zeros((tokenizer.vocab_size,), np.int64)
+    self.split_sizes: dict[str, dict[str, int]] = {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # Built directly: dataset_info_from_configs() needs the builder in a package.
+    ids = lambda: tfds.features.Tensor(  # noqa: E731
+        shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Tokenized text documents for masked-LM pretraining.",
+        features=tfds.features.FeaturesDict({"ids": ids(), "sentence_lengths": ids()}),
+        disable_shuffling=True,  # keep source order; the input pipeline shuffles
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {TRAIN: self._generate_examples(TRAIN),
+            VALIDATION: self._generate_examples(VALIDATION)}
+
+  def _generate_examples(self, split: str):
+    n_docs = n_tokens = 0
+    for docs in _chunks(self._source.documents(split), _ENCODE_CHUNK):
+      for ids, lengths in tokenize_documents(self._tokenizer, docs):
+        if split == TRAIN:
+          self.token_counts += count_token_ids([ids], self._tokenizer.vocab_size)
+        yield n_docs, {"ids": ids, "sentence_lengths": lengths}
+        n_docs += 1
+        n_tokens += len(ids)
+    if not n_docs:
+      raise ValueError(f"empty corpus: split {split!r} of {self._source.describe()} has no "
+                       "tokens")
+    self.split_sizes[split] = {"documents": n_docs, "tokens": n_tokens}
+
+
+def _chunks(docs: Iterable[list[str]], max_sentences: int) -> Iterator[list[list[str]]]:
+  chunk, n = [], 0
+  for doc in docs:
+    chunk.append(doc)
+    n += len(doc)
+    if n >= max_sentences:
+      yield chunk
+      chunk, n = [], 0
+  if chunk:
+    yield chunk
+
+
+def tokenize_documents(tok: tokenizer_lib.Tokenizer, docs: Sequence[Sequence[str]]
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Documents (lists of sentences) -> [(ids int32[n], sentence_lengths int32[k])].
+
+  One batched sentencepiece call for all sentences; sentences that encode to no
+  token are dropped, and so are documents left empty.
+  """
+  flat = [s for d in docs for s in d]
+  encoded = tok.encode_batch(flat)
+  out, i = [], 0
+  for d in docs:
+    pieces = [e for e in encoded[i:i + len(d)] if e]
+    i += len(d)
+    if pieces:
+      lengths = np.fromiter((len(p) for p in pieces), np.int32, len(pieces))
+      ids = np.fromiter((t for p in pieces for t in p), np.int32, int(lengths.sum()))
+      out.append((ids, lengths))
+  return out
+
+
+# ------------------------------------------------------------- build/load ---
+def build_corpus(train_files: Sequence[str] | str, valid_files: Sequence[str] | str,
+                 tokenizer: tokenizer_lib.Tokenizer | str, data_dir: str, *,
+                 name: str | None = None) -> str:
+  """Tokenizes text files into `data_dir/<name>` (reused if already built) -> its path.
+
+  `name` defaults to `corpus-<fingerprint>` of the files (path, size, mtime) and
+  the tokenizer, so a changed input builds a new dataset instead of reusing.
+  """
+  source = TextFiles(train=tuple(tokenizer_lib.expand_files(train_files, "train_files")),
+                     validation=tuple(tokenizer_lib.expand_files(valid_files, "valid_files")))
+  for split, files in ((TRAIN, source.train), (VALIDATION, source.validation)):
+    try:
+      tokenizer_lib._check_nonempty(list(files))  # pylint: disable=protected-access
+    except ValueError as e:
+      raise ValueError(f"{split} split: {e}") from None
+  return _build(source, tokenizer, data_dir, name)
+
+
+def build_corpus_from_tfds(tfds_name: str, text_field: str,
+                           tokenizer: tokenizer_lib.Tokenizer | str, data_dir: str, *,
+                           train_split: str = "train", valid_split: str = "validation",
+                           tfds_data_dir: str | None = None, name: str | None = None) -> str:
+  """Like `build_corpus`, from an ArrayRecord TFDS dataset, e.g.
+
+    build_corpus_from_tfds('wikipedia/20230601.en', 'text', tok, dir,
+                           train_split='train[:99%]', valid_split='train[99%:]')
+  """
+  source = TfdsText(tfds_name, text_field, train_split, valid_split, tfds_data_dir)
+  return _build(source, tokenizer, data_dir, name)
+
+
+def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps([_FORMAT_VERSION, str(TokendropTextCorpus.VERSION),
+                       source.fingerprint_items()]).encode())
+  h.update(tok.serialized_model_proto())
+  return h.hexdigest()
+
+
+def _build(source, tokenizer, data_dir: str, name: str | None) -> str:
+  tok = tokenizer if isinstance(tokenizer, tokenizer_lib.Tokenizer) else tokenizer_lib.Tokenizer(
+      tokenizer)
+  fingerprint = _fingerprint(source, tok)
+  name = name or f"corpus-{fingerprint[:12]}"
+  final = os.path.join(os.path.abspath(data_dir), name)
+  if os.path.exists(final):
+    meta = load_corpus_meta(final)
+    if meta.get("fingerprint") != fingerprint:
+      raise ValueError(f"{final} exists but was built from other inputs or another tokenizer; "
+                       "remove it or pick another name")
+    return final
+  os.makedirs(data_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=data_dir, prefix=f".tmp-{name}-")
+  try:
+    builder = TokendropTextCorpus(source=source, tokenizer=tok, data_dir=tmp,
+                                  file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    out = builder.data_dir  # tmp/<builder name>/<version>
+    np.save(os.path.join(out, COUNTS_FILE), builder.token_counts)
+    shutil.copyfile(tok.model_path, os.path.join(out, TOKENIZER_FILE))
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "vocab_size": tok.vocab_size,
+        "special_ids": {"pad_id": tok.pad_id, "unk_id": tok.unk_id, "cls_id": tok.cls_id,
+                        "sep_id": tok.sep_id, "mask_id": tok.mask_id},
+        "splits": builder.split_sizes,
+        "source": source.describe(),
+        "tokenizer": os.path.abspath(tok.model_path),
+    }
+    with open(os.path.join(out, META_FILE), "w") as f:
+      json.dump(meta, f, indent=2)
+    try:
+      os.rename(out, final)  # the commit point
+    except OSError:
+      if not os.path.exists(os.path.join(final, META_FILE)):
+        raise
+      # Lost a race with a concurrent build of the same inputs: theirs is complete.
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return final
+
+
+def load_corpus_meta(dataset_dir: str) -> dict:
+  path = os.path.join(dataset_dir, META_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{dataset_dir} is not a corpus built by build_corpus "
+                            f"(no {META_FILE})")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_token_counts(dataset_dir: str) -> np.ndarray:
+  """Token-id counts of the train split -> int64[vocab]."""
+  path = os.path.join(dataset_dir, COUNTS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {COUNTS_FILE} in {dataset_dir}; build it with build_corpus")
+  return np.load(path)
+
+
+def open_split(dataset_dir: str, split: str):
+  """Random-access source of documents {'ids', 'sentence_lengths'} of one split."""
+  load_corpus_meta(dataset_dir)
+  builder = tfds.builder_from_directory(dataset_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f"{dataset_dir} has no split {split!r}; it has {list(builder.info.splits)}")
+  return builder.as_data_source(split)
