@@ -1,0 +1,309 @@
+"""Checkpoints: exact round trip, data-iterator resume, other meshes, corrupt
+steps, incompatible configs, params export, and the preemption guard."""
+import hashlib
+import logging
+import os
+import signal
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tokendrop_jax.training import checkpoint as ckpt_lib
+from tokendrop_jax.training import sharding
+from tokendrop_jax.training.preemption import PreemptionGuard
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  params: dict
+  opt_state: optax.OptState
+  importance: jax.Array
+
+
+_SPECS = {"emb": P("tensor", "fsdp"), "kernel": P("fsdp", "tensor"),
+          "bias": P()}
+
+
+def _make_state(mesh, hidden=8, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  params = {"emb": jax.random.normal(k1, (16, hidden)),
+            "kernel": jax.random.normal(k2, (hidden, 32)),
+            "bias": jax.random.normal(k3, (32,))}
+  params = {k: jax.device_put(v, NamedSharding(mesh, _SPECS[k]))
+            for k, v in params.items()}
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
+  opt_state = tx.init(params)
+  # Make moments non-trivial so a mix-up would show.
+  _, opt_state = tx.update(params, opt_state, params)
+  return _State(step=jnp.int32(7), params=params, opt_state=opt_state,
+                importance=jnp.linspace(0.0, 1.0, 16))
+
+
+def _abstract(state, mesh):
+  """Target shardings on `mesh`: params by _SPECS, everything else replicated."""
+  def leaf(path, x):
+    name = ckpt_lib._path_str(path).split("/")[-1]  # pylint: disable=protected-access
+    spec = _SPECS.get(name, P()) if x.ndim else P()
+    return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                sharding=NamedSharding(mesh, spec))
+  return jax.tree_util.tree_map_with_path(leaf, state)
+
+
+def _assert_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+
+
+def _data_iter():
+  return iter(grain.MapDataset.range(100).shuffle(seed=0).batch(4)
+              .to_iter_dataset())
+
+
+def _dir_digest(root):
+  out = {}
+  for d, _, files in os.walk(root):
+    out[d] = None
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, "rb") as fh:
+        out[p] = hashlib.sha1(fh.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+  return sharding.make_mesh(2, 2, 2)
+
+
+def test_round_trip_exact_with_data_iterator(tmp_path, mesh8):
+  state = _make_state(mesh8)
+  it = _data_iter()
+  for _ in range(3):
+    next(it)
+  ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=3)
+  assert ck.save(3, state, it)
+  expected_next = next(it)  # Batch 4 of the uninterrupted run.
+  ck.wait()
+  assert os.path.isdir(tmp_path / "checkpoints" / "3" / "state")
+  ck.close()
+
+  ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=3)
+  assert ck.latest_step() == 3
+  fresh = _data_iter()
+  restored, step = ck.restore(_abstract(state, mesh8), fresh)
+  assert step == 3
+  _assert_equal(restored, state)
+  assert restored.params["kernel"].sharding.spec == P("fsdp", "tensor")
+  np.testing.assert_array_equal(next(fresh), expected_next)
+  ck.close()
+
+
+def test_restore_on_fewer_devices(tmp_path, mesh8):
+  state = _make_state(mesh8)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=1, async_save=False)
+  ck.save(5, state)
+  for n, shape in ((4, (1, 2, 2)), (1, (1, 1, 1))):
+    mesh = sharding.make_mesh(*shape, devices=jax.devices()[:n])
+    restored, step = ck.restore(_abstract(state, mesh))
+    assert step == 5
+    _assert_equal(restored, state)
+    kernel = restored.params["kernel"]
+    assert len(kernel.sharding.device_set) == n
+  ck.close()
+
+
+def test_save_every_keep_and_force(tmp_path, mesh8):
+  state = _make_state(mesh8)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=2, keep=2, async_save=False)
+  saved = [ck.save(s, state) for s in range(1, 7)]
+  assert saved == [False, True, False, True, False, True]
+  assert ck.save(7, state, force=True)
+  assert not ck.save(7, state, force=True)  # Already there: no error.
+  assert ck.all_steps() == [6, 7]
+  ck.close()
+
+
+def _flip_bytes(step_dir):
+  n = 0
+  for d, _, files in os.walk(os.path.join(step_dir, "state")):
+    if os.path.basename(d) != "d":  # Array data files.
+      continue
+    for f in files:
+      p = os.path.join(d, f)
+      data = bytearray(open(p, "rb").read())
+      for i in range(len(data) // 4, len(data), 97):  # Scattered damage.
+        data[i] ^= 0x5A
+      open(p, "wb").write(bytes(data))
+      n += 1
+  assert n
+
+
+def _remove_arrays(step_dir):
+  import shutil
+  for d, _, _ in list(os.walk(os.path.join(step_dir, "state"))):
+    if os.path.basename(d) == "d" and os.path.isdir(d):
+      shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("damage", [_flip_bytes, _remove_arrays])
+# A failed tensorstore read leaves an orbax callback on a closed event loop.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_corrupt_latest_falls_back(tmp_path, mesh8, caplog, damage):
+  good = _make_state(mesh8, seed=1)
+  newer = _make_state(mesh8, seed=2)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=5, async_save=False)
+  ck.save(2, good)
+  ck.save(4, newer)
+  damage(str(tmp_path / "4"))
+  with caplog.at_level(logging.WARNING):
+    restored, step = ck.restore(_abstract(good, mesh8))
+  assert step == 2
+  _assert_equal(restored, good)
+  text = caplog.text
+  assert "unreadable or corrupt" in text and "Fell back to checkpoint step 2" in text
+  assert os.path.isdir(tmp_path / "4.corrupt")
+  assert ck.latest_step() == 2
+  assert ck.save(4, newer)  # Training can save that step again.
+  ck.close()
+
+
+def test_incompatible_config_refuses_and_changes_nothing(tmp_path, mesh8):
+  ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=2,
+                             async_save=False)
+  ck.save(1, _make_state(mesh8, hidden=8))
+  ck.close()
+  before = _dir_digest(tmp_path)
+  other = _make_state(mesh8, hidden=16)  # Another model size.
+  ck = ckpt_lib.Checkpointer(tmp_path / "checkpoints", save_every=1, keep=2)
+  with pytest.raises(ValueError) as err:
+    ck.restore(_abstract(other, mesh8))
+  msg = str(err.value)
+  assert "incompatible config" in msg and str(tmp_path / "checkpoints") in msg
+  assert "params/emb" in msg and "(16, 8)" in msg and "(16, 16)" in msg
+  ck.close()
+  assert _dir_digest(tmp_path) == before
+
+
+def test_params_export(tmp_path, mesh8):
+  params = _make_state(mesh8).params
+  path = tmp_path / "export" / "params"
+  ckpt_lib.save_params(path, params)
+  with pytest.raises(FileExistsError):
+    ckpt_lib.save_params(path, params)
+  ckpt_lib.save_params(path, params, overwrite=True)
+  loaded = ckpt_lib.load_params(path)
+  _assert_equal(loaded, params)
+  mesh4 = sharding.make_mesh(4, 1, 1, devices=jax.devices()[:4])
+  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                      sharding=NamedSharding(mesh4, P()))
+              for k, v in params.items()}
+  _assert_equal(ckpt_lib.load_params(path, abstract), params)
+  abstract["bias"] = jax.ShapeDtypeStruct((33,), jnp.float32)
+  with pytest.raises(ValueError, match="bias"):
+    ckpt_lib.load_params(path, abstract)
+
+
+def test_fingerprint_sees_single_bit_and_swaps():
+  x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
+  base = ckpt_lib.fingerprint({"x": x})["x"][0]
+  flipped = x.at[1, 2].set(jax.lax.bitcast_convert_type(
+      jax.lax.bitcast_convert_type(x[1, 2], jnp.uint32) ^ jnp.uint32(1),
+      jnp.float32))
+  swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])
+  assert ckpt_lib.fingerprint({"x": flipped})["x"][0] != base
+  assert ckpt_lib.fingerprint({"x": swapped})["x"][0] != base
+  assert ckpt_lib.fingerprint({"k": jax.random.key(0),
+                               "h": jnp.ones(3, jnp.bfloat16)})
+
+
+def test_preemption_guard_sigterm():
+  previous = signal.getsignal(signal.SIGTERM)
+  with PreemptionGuard() as guard:
+    assert not guard.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert guard.stop_requested
+    assert guard.should_stop(2)
+    assert guard.received == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is previous
+
+
+_WORKER = r'''
+import os, sys, json
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_platforms", "cpu")
+import numpy as np
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tokendrop_jax.training import sharding, checkpoint
+from tokendrop_jax.training.preemption import PreemptionGuard
+
+assert sharding.maybe_initialize_distributed()
+pid = jax.process_index()
+mesh = sharding.make_mesh(-1, 1, 1)
+assert mesh.devices.size == 8
+batch = sharding.make_global_batch(
+    {"x": np.full((4, 2), pid, np.float32)}, mesh)
+total = float(jax.jit(jnp.sum)(batch["x"]))
+with PreemptionGuard(sync_every=2) as guard:
+  stopped = None
+  for step in range(1, 11):
+    if pid == 1 and step == 3:
+      guard.request_stop()
+    if guard.should_stop(step):
+      stopped = step
+      break
+w = jax.device_put(jnp.arange(32.0).reshape(8, 4), NamedSharding(mesh, P("data")))
+state = {"w": w, "step": jax.device_put(jnp.int32(3), sharding.replicated(mesh))}
+ck = checkpoint.Checkpointer(sys.argv[1], save_every=1, keep=2)
+ck.save(3, state)
+ck.wait()
+abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+restored, step = ck.restore(abstract)
+local = np.asarray(restored["w"].addressable_shards[0].data).tolist()
+ck.close()
+print("RESULT", json.dumps({"total": total, "stopped": stopped, "step": step,
+                            "shard0": local}), flush=True)
+'''
+
+
+def test_two_processes(tmp_path):
+  """2 jax processes on CPU: global batch, agreed stop, collective checkpoint."""
+  import json
+  import socket
+  import subprocess
+  import sys
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for pid in range(2):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+    procs.append(subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ckpt")], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  results = []
+  for p in procs:
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out[-3000:]
+    line = [l for l in out.splitlines() if l.startswith("RESULT")][-1]
+    results.append(json.loads(line[len("RESULT "):]))
+  for r in results:
+    assert r["total"] == 8.0  # 4x2 ones from process 1.
+    assert r["stopped"] == 4  # Requested at 3 by one process, agreed at 4.
+    assert r["step"] == 3
+  assert results[0]["shard0"] == [[0.0, 1.0, 2.0, 3.0]]
+  assert results[1]["shard0"] == [[16.0, 17.0, 18.0, 19.0]]

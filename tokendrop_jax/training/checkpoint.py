@@ -1,0 +1,358 @@
+"""Orbax checkpoints: train state + data-iterator state, for exact resume.
+
+Layout: ``<directory>/<step>/{state,data}``; ``directory`` is normally
+``WORKDIR/checkpoints``. Restoring takes an abstract state whose leaves carry
+the *target* shardings, so a checkpoint written on 8 devices restores on 1 or
+4. Every save records a content fingerprint of the state (one uint32 per leaf,
+computed on device); a restore that does not reproduce it, or that cannot read
+the files, falls back to the previous step, because bit flips in the array
+files are otherwise restored silently.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterator, Mapping
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------
+# Pytree paths and shapes, comparable between live trees and orbax metadata.
+
+
+def _key_str(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _path_str(path) -> str:
+  return "/".join(_key_str(k) for k in path) or "<root>"
+
+
+def _flat(tree) -> dict[str, Any]:
+  """{'params/layer_0/kernel': leaf} in tree order; empty nodes vanish."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(p): leaf for p, leaf in leaves}
+
+
+def _shape(leaf) -> tuple[int, ...]:
+  return tuple(getattr(leaf, "shape", np.shape(leaf)))
+
+
+def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any],
+                     where: str) -> None:
+  """Raises ValueError at the first path whose presence or shape differs."""
+  for path, leaf in expected.items():
+    if path not in saved:
+      raise ValueError(
+          f"The checkpoint in {where} was written by an incompatible config: "
+          f"{path} is expected with shape {_shape(leaf)} but the checkpoint "
+          "has no such entry. Use the matching config or a fresh --workdir; "
+          "nothing was changed.")
+    if _shape(saved[path]) != _shape(leaf):
+      raise ValueError(
+          f"The checkpoint in {where} was written by an incompatible config: "
+          f"{path} has shape {_shape(saved[path])} in the checkpoint but "
+          f"{_shape(leaf)} in this config. Use the matching config or a fresh "
+          "--workdir; nothing was changed.")
+  for path, leaf in saved.items():
+    if path not in expected:
+      raise ValueError(
+          f"The checkpoint in {where} was written by an incompatible config: "
+          f"it holds {path} with shape {_shape(leaf)}, which this config does "
+          "not have. Use the matching config or a fresh --workdir; nothing "
+          "was changed.")
+
+
+# ---------------------------------------------------------------------------
+# Content fingerprint.
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size == 4:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  if size in (1, 2):
+    u = {1: jnp.uint8, 2: jnp.uint16}[size]
+    return jax.lax.bitcast_convert_type(x, u).astype(jnp.uint32)
+  if size == 8:  # -> shape + (2,)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  raise TypeError(f"Cannot fingerprint dtype {x.dtype}.")
+
+
+def _leaf_hash(x: jax.Array) -> jax.Array:
+  u = _as_uint32(jnp.asarray(x))
+  # Position weights from iotas (no reshape, so sharded arrays stay sharded).
+  idx = jnp.zeros(u.shape, jnp.uint32)
+  stride = 1
+  for d in reversed(range(u.ndim)):
+    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(
+        stride % 2**32)
+    stride *= u.shape[d]
+  w = (idx * jnp.uint32(0x9E3779B1)) | jnp.uint32(1)  # odd: no bit is lost
+  mixed = u ^ (u >> 15)  # bijective
+  return jnp.sum(mixed * w, dtype=jnp.uint32)
+
+
+@jax.jit
+def _tree_hashes(leaves):
+  if not leaves:
+    return jnp.zeros((0,), jnp.uint32)
+  return jnp.stack([_leaf_hash(x) for x in leaves])
+
+
+def fingerprint(state) -> dict[str, list]:
+  """{path: [uint32 hash, dtype]} of every array leaf, computed on device."""
+  flat = _flat(state)
+  paths = list(flat)
+  hashes = _tree_hashes([flat[p] for p in paths])
+  if not hashes.is_fully_addressable:  # Multi-host: every process has a copy.
+    hashes = hashes.addressable_data(0)
+  hashes = np.asarray(jax.device_get(hashes))
+  return {p: [int(h), str(flat[p].dtype)] for p, h in zip(paths, hashes)}
+
+
+def _verify(state, expected: Mapping[str, list], where: str) -> None:
+  got = fingerprint(state)
+  for path, (h, dtype) in expected.items():
+    if path in got and got[path][1] == dtype and got[path][0] != h:
+      raise IOError(f"{where}: {path} does not match the fingerprint recorded "
+                    "at save time (corrupt file).")
+
+
+# ---------------------------------------------------------------------------
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.int32(ok))
+  return bool(np.all(flags))
+
+
+class Checkpointer:
+  """Orbax CheckpointManager for {state, data iterator}; see module doc.
+
+  All processes must call save/restore (orbax writes collectively).
+  """
+
+  def __init__(self, directory, *, save_every: int, keep: int,
+               async_save: bool = True, verify: bool = True):
+    if save_every <= 0:
+      raise ValueError(f"checkpoint.save_every={save_every} must be > 0.")
+    if keep < 0:
+      raise ValueError(f"checkpoint.keep={keep} must be >= 0 (0 keeps all).")
+    self.directory = epath.Path(directory)
+    self.save_every = save_every
+    self.verify = verify
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep or None,
+        save_interval_steps=1,  # The interval is applied in save().
+        enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  # -- saving ---------------------------------------------------------------
+
+  def save(self, step: int, state, data_iter: Iterator | None = None,
+           force: bool = False) -> bool:
+    """Starts saving `state` (and the iterator position) at `step`.
+
+    Skipped (returns False) unless `step` is a multiple of save_every or
+    `force`, or if `step` is already saved. Async: returns once device
+    buffers are copied to host; call wait() before relying on the files.
+    """
+    step = int(step)
+    if not force and step % self.save_every:
+      return False
+    if step in self._manager.all_steps():
+      return False
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    meta = {"format": _FORMAT}
+    if self.verify:
+      meta["fingerprint"] = fingerprint(state)
+    return self._manager.save(step, args=ocp.args.Composite(**items),
+                              force=True, custom_metadata=meta)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  # -- restoring ------------------------------------------------------------
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def saved_shapes(self, step: int) -> dict[str, Any]:
+    """{path: ArrayMetadata} of the state saved at `step` (reads metadata)."""
+    meta = self._manager.item_metadata(step)["state"]
+    if meta is None:
+      raise IOError(f"no state metadata at step {step}")
+    return _flat(getattr(meta, "tree", meta))
+
+  def restore(self, abstract_state, data_iter: Iterator | None = None,
+              step: int | None = None):
+    """Restores (state, step) onto the shardings in `abstract_state`.
+
+    `abstract_state`: pytree of jax.ShapeDtypeStruct with `.sharding` set.
+    `data_iter` (a fresh grain iterator) is moved to the saved position in
+    place. With step=None the latest readable step is used: unreadable or
+    corrupt steps are logged, renamed to `<step>.corrupt` once an older step
+    restored, and skipped. Raises ValueError (changing nothing) if the
+    checkpoint does not fit `abstract_state`, FileNotFoundError if there is
+    no checkpoint at all.
+    """
+    self.wait()
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(
+            f"No checkpoint for step {step} in {self.directory}; have {steps}.")
+      candidates = [step]
+    else:
+      candidates = steps[::-1]
+    expected = _flat(abstract_state)
+    bad: list[tuple[int, str]] = []
+    for s in candidates:
+      where = str(self.directory / str(s))
+      try:
+        saved = self.saved_shapes(s)
+        ok = True
+      except Exception as e:  # pylint: disable=broad-except
+        ok, err = False, e
+      if not _all_processes_ok(ok):
+        self._report_bad(s, where, err if not ok else "read failed elsewhere",
+                         bad)
+        continue
+      check_compatible(saved, expected, where)  # ValueError propagates.
+      try:
+        state = self._restore_step(s, abstract_state, data_iter, where)
+        ok = True
+      except Exception as e:  # pylint: disable=broad-except
+        ok, err = False, e
+      if not _all_processes_ok(ok):
+        self._report_bad(s, where, err if not ok else "restore failed elsewhere",
+                         bad)
+        continue
+      if bad:
+        logging.warning(
+            "Fell back to checkpoint step %d because newer step(s) %s were "
+            "unreadable or corrupt; they are renamed to <step>.corrupt.",
+            s, [b for b, _ in bad])
+        self._quarantine([b for b, _ in bad])
+      logging.info("Restored checkpoint step %d from %s.", s, where)
+      return state, s
+    raise RuntimeError(
+        f"No readable checkpoint in {self.directory}: "
+        + "; ".join(f"step {b}: {e}" for b, e in bad)
+        + ". Nothing was changed; move the directory away to start afresh.")
+
+  def _report_bad(self, step, where, err, bad) -> None:
+    msg = f"{type(err).__name__}: {str(err)[:300]}" if isinstance(
+        err, BaseException) else str(err)
+    logging.error("Checkpoint %s is unreadable or corrupt (%s); trying the "
+                  "previous step.", where, msg)
+    bad.append((step, msg))
+
+  def _restore_step(self, step, abstract_state, data_iter, where):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      if (self.directory / str(step) / "data").exists():
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      else:
+        logging.warning("%s has no data-iterator state; the iterator starts "
+                        "from its beginning.", where)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    state = restored["state"]
+    if self.verify:
+      meta = self._manager.metadata(step)
+      custom = getattr(meta, "custom_metadata", None) or {}
+      if "fingerprint" in custom:
+        _verify(state, custom["fingerprint"], where)
+    return state
+
+  def _quarantine(self, steps) -> None:
+    if jax.process_index() == 0:
+      for s in steps:
+        src = self.directory / str(s)
+        dst = self.directory / f"{s}.corrupt"
+        if dst.exists():
+          dst = self.directory / f"{s}.corrupt-{int(time.time())}"
+        src.rename(dst)
+        logging.warning("Moved corrupt checkpoint %s to %s.", src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("tokendrop_checkpoint_quarantine")
+    self._manager.reload()
+
+
+# ---------------------------------------------------------------------------
+# Params-only export (fine-tuning, Hugging Face conversion).
+
+
+def save_params(path, params, *, overwrite: bool = False) -> str:
+  """Writes params (boxes removed) to `path` with orbax; all processes call it."""
+  path = epath.Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(
+        f"{path} already exists; pass overwrite=True to replace it.")
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(path.absolute(), nn.meta.unbox(params), force=overwrite)
+  ckptr.wait_until_finished()
+  ckptr.close()
+  return str(path)
+
+
+def load_params(path, abstract=None):
+  """Reads params written by save_params.
+
+  `abstract`: pytree of ShapeDtypeStruct with target shardings (shapes are
+  checked); None restores every array onto the first local device.
+  """
+  path = epath.Path(path).absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"No params export at {path}.")
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(path).item_metadata
+  saved_tree = getattr(meta, "tree", meta)
+  if abstract is None:
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev),
+        saved_tree)
+  else:
+    abstract = nn.meta.unbox(abstract)
+    check_compatible(_flat(saved_tree), _flat(abstract), str(path))
+  params = ckptr.restore(path, abstract)
+  ckptr.close()
+  return params
