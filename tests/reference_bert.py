@@ -33,7 +33,7 @@ def layer(p, x_q, x_kv, key_mask, eps):
       w /= w.sum()
       for wj, j in zip(w, keys):
         ctx[i, h] += wj * (x_kv[j] @ a["value"]["kernel"][:, h] + a["value"]["bias"][h])
-  attn = np.einsum("qhd,hde->qe", ctx, a["out"]["kernel"]) + a["out"]["bias"]
+  attn = np.einsum("qhd,hde->qe", ctx, a["out_kernel"]) + a["out_bias"]
   x = _ln(x_q + attn, p["attention_norm"], eps)
   hidden = _gelu(x @ p["intermediate"]["kernel"] + p["intermediate"]["bias"])
   return _ln(x + hidden @ p["output"]["kernel"] + p["output"]["bias"], p["output_norm"], eps)

@@ -131,6 +131,25 @@ class Embeddings(nn.Module):
     return self.word.attend(x)
 
 
+class HeadProjection(nn.Module):
+  """x [batch, seq, hidden] -> [batch, heads, seq, head_dim].
+
+  Head-major output: on CPU the score and context matmuls then run ~2x faster
+  than with XLA's transposes of the [batch, seq, heads, head_dim] layout.
+  """
+  cfg: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    kernel = self.param("kernel", _init(cfg, ("embed", "heads", "kv")),
+                        (cfg.hidden_size, cfg.num_heads, cfg.head_dim), cfg.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+                      (cfg.num_heads, cfg.head_dim), cfg.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+    return jnp.einsum("bse,ehd->bhsd", x, kernel) + bias[None, :, None, :]
+
+
 class Attention(nn.Module):
   """Multi-head attention where queries may be a subset of the keys/values."""
   cfg: BertConfig
@@ -138,23 +157,20 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_q: Array, x_kv: Array, key_mask: Array, deterministic: bool) -> Array:
     cfg = self.cfg
-    dense = lambda name: nn.DenseGeneral(
-        (cfg.num_heads, cfg.head_dim), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(cfg, ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")), name=name)
-    q = dense("query")(x_q)   # [batch, q_len, heads, head_dim]
-    k = dense("key")(x_kv)    # [batch, kv_len, heads, head_dim]
-    v = dense("value")(x_kv)  # [batch, kv_len, heads, head_dim]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
+    q = HeadProjection(cfg, name="query")(x_q)   # [batch, heads, q_len, head_dim]
+    k = HeadProjection(cfg, name="key")(x_kv)    # [batch, heads, kv_len, head_dim]
+    v = HeadProjection(cfg, name="value")(x_kv)  # [batch, heads, kv_len, head_dim]
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
     logits = jnp.where(key_mask[:, None, None, :] > 0, logits, -1e9)
     probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)  # [batch, heads, q_len, kv_len]
     probs = dropout(self, probs, cfg.attention_dropout_rate, deterministic)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-        kernel_init=_init(cfg, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out")(ctx)
+    ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    kernel = self.param("out_kernel", _init(cfg, ("heads", "kv", "embed")),
+                        (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.param_dtype)
+    bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (cfg.hidden_size,), cfg.param_dtype)
+    ctx, kernel, bias = nn.dtypes.promote_dtype(ctx, kernel, bias, dtype=cfg.dtype)
+    return jnp.einsum("bhqd,hde->bqe", ctx, kernel) + bias  # [batch, q_len, hidden]
 
 
 class TransformerLayer(nn.Module):
