@@ -3,11 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 WORKDIR ?= workdir/demo
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install install-dev test test-slow demo bench clean
 
 install: $(STAMP)
+
+# Test extras (transformers + CPU torch) for the Hugging Face export round trip.
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +24,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: install
+test: install-dev
 	$(PY) -m pytest -q tests
 
-test-slow: install
+test-slow: install-dev
 	$(PY) -m pytest -q -m slow tests
 
 demo: install

@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
       valid_files="",
       tfds_name="",
       tfds_text_field="text",
+      tfds_train_split="train",
+      tfds_valid_split="validation",
+      tfds_data_dir="",
       demo_corpus=False,         # build the built-in stdlib-docs corpus in the workdir
       tokenizer_model="",        # an existing SentencePiece .model; else trained into the workdir
       tokenizer_type="unigram",
@@ -70,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
       keep_checkpoints=3,
       async_checkpoint=True,
       peak_flops_per_device=0.0,  # 0 = look up the device kind (TPU v4/v5, A100, H100)
-      nan_policy="stop",          # stop | skip
+      nan_policy="stop",          # stop: end the run at a NaN/Inf loss | skip: drop that update
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(

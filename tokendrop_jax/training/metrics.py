@@ -216,6 +216,7 @@ def plot_metrics(metrics_jsonl_path, out_png,
   fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(
       metrics_jsonl_path))) or "metrics")
   fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
   return str(out_png)
@@ -251,6 +252,7 @@ def plot_runs(runs: Mapping[str, str], out_png, x: str = "step",
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize=8)
   fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
   fig.savefig(out_png, dpi=110)
   plt.close(fig)
   return str(out_png)

@@ -53,8 +53,14 @@ def _keep_indices(settings: DropSettings, importance: jax.Array, batch: Batch,
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    settings: DropSettings, grad_accum_steps: int = 1) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted)."""
+                    settings: DropSettings, grad_accum_steps: int = 1,
+                    skip_nonfinite: bool = False) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted).
+
+  With `skip_nonfinite`, a step whose loss or gradient is NaN/Inf leaves params,
+  optimizer state and importance unchanged (decided on device, no host sync)
+  and reports `skipped=1`; the step counter still advances past the batch.
+  """
 
   def loss_fn(params, batch, keep_idx, dropout_rng):
     logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
@@ -99,10 +105,18 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
     if settings.strategy == "loss_ema":
       importance = imp.update_loss_ema(importance, batch["masked_lm_ids"], per_slot, weights,
                                        beta=settings.ema_beta, special_ids=settings.special_ids)
+    loss = (per_slot * weights).sum() / total_weight
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params, opt_state = keep_old(params, state.params), keep_old(opt_state, state.opt_state)
+      importance = keep_old(importance, state.importance)
     metrics = {
-        "loss": (per_slot * weights).sum() / total_weight,
+        "loss": loss,
         "mlm_accuracy": (correct * weights).sum() / total_weight,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
+        "skipped": 1.0 - finite.astype(jnp.float32),
         "learning_rate": schedule(state.step),
         "kept_fraction": jnp.float32(
             settings.keep_tokens / batch["input_ids"].shape[1] if settings.drops else 1.0),

@@ -1,0 +1,235 @@
+"""Export to the Hugging Face BERT format: same logits, same token ids, safe files.
+
+The round-trip tests need transformers + torch (requirements-dev.txt) and are
+skipped without them; the layout and error tests need neither.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tokendrop_jax import config_lib
+from tokendrop_jax import export as export_lib
+from tokendrop_jax.data import demo_corpus
+from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.training import pretrained
+from tests.test_pretrained import shared_pretrain_workdir
+
+SENTENCES = [
+    "Return the number of items in a container.",
+    "  leading,   multiple   and trailing spaces  ",
+    "Café naïve über Straße: ½ of ﬁve Ｆｕｌｌ ｗｉｄｔｈ",  # NFKC changes these
+    "digits 0123456789 and 3.14159 + 2 = 5.14159!",
+    "tab\there and a\nnewline",
+    "ΑΒΓ 😀 東京: characters the tokenizer never saw",
+    "x",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return shared_pretrain_workdir(tmp_path_factory)[0]
+
+
+@pytest.fixture(scope="module")
+def exported(workdir, tmp_path_factory):
+  """The folder the command line writes (latest step)."""
+  out = str(tmp_path_factory.mktemp("hf") / "model")
+  proc = subprocess.run(
+      [sys.executable, "-m", "tokendrop_jax.export", f"--workdir={workdir}", f"--output={out}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == out
+  return out
+
+
+def _our_logits(workdir, ids, mask, types, step=None):
+  params, config, _ = pretrained.load_pretrained(workdir, step)
+  model = BertForPretraining(config_lib.model_config(config))
+  positions = np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1))  # every position
+  return np.asarray(model.apply({"params": params}, ids, mask, types, positions))
+
+
+def _random_batch(vocab_size, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, vocab_size, (3, 24)).astype(np.int32)
+  types = rng.integers(0, 2, ids.shape).astype(np.int32)
+  mask = np.ones(ids.shape, np.int32)
+  mask[1, 15:] = 0  # padding the model must not attend to
+  mask[2, 4:] = 0
+  return ids, mask, types
+
+
+# ---------------------------------------------------------------------------
+# No transformers needed.
+
+
+def test_folder_layout(workdir, exported):
+  from safetensors.numpy import load_file
+  names = set(os.listdir(exported))
+  assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json"} <= names
+  assert not [n for n in os.listdir(os.path.dirname(exported)) if n.startswith(".")]
+  with open(os.path.join(exported, "config.json")) as f:
+    hf = json.load(f)
+  assert hf["model_type"] == "bert" and hf["architectures"] == ["BertForMaskedLM"]
+  assert hf["hidden_act"] == "gelu_new" and hf["layer_norm_eps"] == 1e-12
+  assert (hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"]) == (300, 32, 4)
+  params, config, step = pretrained.load_pretrained(workdir)
+  assert step == 5
+  tensors = load_file(os.path.join(exported, "model.safetensors"))
+  expected = export_lib.hf_state_dict(params, config_lib.model_config(config))
+  assert set(tensors) == set(expected)
+  assert "bert.encoder.layer.3.attention.self.query.weight" in tensors
+  assert "cls.predictions.bias" in tensors
+  for k, v in expected.items():
+    assert tensors[k].dtype == np.float32
+    np.testing.assert_array_equal(tensors[k], v)
+  # torch Linear is [out, in]: the transpose of the Flax kernel.
+  np.testing.assert_array_equal(tensors["bert.encoder.layer.0.intermediate.dense.weight"],
+                                params["bert"]["layer_0"]["intermediate"]["kernel"].T)
+  special = json.load(open(os.path.join(exported, "special_tokens_map.json")))
+  assert special == {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                     "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+
+def test_refuses_to_overwrite(workdir, tmp_path):
+  out = tmp_path / "model"
+  out.mkdir()
+  (out / "keep.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match=r"model already exists.*--overwrite"):
+    export_lib.export(workdir, str(out))
+  assert os.listdir(out) == ["keep.txt"]
+  export_lib.export(workdir, str(out), step=3, overwrite=True)
+  assert not (out / "keep.txt").exists()
+  assert json.load(open(out / "tokendrop_export.json"))["step"] == 3
+  assert sorted(os.listdir(tmp_path)) == ["model"]  # no temp or old folders left
+  empty = tmp_path / "empty"
+  empty.mkdir()  # An empty folder is fine to fill.
+  export_lib.export(workdir, str(empty))
+
+
+def test_missing_checkpoint_is_a_clear_error(workdir, tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  for name in ("config.json", "tokenizer.model"):
+    (run / name).write_bytes(open(os.path.join(workdir, name), "rb").read())
+  out = tmp_path / "out"
+  with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*run.checkpoints"):
+    export_lib.export(str(run), str(out))
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    export_lib.export(str(tmp_path / "nowhere"), str(out))
+  assert not out.exists() and sorted(os.listdir(tmp_path)) == ["run"]
+  proc = subprocess.run(
+      [sys.executable, "-m", "tokendrop_jax.export", f"--workdir={run}", f"--output={out}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0
+  assert f"No checkpoint in {run}" in proc.stderr
+
+
+def test_params_that_do_not_fit_the_config(workdir):
+  import dataclasses
+  params, config, _ = pretrained.load_pretrained(workdir)
+  cfg = config_lib.model_config(config)
+  with pytest.raises(ValueError, match=r"bert/embeddings/word/embedding has shape \(300, 32\)"):
+    export_lib.hf_state_dict(params, dataclasses.replace(cfg, vocab_size=512))
+  with pytest.raises(ValueError, match="params have 4 layers, the config says 6"):
+    export_lib.hf_state_dict(params, dataclasses.replace(cfg, num_layers=6))
+  del params["mlm"]["transform_norm"]
+  with pytest.raises(KeyError, match="mlm/transform_norm"):
+    export_lib.hf_state_dict(params, cfg)
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_tokenizer_json_equals_sentencepiece(model_type, tmp_path):
+  tokenizers = pytest.importorskip("tokenizers")
+  lines = [s for d in demo_corpus.demo_documents(max_bytes=80_000) for s in d]
+  text = tmp_path / "text.txt"
+  text.write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
+  sp = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
+      str(text), 500, str(tmp_path / "sp"), model_type=model_type, num_threads=1))
+  files = export_lib.hf_tokenizer_files(sp.serialized_model_proto(), 128)
+  hf = tokenizers.Tokenizer.from_str(json.dumps(files["tokenizer.json"]))
+  for s in SENTENCES + lines[1::2]:  # held-out text
+    assert hf.encode(s).ids == [sp.cls_id] + sp.encode(s) + [sp.sep_id], repr(s)
+
+
+def test_unsupported_tokenizer_settings(tmp_path):
+  from sentencepiece import sentencepiece_model_pb2 as pb
+  text = tmp_path / "text.txt"
+  text.write_text("\n".join(s for d in demo_corpus.demo_documents(max_bytes=20_000) for s in d))
+  sp = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
+      str(text), 100, str(tmp_path / "sp"), num_threads=1))
+  m = pb.ModelProto()
+  m.ParseFromString(sp.serialized_model_proto())
+  m.trainer_spec.byte_fallback = True
+  with pytest.raises(ValueError, match="byte_fallback"):
+    export_lib.hf_tokenizer_files(m.SerializeToString(), 128)
+  m.trainer_spec.byte_fallback = False
+  m.trainer_spec.model_type = pb.TrainerSpec.ModelType.Value("WORD")
+  with pytest.raises(ValueError, match="WORD cannot be converted"):
+    export_lib.hf_tokenizer_files(m.SerializeToString(), 128)
+
+
+# ---------------------------------------------------------------------------
+# Round trip through transformers (PyTorch).
+
+
+@pytest.fixture(scope="module")
+def hf_model(exported):
+  pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  model, info = transformers.AutoModelForMaskedLM.from_pretrained(
+      exported, output_loading_info=True)
+  assert all(not v for v in info.values()), info  # no missing/unexpected keys
+  return model.eval()
+
+
+def test_mlm_logits_match_transformers(workdir, exported, hf_model):
+  import torch
+  assert type(hf_model).__name__ == "BertForMaskedLM"
+  ids, mask, types = _random_batch(hf_model.config.vocab_size)
+  with torch.no_grad():
+    theirs = hf_model(input_ids=torch.from_numpy(ids).long(),
+                      attention_mask=torch.from_numpy(mask).long(),
+                      token_type_ids=torch.from_numpy(types).long()).logits.numpy()
+  ours = _our_logits(workdir, ids, mask, types)
+  assert ours.shape == theirs.shape == ids.shape + (300,)
+  assert np.abs(ours).max() > 1.0  # a random init that would hide errors is not enough
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  # The decoder is tied to the word embeddings, as in our model.
+  assert hf_model.cls.predictions.decoder.weight.data_ptr() == (
+      hf_model.bert.embeddings.word_embeddings.weight.data_ptr())
+
+
+def test_auto_tokenizer_equals_ours(workdir, exported, hf_model):
+  from transformers import AutoTokenizer
+  hf = AutoTokenizer.from_pretrained(exported)
+  ours = tokenizer_lib.Tokenizer(pretrained.tokenizer_path(workdir))
+  assert hf.is_fast
+  assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id,
+          hf.mask_token_id) == ours.special_ids
+  for s in SENTENCES:
+    ids = hf(s)["input_ids"]
+    assert ids == [ours.cls_id] + ours.encode(s) + [ours.sep_id], repr(s)
+    if ours.unk_id not in ids:  # SentencePiece decodes [UNK] as " ⁇ ", HF skips it
+      assert hf.decode(ids, skip_special_tokens=True) == ours.decode(ids)
+  pair = hf("first segment", "second one")
+  a, b = ours.encode("first segment"), ours.encode("second one")
+  assert pair["input_ids"] == [2] + a + [3] + b + [3]
+  assert pair["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+  # In HF text, "[MASK]" is the mask token (pipelines rely on it).
+  assert hf("the [MASK] of")["input_ids"].count(ours.mask_id) == 1
+
+
+def test_fill_mask_pipeline_runs(exported, hf_model):
+  from transformers import pipeline
+  fill = pipeline("fill-mask", model=exported, tokenizer=exported, device="cpu", top_k=3)
+  out = fill("Return the [MASK] of items in a container.")
+  assert len(out) == 3 and all(0 <= o["token"] < 300 and "sequence" in o for o in out)
+  assert out[0]["score"] >= out[1]["score"] >= out[2]["score"]

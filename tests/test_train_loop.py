@@ -1,0 +1,165 @@
+"""The pretraining loop end to end: exact resume, sharding equivalence, bad input."""
+import json
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+
+from tests.test_config import load
+from tokendrop_jax import synthetic
+from tokendrop_jax.training import checkpoint, loop, sharding
+
+flags.FLAGS.mark_as_parsed()
+
+
+def tiny(tmp_root, **train):
+  c = load("tiny")
+  c.data.dataset_dir = str(tmp_root / "shared_data")  # built once, reused by every run
+  c.train.update(num_steps=40, log_every=5, eval_every=20, checkpoint_every=10,
+                 keep_checkpoints=10, async_checkpoint=True)
+  c.train.update(**train)
+  return c
+
+
+def final_state(config, workdir):
+  run = loop.build(config, synthetic.SPECIAL_IDS)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
+  state, step = ckpt.restore(run.abstract_state)
+  ckpt.close()
+  return jax.device_get(state), step
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop")
+  workdir = str(root / "full_run")
+  summary = loop.train_and_evaluate(tiny(root), workdir)
+  return root, workdir, summary
+
+
+def test_run_writes_outputs_and_learns(uninterrupted):
+  _, workdir, summary = uninterrupted
+  assert summary["step"] == 40
+  for name in ("metrics.jsonl", "config.json", "tokenizer.model", "summary.json",
+               os.path.join("plots", "loss.png"), "tensorboard"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30", "40"]
+  l = losses(workdir)
+  assert sorted(l) == [5, 10, 15, 20, 25, 30, 35, 40] and l[40] < l[5]
+  assert summary["eval/loss"] < 7.0 and summary["jit_cache_sizes"] == {"drop": 1, "full": 0}
+
+
+def test_sigterm_then_resume_is_bit_exact(uninterrupted):
+  root, ref_dir, _ = uninterrupted
+  workdir = str(root / "preempted")
+  config = tiny(root)
+  sent = []
+
+  def preempt_when_running():
+    path = os.path.join(workdir, "metrics.jsonl")
+    while not (os.path.exists(path) and os.path.getsize(path) > 0):
+      time.sleep(0.01)
+    sent.append(True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=preempt_when_running, daemon=True).start()
+  first = loop.train_and_evaluate(config, workdir)
+  assert sent and 5 <= first["step"] < 40  # stopped early by the signal...
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert steps[-1] == first["step"]  # ...with a checkpoint of the step it stopped at
+  second = loop.train_and_evaluate(config, workdir)
+  assert second["step"] == 40 and second["jit_cache_sizes"]["drop"] == 1
+  ref_state, _ = final_state(config, ref_dir)
+  state, _ = final_state(config, workdir)
+  for a, b in zip(jax.tree_util.tree_leaves(ref_state), jax.tree_util.tree_leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  assert losses(workdir) == losses(ref_dir)
+
+
+SHARD_BATCH = synthetic.mlm_batch(0, 16, 64, 10, 1000, pad_fraction=0.3)
+
+
+def _two_steps(config, devices, sizes):
+  config.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
+  run = loop.build(config, synthetic.SPECIAL_IDS, devices=devices)
+  with jax.set_mesh(run.mesh):
+    state = run.init_state()
+    for _ in range(2):
+      state, m = run.train_steps[False](state, sharding.make_global_batch(SHARD_BATCH, run.mesh))
+  return jax.device_get(state), float(m["loss"])
+
+
+@pytest.fixture(scope="module")
+def single_device(uninterrupted):
+  return _two_steps(tiny(uninterrupted[0]), jax.devices()[:1], (1, 1, 1))
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2),
+                                  pytest.param((1, 4, 2), marks=pytest.mark.slow)])
+def test_sharded_step_matches_single_device(uninterrupted, single_device, mesh):
+  one, loss1 = single_device
+  many, loss8 = _two_steps(tiny(uninterrupted[0]), jax.devices(), mesh)
+  assert loss1 == pytest.approx(loss8, rel=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(many.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(one.importance, many.importance, atol=1e-5)
+
+
+def test_checkpoint_from_8_devices_restores_on_1_and_4(uninterrupted):
+  root, workdir, _ = uninterrupted
+  config = tiny(root)
+  ref, _ = final_state(config, workdir)
+  for n in (1, 4):
+    config.mesh.update(data=-1, fsdp=1, tensor=1)
+    run = loop.build(config, synthetic.SPECIAL_IDS, devices=jax.devices()[:n])
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
+    state, step = ckpt.restore(run.abstract_state)
+    ckpt.close()
+    assert step == 40 and len(state.params["mlm"]["output_bias"].sharding.device_set) == n
+    for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(state)):
+      np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_incompatible_workdir_is_refused_untouched(uninterrupted):
+  root, workdir, _ = uninterrupted
+  config = tiny(root)
+  config.model.hidden_size = 32
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+  with pytest.raises(ValueError, match="model.hidden_size"):
+    loop.train_and_evaluate(config, workdir)
+  assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+
+
+def test_mesh_must_divide_devices(uninterrupted):
+  config = tiny(uninterrupted[0])
+  config.mesh.update(data=3, fsdp=1, tensor=1)
+  with pytest.raises(ValueError, match=r"mesh\.data"):
+    loop.build(config, synthetic.SPECIAL_IDS)
+
+
+def test_batch_must_divide_into_data_shards(uninterrupted):
+  config = tiny(uninterrupted[0])
+  config.data.global_batch_size = 12
+  with pytest.raises(ValueError, match="data.global_batch_size"):
+    loop.build(config, synthetic.SPECIAL_IDS)
+
+
+def test_drop_schedule_runs_full_steps_at_the_ends():
+  c = load("tiny")
+  c.train.num_steps = 100
+  c.token_drop.update(full_start_fraction=0.1, full_end_fraction=0.2)
+  assert [loop.full_step_at(c, s) for s in (0, 9, 10, 79, 80, 99)] == [
+      True, True, False, False, True, True]
+  c.token_drop.update(full_start_fraction=0.0, full_end_fraction=0.0)
+  assert not any(loop.full_step_at(c, s) for s in range(100))

@@ -1,0 +1,364 @@
+"""Export a pretraining checkpoint to the Hugging Face BERT format.
+
+  python -m tokendrop_jax.export --workdir=PRETRAIN_WORKDIR --output=DIR [--step=N] [--overwrite]
+
+DIR then loads with `transformers.AutoModelForMaskedLM.from_pretrained(DIR)`
+(PyTorch) and `AutoTokenizer.from_pretrained(DIR)`. Writing it needs neither
+transformers nor torch: `config.json`, `model.safetensors` (numpy) and the
+tokenizer as a `tokenizers` JSON built from the SentencePiece proto.
+
+The conversion functions are pure (params/proto in, dicts out); files are
+written only by `export`, into a temp dir that is renamed into place.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+from absl import app, flags, logging
+
+from tokendrop_jax.model.bert import BertConfig
+
+SPACE = "\u2581"  # SentencePiece's escaped whitespace
+
+
+# ---------------------------------------------------------------------------
+# Model: config and weights.
+
+
+def hf_config(cfg: BertConfig) -> dict[str, Any]:
+  """The Hugging Face `BertConfig` of our model (post-LN BERT, tanh GELU)."""
+  return {
+      "architectures": ["BertForMaskedLM"],
+      "model_type": "bert",
+      "vocab_size": cfg.vocab_size,
+      "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size,
+      "hidden_act": "gelu_new",  # the tanh approximation, as nn.gelu(approximate=True)
+      "hidden_dropout_prob": cfg.dropout_rate,
+      "attention_probs_dropout_prob": cfg.attention_dropout_rate,
+      "max_position_embeddings": cfg.max_position,
+      "type_vocab_size": cfg.type_vocab_size,
+      "initializer_range": cfg.initializer_range,
+      "layer_norm_eps": cfg.layer_norm_eps,
+      "pad_token_id": 0,
+      "position_embedding_type": "absolute",
+      "tie_word_embeddings": True,  # our MLM decoder is the word embedding matrix
+      "torch_dtype": "float32",
+  }
+
+
+def _get(tree: Mapping[str, Any], *path: str, shape: tuple[int, ...]) -> np.ndarray:
+  """tree[path[0]][path[1]]... as float32, checked against the config's shape."""
+  node = tree
+  for i, key in enumerate(path):
+    if not isinstance(node, Mapping) or key not in node:
+      raise KeyError(f"params has no {'/'.join(path[:i + 1])} (expected a "
+                     "BertForPretraining param tree)")
+    node = node[key]
+  if tuple(np.shape(node)) != tuple(shape):
+    raise ValueError(f"params {'/'.join(path)} has shape {tuple(np.shape(node))}, "
+                     f"the config says {tuple(shape)}")
+  return np.asarray(node, np.float32)
+
+
+def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.ndarray]:
+  """`BertForMaskedLM` tensors (float32, torch layout) from our param tree.
+
+  torch Linear weights are [out, in], the transpose of Flax kernels; the
+  per-head projections [hidden, heads, head_dim] flatten to heads*head_dim,
+  the order of HF's `transpose_for_scores`. The decoder weight and bias are
+  tied in HF (to the word embeddings and `cls.predictions.bias`), so they are
+  not written.
+  """
+  h, nh, hd, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.vocab_size
+  n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
+  if n_layers != cfg.num_layers:
+    raise ValueError(f"params have {n_layers} layers, the config says {cfg.num_layers}")
+  out = {}
+
+  def put(name, x):
+    out[name] = np.ascontiguousarray(x)
+
+  def norm(prefix, *path):
+    put(f"{prefix}.weight", _get(params, *path, "scale", shape=(h,)))
+    put(f"{prefix}.bias", _get(params, *path, "bias", shape=(h,)))
+
+  def dense(prefix, *path, kernel_shape, bias_shape):
+    kernel = _get(params, *path, "kernel", shape=kernel_shape)
+    bias = _get(params, *path, "bias", shape=bias_shape)
+    n_out = int(np.prod(bias_shape))
+    put(f"{prefix}.weight", kernel.reshape(-1, n_out).T)  # [out, in]
+    put(f"{prefix}.bias", bias.reshape(n_out))
+
+  emb = ("bert", "embeddings")
+  put("bert.embeddings.word_embeddings.weight",
+      _get(params, *emb, "word", "embedding", shape=(v, h)))
+  put("bert.embeddings.position_embeddings.weight",
+      _get(params, *emb, "position", "embedding", shape=(cfg.max_position, h)))
+  put("bert.embeddings.token_type_embeddings.weight",
+      _get(params, *emb, "token_type", "embedding", shape=(cfg.type_vocab_size, h)))
+  norm("bert.embeddings.LayerNorm", *emb, "layer_norm")
+  for i in range(cfg.num_layers):
+    ours, hf = ("bert", f"layer_{i}"), f"bert.encoder.layer.{i}"
+    for proj in ("query", "key", "value"):
+      dense(f"{hf}.attention.self.{proj}", *ours, "attention", proj,
+            kernel_shape=(h, nh, hd), bias_shape=(nh, hd))
+    out_kernel = _get(params, *ours, "attention", "out_kernel", shape=(nh, hd, h))
+    put(f"{hf}.attention.output.dense.weight", out_kernel.reshape(nh * hd, h).T)
+    put(f"{hf}.attention.output.dense.bias",
+        _get(params, *ours, "attention", "out_bias", shape=(h,)))
+    norm(f"{hf}.attention.output.LayerNorm", *ours, "attention_norm")
+    dense(f"{hf}.intermediate.dense", *ours, "intermediate",
+          kernel_shape=(h, cfg.intermediate_size), bias_shape=(cfg.intermediate_size,))
+    dense(f"{hf}.output.dense", *ours, "output",
+          kernel_shape=(cfg.intermediate_size, h), bias_shape=(h,))
+    norm(f"{hf}.output.LayerNorm", *ours, "output_norm")
+  dense("cls.predictions.transform.dense", "mlm", "transform",
+        kernel_shape=(h, h), bias_shape=(h,))
+  norm("cls.predictions.transform.LayerNorm", "mlm", "transform_norm")
+  put("cls.predictions.bias", _get(params, "mlm", "output_bias", shape=(v,)))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer: SentencePiece proto -> `tokenizers` JSON.
+
+_SPECIAL = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+            "sep_token": "[SEP]", "mask_token": "[MASK]"}
+
+
+def _parse_proto(proto: bytes):
+  from sentencepiece import sentencepiece_model_pb2 as pb  # pylint: disable=g-import-not-at-top
+  m = pb.ModelProto()
+  m.ParseFromString(proto)
+  return m, pb
+
+
+def _normalizer(norm_spec) -> dict[str, Any]:
+  """SentencePiece's normalisation: the charsmap (e.g. NFKC), then whitespace.
+
+  SentencePiece collapses runs of U+0020 and drops them at both ends *after*
+  the charsmap (which maps tabs, newlines etc. to spaces); only U+0020 counts.
+  """
+  steps = []
+  if norm_spec.precompiled_charsmap:
+    steps.append({"type": "Precompiled", "precompiled_charsmap":
+                  base64.b64encode(norm_spec.precompiled_charsmap).decode("ascii")})
+  if norm_spec.remove_extra_whitespaces:
+    steps.append({"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "})
+    steps.append({"type": "Replace", "pattern": {"Regex": "^ | $"}, "content": ""})
+  return {"type": "Sequence", "normalizers": steps}
+
+
+def _bpe_merges(pieces: list[str], ids: Mapping[str, int]) -> list[list[str]]:
+  """Merges in SentencePiece's priority: a pair merges into the piece with the
+  highest score, and BPE scores fall with the id, so rank = id of the result."""
+  merges = []
+  for piece in pieces:
+    for cut in range(1, len(piece)):
+      left, right = piece[:cut], piece[cut:]
+      if left in ids and right in ids:
+        merges.append((ids[piece], ids[left], ids[right], left, right))
+  merges.sort()
+  return [[left, right] for *_, left, right in merges]
+
+
+def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
+  """{filename: json object} of a fast tokenizer equal to the SentencePiece model.
+
+  Special tokens are the project's fixed ids ([PAD] 0, [UNK] 1, [CLS] 2,
+  [SEP] 3, [MASK] 4), added as special tokens so that "[MASK]" in text is
+  the mask (as HF pipelines expect); `[CLS] A [SEP] (B [SEP])` framing
+  with token_type_ids 0/1, as in pretraining.
+  """
+  from tokendrop_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  m, pb = _parse_proto(proto)
+  spec, norm_spec = m.trainer_spec, m.normalizer_spec
+  pieces = [p.piece for p in m.pieces]
+  for i, special in enumerate(tok_lib.SPECIAL_PIECES):
+    if i >= len(pieces) or pieces[i] != special:
+      raise ValueError(f"special token {special} must have id {i} in the SentencePiece model")
+  if spec.treat_whitespace_as_suffix or not norm_spec.escape_whitespaces:
+    raise ValueError("SentencePiece models with treat_whitespace_as_suffix or without "
+                     "escape_whitespaces cannot be converted")
+  if spec.byte_fallback:
+    raise ValueError("SentencePiece models with byte_fallback cannot be converted "
+                     "(train without it: tokendrop_jax.data.tokenizer.train_tokenizer)")
+  model_type = pb.TrainerSpec.ModelType.Name(spec.model_type)
+  if model_type == "UNIGRAM":
+    model = {"type": "Unigram", "unk_id": tok_lib.SPECIAL_PIECES.index(tok_lib.UNK),
+             "vocab": [[p.piece, float(p.score)] for p in m.pieces], "byte_fallback": False}
+  elif model_type == "BPE":
+    normal = pb.ModelProto.SentencePiece.Type.Value("NORMAL")
+    mergeable = {p.piece: i for i, p in enumerate(m.pieces) if p.type == normal}
+    model = {"type": "BPE", "dropout": None, "unk_token": tok_lib.UNK,
+             "continuing_subword_prefix": None, "end_of_word_suffix": None,
+             "fuse_unk": True, "byte_fallback": False, "ignore_merges": False,
+             "vocab": {p: i for i, p in enumerate(pieces)},
+             "merges": _bpe_merges(list(mergeable), mergeable)}
+  else:
+    raise ValueError(f"SentencePiece model type {model_type} cannot be converted "
+                     "(only UNIGRAM and BPE)")
+  prepend = "always" if norm_spec.add_dummy_prefix else "never"
+  metaspace = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": prepend,
+               "split": True}
+  added = [{"id": i, "content": p, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": True}
+           for i, p in enumerate(tok_lib.SPECIAL_PIECES)]
+  cls, sep = tok_lib.CLS, tok_lib.SEP
+
+  def special(piece, type_id):
+    return {"SpecialToken": {"id": piece, "type_id": type_id}}
+
+  def seq(name, type_id):
+    return {"Sequence": {"id": name, "type_id": type_id}}
+
+  tokenizer = {
+      "version": "1.0",
+      "truncation": None,
+      "padding": None,
+      "added_tokens": added,
+      "normalizer": _normalizer(norm_spec),
+      "pre_tokenizer": metaspace,
+      "post_processor": {
+          "type": "TemplateProcessing",
+          "single": [special(cls, 0), seq("A", 0), special(sep, 0)],
+          "pair": [special(cls, 0), seq("A", 0), special(sep, 0), seq("B", 1), special(sep, 1)],
+          "special_tokens": {p: {"id": p, "ids": [pieces.index(p)], "tokens": [p]}
+                             for p in (cls, sep)},
+      },
+      "decoder": metaspace,
+      "model": model,
+  }
+  config = {
+      # The generic fast class: BertTokenizerFast would swap in its WordPiece
+      # normaliser. Everything it needs is in tokenizer.json.
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      "model_max_length": int(model_max_length),
+      "padding_side": "right",
+      "truncation_side": "right",
+      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+      "clean_up_tokenization_spaces": False,
+      "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
+                               for a in added},
+      **_SPECIAL,
+  }
+  return {"tokenizer.json": tokenizer, "tokenizer_config.json": config,
+          "special_tokens_map.json": dict(_SPECIAL)}
+
+
+# ---------------------------------------------------------------------------
+# Files.
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+
+
+def _write_folder(d: str, params, cfg: BertConfig, proto: bytes, meta: dict) -> None:
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  weights = os.path.join(d, "model.safetensors")
+  save_file(hf_state_dict(params, cfg), weights, metadata={"format": "pt"})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(weights, 0o666 & ~umask)  # safetensors creates it 0600
+  _write_json(os.path.join(d, "config.json"), hf_config(cfg))
+  for name, obj in hf_tokenizer_files(proto, cfg.max_position).items():
+    _write_json(os.path.join(d, name), obj)
+  _write_json(os.path.join(d, "tokendrop_export.json"), meta)
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+  if os.path.lexists(output):
+    if not os.path.isdir(output) or os.path.islink(output):
+      raise FileExistsError(f"--output {output} exists and is not a directory; "
+                            "choose another path.")
+    if os.listdir(output) and not overwrite:
+      raise FileExistsError(f"--output {output} already exists and is not empty; "
+                            "pass --overwrite to replace it.")
+
+
+def export(workdir: str, output: str, step: int | None = None,
+           overwrite: bool = False) -> str:
+  """Writes the HF folder for `workdir`'s checkpoint (latest or `step`) -> output.
+
+  The folder is written beside `output` and renamed into place, so a failed
+  export never leaves a half-written folder (nor loses an old one).
+  """
+  # Imported here so that `--help` and the pure functions need no orbax/jax.
+  from tokendrop_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.training import pretrained  # pylint: disable=g-import-not-at-top
+
+  output = os.path.abspath(os.fspath(output))
+  _check_output(output, overwrite)  # Fail before the (slow) restore.
+  pretrained.load_config(workdir)  # Names a missing workdir or config first.
+  tok = Tokenizer(pretrained.tokenizer_path(workdir))
+  params, config, step = pretrained.load_pretrained(workdir, step)
+  cfg = config_lib.model_config(config)
+  if tok.vocab_size > cfg.vocab_size:
+    raise ValueError(f"{tok.model_path} has {tok.vocab_size} pieces but model.vocab_size "
+                     f"in {pretrained.config_path(workdir)} is {cfg.vocab_size}")
+  meta = {"workdir": os.path.abspath(os.fspath(workdir)), "step": step,
+          "config_name": config.get("name", ""),
+          "token_drop_strategy": config.get("token_drop", {}).get("strategy", "")}
+  parent = os.path.dirname(output)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.tmp-")
+  try:
+    _write_folder(tmp, params, cfg, tok.serialized_model_proto(), meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+    _check_output(output, overwrite)  # Still true after the restore?
+    old = None
+    if os.path.lexists(output):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.old-")
+      os.rename(output, os.path.join(old, "x"))
+    try:
+      os.rename(tmp, output)
+    except BaseException:
+      if old:  # Put the old folder back.
+        os.rename(os.path.join(old, "x"), output)
+        os.rmdir(old)
+      raise
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  logging.info("Exported step %d of %s to %s.", step, workdir, output)
+  return output
+
+
+def _define_flags() -> None:
+  """Defined only when run as a main, so importing this module (tests, other
+  mains with their own --workdir/--output) cannot clash on flag names."""
+  flags.DEFINE_string("workdir", None, "Pretraining workdir (config.json, tokenizer.model, "
+                      "checkpoints/).", required=True)
+  flags.DEFINE_string("output", None, "Folder to write the Hugging Face model to.",
+                      required=True)
+  flags.DEFINE_integer("step", None, "Checkpoint step to export; default the latest.")
+  flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  print(export(f.workdir, f.output, f.step, f.overwrite))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,42 @@
+"""Pretrain a BERT with token dropping.
+
+  python -m tokendrop_jax.train --config=configs/bert_base.py:loss_ema --workdir=DIR \
+      [--config.train.num_steps=1000 ...]
+
+The same command runs on one CPU, a GPU node or every host of a TPU pod (see
+launch/). WORKDIR receives checkpoints/, metrics.jsonl, tensorboard/, plots/,
+the tokenizer and the dataset; restarting with the same WORKDIR resumes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from tokendrop_jax.training import loop, sharding
+  sharding.maybe_initialize_distributed()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  import jax
+  if jax.process_index() == 0:
+    workdir = os.path.abspath(_WORKDIR.value)
+    print(f"done at step {summary['step']}: {summary}")
+    print(f"outputs in {workdir}: checkpoints/, metrics.jsonl, tensorboard/, plots/")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
