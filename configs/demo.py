@@ -9,7 +9,7 @@ def get_config(arg=None):
                  intermediate_size=512, max_position=128)
   c.token_drop.keep_tokens = 64
   c.data.update(demo_corpus=True, seq_len=128, max_predictions_per_seq=20, global_batch_size=32)
-  c.optim.update(learning_rate=1e-3, warmup_steps=100)
-  c.train.update(num_steps=1200, log_every=25, eval_every=300, eval_batches=10,
-                 checkpoint_every=300)
+  c.optim.update(learning_rate=1e-3, warmup_steps=80)
+  c.train.update(num_steps=800, log_every=25, eval_every=200, eval_batches=10,
+                 checkpoint_every=200)
   return config_lib.apply_variant(c, arg)

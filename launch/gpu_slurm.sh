@@ -31,7 +31,7 @@ Options:
   --port=P            coordinator port
   --dry-run           print the srun command and exit (or DRY_RUN=1)
   -h, --help          this help
-Any other flag (e.g. --config.train_steps=1000) is passed to the main. The
+Any other flag (e.g. --config.train.num_steps=1000) is passed to the main. The
 workdir must be on a file system that all nodes share.
 EOF
 }

@@ -19,7 +19,7 @@ Options:
   --python=PY              interpreter (default: .venv/bin/python if present)
   --dry-run                print the command and exit (or DRY_RUN=1)
   -h, --help               this help
-Any other flag (e.g. --config.train_steps=100) is passed to the main.
+Any other flag (e.g. --config.train.num_steps=100) is passed to the main.
 EOF
 }
 

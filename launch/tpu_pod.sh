@@ -25,7 +25,7 @@ Options (or environment variables):
   --module=NAME     main module (default: tokendrop_jax.train)
   --dry-run         print the gcloud command and exit (or DRY_RUN=1)
   -h, --help        this help
-Any other flag (e.g. --config.train_steps=1000) is passed to the main.
+Any other flag (e.g. --config.train.num_steps=1000) is passed to the main.
 EOF
 }
 

@@ -155,3 +155,21 @@ def test_classifier_shares_the_encoder_parameters(setup):
   pooled = np.tanh(np.asarray(enc[:, 0]) @ np.asarray(p["pooler"]["kernel"]) + p["pooler"]["bias"])
   np.testing.assert_allclose(logits, pooled @ p["classifier"]["kernel"] + p["classifier"]["bias"],
                              atol=1e-5)
+
+
+def test_remat_gives_the_same_gradients(setup):
+  model, _, params, batch = setup
+  remat = BertForPretraining(BertConfig(**{**CFG.__dict__, "remat": True}))
+  keep_idx = token_drop.select_kept(jax.random.normal(jax.random.PRNGKey(3), (B, S)),
+                                    batch["input_ids"], batch["input_mask"],
+                                    synthetic.SPECIAL_IDS, 6)
+
+  def grads(m):
+    def loss(p):
+      logits = _apply(m, p, batch, keep_idx, deterministic=False,
+                      rngs={"dropout": jax.random.PRNGKey(4)})
+      return jax.nn.logsumexp(logits, -1).mean()
+    return jax.jit(jax.grad(loss))(params)
+
+  for a, b in zip(jax.tree_util.tree_leaves(grads(model)), jax.tree_util.tree_leaves(grads(remat))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)

@@ -46,6 +46,7 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"  # compute dtype, e.g. "bfloat16" on accelerators
   param_dtype: str = "float32"
+  remat: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more FLOPs
 
   @classmethod
   def from_dict(cls, d) -> "BertConfig":
@@ -202,7 +203,9 @@ class BertEncoder(nn.Module):
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    self.layers = [TransformerLayer(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+    # deterministic (arg 4, counting self) is a Python bool: static under remat.
+    layer_cls = nn.remat(TransformerLayer, static_argnums=(4,)) if self.cfg.remat else TransformerLayer
+    self.layers = [layer_cls(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
 
   def __call__(self, input_ids: Array, input_mask: Array, token_type_ids: Array,
                keep_idx: Optional[Array] = None, deterministic: bool = True) -> Array:

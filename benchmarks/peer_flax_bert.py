@@ -1,0 +1,151 @@
+"""Our train step against Hugging Face's FlaxBertForMaskedLM, same config, one run.
+
+  .venv/bin/python benchmarks/peer_flax_bert.py --config=configs/bench_cpu.py \
+      --output=benchmarks/results/peer_flax_bert.json
+
+The peer is the usual JAX choice (transformers 4.57.x, `run_mlm_flax.py` style):
+logits at every position, loss weighted by the masked positions, the same optax
+AdamW (warm-up, decay mask, clipping) as ours. All three steps (peer, our full,
+our token-drop) are jitted with donation and timed alternately on the same
+batch after compile and warm-up; medians are reported. Needs requirements-dev.txt.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Config file.")
+_OUTPUT = flags.DEFINE_string("output", "benchmarks/results/peer_flax_bert.json", "JSON path.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per contender.")
+_WARMUP = flags.DEFINE_integer("warmup", 4, "Untimed steps after compiling.")
+
+
+def peer_step_fn(config):
+  """(init_state, step) for transformers' FlaxBertForMaskedLM with our optimizer."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from transformers import BertConfig, FlaxBertForMaskedLM
+
+  from tokendrop_jax.training import optim
+
+  m = config.model
+  hf_cfg = BertConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+                      num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
+                      intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position,
+                      hidden_act="gelu_new", hidden_dropout_prob=m.dropout_rate,
+                      attention_probs_dropout_prob=m.attention_dropout_rate,
+                      layer_norm_eps=m.layer_norm_eps)
+  model = FlaxBertForMaskedLM(hf_cfg, seed=0, dtype=jnp.float32)
+  optimizer, _ = optim.make_optimizer(config.optim, config.train.num_steps)
+  params = model.params
+
+  def step(state, batch):
+    params, opt_state, rng = state
+    rng, dropout_rng = jax.random.split(rng)
+    b, s = batch["input_ids"].shape
+    # run_mlm_flax layout: labels at every position, weight 1 where masked.
+    label_w = jnp.zeros((b, s)).at[jnp.arange(b)[:, None], batch["masked_lm_positions"]].set(
+        batch["masked_lm_weights"])
+    labels = jnp.zeros((b, s), jnp.int32).at[jnp.arange(b)[:, None],
+                                             batch["masked_lm_positions"]].set(batch["masked_lm_ids"])
+
+    def loss_fn(p):
+      logits = model(batch["input_ids"], batch["input_mask"], batch["token_type_ids"], params=p,
+                     dropout_rng=dropout_rng, train=True)[0]
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+      return (ce * label_w).sum() / label_w.sum()
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, rng), loss
+
+  return (params, optimizer.init(params), jax.random.PRNGKey(0)), step
+
+
+def main(argv):
+  del argv
+  import jax
+  import flax.linen as nn
+
+  from tokendrop_jax import config_lib, importance, synthetic
+  from tokendrop_jax.model.bert import BertForPretraining
+  from tokendrop_jax.training import optim, state as state_lib, step as step_lib
+
+  config = _CONFIG.value
+  config_lib.validate(config)
+  cfg = config_lib.model_config(config)
+  data, td = config.data, config.token_drop
+  batch = jax.device_put(synthetic.mlm_batch(0, data.global_batch_size, data.seq_len,
+                                             data.max_predictions_per_seq, cfg.vocab_size))
+  model = BertForPretraining(cfg)
+  optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
+  imp0 = importance.init_importance("loss_ema", cfg.vocab_size, ema_init=td.ema_init)
+  init = jax.jit(lambda r: nn.unbox(state_lib.make_state_init(
+      model, optimizer, data.seq_len, data.max_predictions_per_seq)(r, imp0)))
+  settings = step_lib.DropSettings("loss_ema", td.keep_tokens, synthetic.SPECIAL_IDS, td.ema_beta)
+  peer_state, peer_step = peer_step_fn(config)
+  contenders = {
+      "flax_bert_peer": (jax.jit(peer_step, donate_argnums=0), peer_state),
+      "ours_full": (jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings.full()),
+                            donate_argnums=0), init(jax.random.PRNGKey(0))),
+      "ours_drop": (jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings),
+                            donate_argnums=0), init(jax.random.PRNGKey(0))),
+  }
+  states = {k: s for k, (_, s) in contenders.items()}
+  for name, (fn, _) in contenders.items():
+    for _ in range(1 + _WARMUP.value):
+      states[name], out = fn(states[name], batch)
+    jax.block_until_ready(out)
+  times = {name: [] for name in contenders}
+  for _ in range(_STEPS.value):
+    for name, (fn, _) in contenders.items():
+      t0 = time.perf_counter()
+      states[name], out = fn(states[name], batch)
+      jax.block_until_ready(out)
+      times[name].append(time.perf_counter() - t0)
+  med = {k: statistics.median(v) for k, v in times.items()}
+  results = {
+      "config": config.name,
+      "median_step_s": med,
+      "ours_full_over_peer": med["ours_full"] / med["flax_bert_peer"],
+      "ours_drop_over_peer": med["ours_drop"] / med["flax_bert_peer"],
+      "step_times_s": times,
+      "batch_size": data.global_batch_size, "seq_len": data.seq_len,
+      "keep_tokens": td.keep_tokens, "device": jax.devices()[0].device_kind,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  print(json.dumps({k: results[k] for k in ("median_step_s", "ours_full_over_peer",
+                                            "ours_drop_over_peer")}, indent=2))
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(results, f, indent=2)
+  _plot(results, os.path.splitext(_OUTPUT.value)[0] + ".png")
+  print(f"wrote {_OUTPUT.value}")
+
+
+def _plot(results, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  names = ["flax_bert_peer", "ours_full", "ours_drop"]
+  labels = ["HF FlaxBertForMaskedLM", "tokendrop_jax full", "tokendrop_jax token drop"]
+  vals = [results["median_step_s"][n] for n in names]
+  fig, ax = plt.subplots(figsize=(6, 3.2))
+  ax.barh(labels, vals, color=["#999999", "#3b75af", "#e1812c"])
+  for i, v in enumerate(vals):
+    ax.text(v, i, f" {v:.2f} s", va="center")
+  ax.set_xlabel("median train-step time (s), lower is better")
+  ax.set_title(f"{results['config']}: batch {results['batch_size']}, seq {results['seq_len']}")
+  ax.set_xlim(0, max(vals) * 1.25)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+  app.run(main)
