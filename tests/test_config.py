@@ -63,6 +63,18 @@ BAD = [
     ("token_drop.full_start_fraction", 0.7, "full_end_fraction"),
     ("mesh.data", 0, "mesh.data"),
     ("mesh.tensor", -3, "mesh.tensor"),
+    # negative sizes (tests/test_faults.py also checks that nothing compiles first)
+    ("data.seq_len", -64, "data.seq_len"),
+    ("data.max_predictions_per_seq", -1, "data.max_predictions_per_seq"),
+    ("model.intermediate_size", -256, "model.intermediate_size"),
+    ("model.vocab_size", -1, "model.vocab_size"),
+    ("model.num_heads", 0, "model.num_heads"),
+    ("train.checkpoint_every", -10, "train.checkpoint_every"),
+    ("train.keep_checkpoints", -1, "train.keep_checkpoints"),
+    ("train.eval_batches", -4, "train.eval_batches"),
+    ("optim.grad_accum_steps", 0, "optim.grad_accum_steps"),
+    ("optim.warmup_steps", -5, "optim.warmup_steps"),
+    ("mesh.fsdp", -2, "mesh.fsdp"),
 ]
 
 

@@ -22,7 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax.training import loop, sharding
+  from tokendrop_jax.training import checkpoint, loop, sharding
   sharding.maybe_initialize_distributed()
   logging.set_verbosity(logging.WARNING)
   try:
@@ -30,6 +30,9 @@ def main(argv):
   except loop.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
+  except checkpoint.CheckpointSaveError as e:  # disk full, read-only workdir
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(4)
   import jax
   if jax.process_index() == 0:
     workdir = os.path.abspath(_WORKDIR.value)

@@ -22,6 +22,7 @@ saved with orbax through `grain.checkpoint.CheckpointSave(it)`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Protocol
 
 import grain
@@ -123,6 +124,7 @@ class _PackMaskIterator(grain.DatasetIterator):
     self._doc = None         # (ids, starts list, lengths list) of the current document
     self._doc_state = None   # parent state before the current document was read
     self._si = self._ti = 0  # cursor: sentence index, token offset inside it
+    self.skipped_documents = 0  # empty or only special tokens (since this iterator started)
 
   # The cursor is always at the start of the next row between batches, so the
   # state needs no partially built row: re-reading from `_doc_state` rebuilds it.
@@ -154,7 +156,13 @@ class _PackMaskIterator(grain.DatasetIterator):
       if int(lengths.sum()) != len(ids) or (lengths <= 0).any():
         raise ValueError("document field 'sentence_lengths' must be positive and sum to "
                          f"len('ids') = {len(ids)}, got {lengths.tolist()}")
-      if not len(ids):
+      if not len(ids) or self._cfg.is_special[ids].all():
+        # Nothing to predict in it; skipping keeps every row a full one.
+        self.skipped_documents += 1
+        n = self.skipped_documents
+        if n & (n - 1) == 0:  # 1, 2, 4, 8, ...: visible without flooding the log
+          logging.warning("Skipped a document with %s (%d skipped so far).",
+                          "no tokens" if not len(ids) else "only special tokens", n)
         continue
       starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
       self._doc = (ids, starts.tolist(), lengths.tolist())
@@ -253,6 +261,8 @@ class PackMaskDataset(grain.IterDataset):
     self.max_predictions, self.mask_prob, self.seed = max_predictions, mask_prob, seed
     self.stream, self.drop_remainder, self.num_batches = stream, drop_remainder, num_batches
     self.worker = 0
+    self.is_special = np.zeros((special.vocab_size,), bool)
+    self.is_special[list(special.special_ids)] = True
 
   def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
     """Called by grain in each worker process: that worker packs a slice of the documents.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -148,9 +149,16 @@ class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
             VALIDATION: self._generate_examples(VALIDATION)}
 
   def _generate_examples(self, split: str):
-    n_docs = n_tokens = 0
+    n_docs = n_tokens = n_empty = n_special = 0
+    tok = self._tokenizer
+    special = np.array([tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id])
     for docs in _chunks(self._source.documents(split), _ENCODE_CHUNK):
-      for ids, lengths in tokenize_documents(self._tokenizer, docs):
+      encoded = tokenize_documents(self._tokenizer, docs)
+      n_empty += len(docs) - len(encoded)
+      for ids, lengths in encoded:
+        if np.isin(ids, special).all():  # e.g. only unknown characters: nothing to learn
+          n_special += 1
+          continue
         if split == TRAIN:
           self.token_counts += count_token_ids([ids], self._tokenizer.vocab_size)
         yield n_docs, {"ids": ids, "sentence_lengths": lengths}
@@ -160,6 +168,11 @@ class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"empty corpus: split {split!r} of {self._source.describe()} has no "
                        "tokens")
     self.split_sizes[split] = {"documents": n_docs, "tokens": n_tokens}
+    if n_empty or n_special:
+      logging.warning("%s split: skipped %d document(s) with no tokens and %d of only special "
+                      "tokens", split, n_empty, n_special)
+      self.split_sizes[split].update(skipped_empty_documents=n_empty,
+                                     skipped_special_only_documents=n_special)
 
 
 def _chunks(docs: Iterable[list[str]], max_sentences: int) -> Iterator[list[list[str]]]:
@@ -302,4 +315,42 @@ def open_split(dataset_dir: str, split: str):
   builder = tfds.builder_from_directory(dataset_dir)
   if split not in builder.info.splits:
     raise ValueError(f"{dataset_dir} has no split {split!r}; it has {list(builder.info.splits)}")
-  return builder.as_data_source(split)
+  info = builder.info.splits[split]
+  files = [os.path.join(dataset_dir, f) for f in info.filenames]
+  missing = [f for f in files if not os.path.isfile(f)]
+  if missing:
+    raise FileNotFoundError(f"split {split!r} of {dataset_dir}: missing shard file(s) {missing}; "
+                            "the dataset is incomplete: remove the directory to rebuild it")
+  return NamedSource(builder.as_data_source(split), split, files, list(info.shard_lengths))
+
+
+class NamedSource:
+  """A data source whose read errors name the shard file (ArrayRecord's do not)."""
+
+  def __init__(self, source, split: str, files: list[str], shard_lengths: list[int]):
+    self._source, self._split, self._files = source, split, files
+    self._ends = np.cumsum(shard_lengths) if len(shard_lengths) == len(files) else None
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _error(self, i: int, e: Exception) -> IOError:
+    if self._ends is not None and self._files:
+      f = self._files[min(int(np.searchsorted(self._ends, i, side="right")), len(self._files) - 1)]
+    else:
+      f = ", ".join(self._files)
+    return IOError(f"cannot read document {i} of split {self._split!r} from {f}: "
+                   f"{type(e).__name__}: {e}. The file is corrupt or truncated; remove the "
+                   f"dataset directory {os.path.dirname(f)} to rebuild it.")
+
+  def __getitem__(self, i):
+    try:
+      return self._source[i]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._error(int(i), e) from e
+
+  def __getitems__(self, indices):
+    try:
+      return self._source.__getitems__(indices)
+    except Exception:  # pylint: disable=broad-except
+      return [self[i] for i in indices]  # finds (and names) the bad record

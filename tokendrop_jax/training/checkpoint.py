@@ -139,6 +139,14 @@ def _verify(state, expected: Mapping[str, list], where: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, read-only workdir, ...).
+
+  Raised instead of orbax's own error so that the message names the step, the
+  directory and the previous checkpoint, which is left intact.
+  """
+
+
 def _all_processes_ok(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
@@ -162,10 +170,14 @@ class Checkpointer:
     self.directory = epath.Path(directory)
     self.save_every = save_every
     self.verify = verify
+    self._in_flight: int | None = None  # step of the last save started
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None,
         save_interval_steps=1,  # The interval is applied in save().
         enable_async_checkpointing=async_save,
+        # A save killed half-way leaves a `<step>.orbax-checkpoint-tmp-*` dir:
+        # never listed as a step, removed at the next start.
+        cleanup_tmp_directories=True,
         create=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -193,15 +205,50 @@ class Checkpointer:
     meta = {"format": _FORMAT}
     if self.verify:
       meta["fingerprint"] = fingerprint(state)
-    return self._manager.save(step, args=ocp.args.Composite(**items),
-                              force=True, custom_metadata=meta)
+    try:
+      self._probe_writable()
+      self._in_flight = step
+      return self._manager.save(step, args=ocp.args.Composite(**items),
+                                force=True, custom_metadata=meta)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, step) from e
+
+  def _probe_writable(self) -> None:
+    """Fails fast on a read-only directory: orbax would wait minutes for a step dir."""
+    probe = self.directory / f".write_probe.{jax.process_index()}"
+    probe.write_text("")
+    probe.unlink()
+
+  def _save_error(self, e: BaseException, step: int | None = None) -> CheckpointSaveError:
+    """A clear message naming the path and what is still safe on disk."""
+    if isinstance(e, CheckpointSaveError):
+      return e
+    try:
+      done = [s for s in self._manager.all_steps() if s != step]
+    except Exception:  # pylint: disable=broad-except
+      done = []
+    what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+    where = self.directory / str(step) if step is not None else self.directory
+    prev = (f"the previous checkpoint (step {max(done)}) in {self.directory} is intact"
+            if done else f"there is no earlier complete checkpoint in {self.directory}")
+    return CheckpointSaveError(
+        f"could not write {what} to {where}: {type(e).__name__}: {str(e)[:500]}. "
+        f"Check free space and permissions of {self.directory}; {prev} and a "
+        "restart resumes from it.")
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Blocks until async saves are committed; raises CheckpointSaveError on failure."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(e, self._in_flight) from e
+    self._in_flight = None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   # -- restoring ------------------------------------------------------------
 

@@ -54,6 +54,8 @@ def _build(config, workdir: str) -> tuple[str, str]:
     if not data.valid_files:
       raise ValueError("data.valid_files must be set when data.train_files is")
     train_files, valid_files = data.train_files.split(","), data.valid_files.split(",")
+    for field, files in (("data.train_files", train_files), ("data.valid_files", valid_files)):
+      tokenizer_lib.expand_files(files, field)  # a missing file, named by its field
   elif not data.tfds_name:
     raise ValueError("no corpus: set data.train_files/data.valid_files, data.tfds_name, "
                      "or data.demo_corpus=True")

@@ -66,6 +66,21 @@ def _write_config(config, workdir: str) -> None:
     os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
 
 
+def make_checked_mesh(config, devices=None) -> jax.sharding.Mesh:
+  """The mesh of `config` on `devices`; ValueError naming the field if it does not fit."""
+  data = config.data
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if data.global_batch_size % (batch_shards * config.optim.grad_accum_steps):
+    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
+                     f"mesh.data*mesh.fsdp={batch_shards} shards "
+                     f"(x optim.grad_accum_steps={config.optim.grad_accum_steps})")
+  if data.global_batch_size % jax.process_count():
+    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
+                     f"{jax.process_count()} processes")
+  return mesh
+
+
 @dataclasses.dataclass
 class Run:
   """Everything built before the first step (no compile yet)."""
@@ -87,15 +102,7 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
   config_lib.validate(config)
   cfg = config_lib.model_config(config)
   td, data = config.token_drop, config.data
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if data.global_batch_size % (batch_shards * config.optim.grad_accum_steps):
-    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
-                     f"mesh.data*mesh.fsdp={batch_shards} shards "
-                     f"(x optim.grad_accum_steps={config.optim.grad_accum_steps})")
-  if data.global_batch_size % jax.process_count():
-    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
-                     f"{jax.process_count()} processes")
+  mesh = make_checked_mesh(config, devices)
   rules = sharding.rules_from_config(config.mesh.rules)
   model = BertForPretraining(cfg)
   optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
@@ -152,16 +159,24 @@ def _device_peak(config) -> Optional[float]:
                                            config.train.peak_flops_per_device or None)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Pretrains (resuming from the latest checkpoint in `workdir`) -> final metrics."""
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+  """Pretrains (resuming from the latest checkpoint in `workdir`) -> final metrics.
+
+  `devices`: the devices of the mesh (default all); a run may resume on another
+  number of devices than it was checkpointed on.
+  """
   config_lib.validate(config)
+  workdir = str(workdir)
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # orbax needs absolute paths
+  make_checked_mesh(config, devices)  # before building a corpus that may take hours
   os.makedirs(workdir, exist_ok=True)
   check_workdir_config(config, workdir)
   is_main = jax.process_index() == 0
   dataset_dir, tok = inputs.prepare(config, workdir)
   counts = (text_builder.load_token_counts(dataset_dir)
             if config.token_drop.strategy == "frequency" else None)
-  run = build(config, tok.special_ids, counts)
+  run = build(config, tok.special_ids, counts, devices=devices)
   _write_config(config, workdir)
 
   train_iter = inputs.train_iterator(config, dataset_dir)
@@ -172,6 +187,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if ckpt.latest_step() is not None:
     state, start = ckpt.restore(run.abstract_state, train_iter)
     logging.info("Resumed from step %d", start)
+    if is_main:
+      print(f"resumed from checkpoint step {start} in {ckpt.directory}", flush=True)
   else:
     state, start = run.init_state(), 0
   writer = metrics_lib.MetricsWriter(workdir, is_main=is_main,
@@ -198,17 +215,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
   window = {"t": time.perf_counter(), "step": start, "train_time": 0.0}
   t_start = time.perf_counter()
   train_time_s = 0.0
+  skipped_steps = 0
 
   def flush(pending, now):
     """Fetches a finished step's metrics; logs them; stops on NaN."""
-    nonlocal train_time_s
+    nonlocal train_time_s, skipped_steps
     step, device_metrics, full = pending
     m = jax.device_get(device_metrics)
-    if not np.isfinite(m["loss"]) and config.train.nan_policy == "stop":
+    finite = np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
+    if not finite and config.train.nan_policy == "stop":
+      # A NaN gradient with a finite loss would save NaN params at this step.
       raise NonFiniteLossError(
-          f"loss is {m['loss']} at step {step}; stopping. The last good checkpoint "
+          f"loss is {m['loss']} (gradient norm {m.get('grad_norm')}) at step {step}; stopping. The last good checkpoint "
           f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
           f"optim.learning_rate or set train.nan_policy=skip to skip bad batches.")
+    if m.get("skipped", 0.0) > 0:
+      skipped_steps += 1
+      logging.warning("Non-finite loss/gradient at step %d: update skipped (%d so far).",
+                      step, skipped_steps)
+      if is_main:
+        print(f"step {step}: non-finite loss/gradient, update skipped "
+              f"({skipped_steps} skipped so far)", flush=True)
     if step % train.log_every == 0 or step == train.num_steps:
       n = step - window["step"]
       dt = (now - window["t"]) / max(n, 1)
@@ -254,13 +281,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
           break
       if pending is not None:
         flush(pending, time.perf_counter())
+  except BaseException:
+    # Already failing: a second error from the pending async save must not hide it.
+    try:
+      ckpt.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error("While stopping, the checkpoint writer also failed: %s", e)
+    writer.close()
+    raise
+  try:
+    ckpt.close()  # waits for the last async save; CheckpointSaveError if it failed
   finally:
-    ckpt.close()
     writer.close()
 
   summary = {
       "step": step,
       "train_time_s": train_time_s,
+      "skipped_steps": skipped_steps,  # train.nan_policy=skip: updates dropped in this process
       **{f"eval/{k}": v for k, v in last_eval.items()},
       # Compiles per step function: 1 once used, never more (no recompiles).
       "jit_cache_sizes": {("full" if full else "drop"): fn._cache_size()  # pylint: disable=protected-access

@@ -1,0 +1,99 @@
+"""How long saving and restoring a `bert_base` train state (params + AdamW) takes here.
+
+  python benchmarks/restore_time.py [--config=configs/bert_base.py] [--dir=/tmp/x] [--repeats=2]
+
+Writes the state with the project's Checkpointer (orbax, fingerprint recorded),
+restores it onto the same shardings (fingerprint verified, as on resume) and
+reports seconds and GB; the figure quoted in docs/reliability.md.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--config", default=os.path.join(ROOT, "configs", "bert_base.py"))
+  p.add_argument("--dir", default=None, help="where to write (default: a tmp dir, removed)")
+  p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "restore_time.json"))
+  args = p.parse_args()
+
+  import jax
+  import numpy as np
+  from tokendrop_jax import synthetic
+  from tokendrop_jax.training import checkpoint, loop
+
+  config = _load(args.config)
+  run = loop.build(config, synthetic.SPECIAL_IDS, devices=jax.devices()[:1])
+  t = time.perf_counter()
+  state = jax.block_until_ready(run.init_state())
+  init_s = time.perf_counter() - t
+  leaves = jax.tree_util.tree_leaves(state)
+  nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+
+  root = args.dir or tempfile.mkdtemp(prefix="restore_time_")
+  saves, restores = [], []
+  try:
+    for i in range(args.repeats):
+      d = os.path.join(root, f"ckpt{i}")
+      ckpt = checkpoint.Checkpointer(d, save_every=1, keep=1, async_save=False)
+      t = time.perf_counter()
+      ckpt.save(1, state, force=True)
+      ckpt.wait()
+      saves.append(time.perf_counter() - t)
+      ckpt.close()
+      ckpt = checkpoint.Checkpointer(d, save_every=1, keep=1)
+      t = time.perf_counter()
+      restored, _ = ckpt.restore(run.abstract_state)
+      jax.block_until_ready(restored)
+      restores.append(time.perf_counter() - t)
+      ckpt.close()
+      del restored
+      disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+      shutil.rmtree(d)
+  finally:
+    if not args.dir:
+      shutil.rmtree(root, ignore_errors=True)
+
+  result = {
+      "config": os.path.relpath(args.config, ROOT),
+      "what": "params + AdamW state + importance (TrainState), orbax via Checkpointer, "
+              "fingerprint recorded on save and verified on restore",
+      "params": int(n_params),
+      "state_gb": round(nbytes / 1e9, 3),
+      "disk_gb": round(disk / 1e9, 3),
+      "save_s": [round(s, 2) for s in saves],
+      "restore_s": [round(s, 2) for s in restores],
+      "restore_s_median": round(float(np.median(restores)), 2),
+      "restore_gb_per_s": round(nbytes / 1e9 / float(np.median(restores)), 3),
+      "init_s": round(init_s, 2),
+      "device": str(jax.devices()[0].device_kind),
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared)",
+      "command": "python benchmarks/restore_time.py",
+  }
+  print(json.dumps(result, indent=2))
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,50 @@
+"""Fine-tune a pretrained encoder on a GLUE task.
+
+  python -m tokendrop_jax.finetune --config=configs/glue.py:sst2 \
+      --config.init_from=PRETRAIN_WORKDIR --workdir=DIR \
+      [--config.train_file=train.tsv --config.eval_file=dev.tsv] \
+      [--config.predict_file=test.tsv]
+
+Without train_file/eval_file the task is read from TFDS `glue/<task>`
+(prepared as array_record). DIR receives results.json (best and last dev
+metrics, per epoch), metrics.jsonl, tensorboard/, checkpoints/ and, with
+predict_file, predictions.tsv. Restarting with the same DIR resumes exactly.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/glue.py:<task>")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and metrics go.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from tokendrop_jax.training import finetune_loop, loop, sharding
+  sharding.maybe_initialize_distributed()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    summary = finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except loop.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+  except (ValueError, FileNotFoundError) as e:  # bad input: the message names the field/file
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  import jax
+  if jax.process_index() == 0 and "results" in summary:
+    r = summary["results"]
+    workdir = os.path.abspath(_WORKDIR.value)
+    print(f"done at step {summary['step']}: best dev {r['best']}, last dev {r['last']}")
+    print(f"outputs in {workdir}: results.json, metrics.jsonl, tensorboard/, checkpoints/"
+          + (", predictions.tsv" if "predictions" in summary else ""))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
