@@ -12,6 +12,7 @@ import ml_collections
 
 from tokendrop_jax import importance
 from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.training import sharding
 
 VARIANTS = importance.STRATEGIES  # none | loss_ema | frequency | random
 
@@ -80,17 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
       data=-1,                    # -1 = all remaining devices
       fsdp=1,
       tensor=1,
-      # Logical axis -> mesh axes. Data parallel by default; set embed->fsdp for
-      # FSDP, mlp/heads/vocab->tensor for tensor parallelism.
-      rules=[
-          ("batch", ("data", "fsdp")),
-          ("length", None),
-          ("embed", "fsdp"),
-          ("mlp", "tensor"),
-          ("heads", "tensor"),
-          ("kv", None),
-          ("vocab", "tensor"),
-      ],
+      # Logical axis -> mesh axes. Data parallel by default, FSDP over the embed
+      # dimension when fsdp > 1, tensor parallel over mlp/heads/vocab when tensor > 1.
+      rules=[list(rule) for rule in sharding.DEFAULT_RULES],
   ))
   return c
 

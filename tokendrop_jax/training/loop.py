@@ -212,7 +212,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
             f"MLM accuracy {last_eval['mlm_accuracy']:.4f}", flush=True)
 
   pending = None  # (step, device metrics, full?) of the step before
-  window = {"t": time.perf_counter(), "step": start, "train_time": 0.0}
+  window = {"t": time.perf_counter(), "step": start}  # start of the current logging window
   t_start = time.perf_counter()
   train_time_s = 0.0
   skipped_steps = 0
@@ -226,8 +226,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     if not finite and config.train.nan_policy == "stop":
       # A NaN gradient with a finite loss would save NaN params at this step.
       raise NonFiniteLossError(
-          f"loss is {m['loss']} (gradient norm {m.get('grad_norm')}) at step {step}; stopping. The last good checkpoint "
-          f"(step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
+          f"loss is {m['loss']} (gradient norm {m.get('grad_norm')}) at step {step}; stopping. "
+          f"The last good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. Lower "
           f"optim.learning_rate or set train.nan_policy=skip to skip bad batches.")
     if m.get("skipped", 0.0) > 0:
       skipped_steps += 1
@@ -269,11 +269,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         if at_save or stop or step % train.eval_every == 0:
           flush(pending, time.perf_counter())  # a NaN must not be saved or evaluated
           pending = None
-          eval_t0 = time.perf_counter()
           if step % train.eval_every == 0 or step == train.num_steps:
+            eval_t0 = time.perf_counter()
             do_eval(step, state.params)
+            window["t"] += time.perf_counter() - eval_t0  # eval time is not step time
           ckpt.save(step, state, train_iter, force=stop or step == train.num_steps)
-          window["t"] += time.perf_counter() - eval_t0  # eval/save time is not step time
         if stop:
           logging.warning("Preemption signal: saved step %d; exiting.", step)
           print(f"stopped by signal at step {step}; checkpoint saved in {ckpt.directory}",
