@@ -31,7 +31,7 @@ test-slow: install-dev
 	$(PY) -m pytest -q -m slow tests
 
 demo: install
-	$(PY) -m tokendrop_jax.demo --workdir=$(WORKDIR)
+	$(PY) -m tokendrop_jax.train --config=configs/demo.py --workdir=$(WORKDIR)
 
 bench: install
 	$(PY) -m tokendrop_jax.benchmark --config=configs/bench_cpu.py --output=benchmarks/results/step_bench_cpu.json

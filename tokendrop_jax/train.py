@@ -36,8 +36,13 @@ def main(argv):
   import jax
   if jax.process_index() == 0:
     workdir = os.path.abspath(_WORKDIR.value)
-    print(f"done at step {summary['step']}: {summary}")
-    print(f"outputs in {workdir}: checkpoints/, metrics.jsonl, tensorboard/, plots/")
+    line = f"done: step {summary['step']}, {summary['train_time_s']:.0f} s of training"
+    if "eval/loss" in summary:
+      line += (f", full-model eval loss {summary['eval/loss']:.3f}, "
+               f"MLM accuracy {summary['eval/mlm_accuracy']:.3f}")
+    print(line)
+    print(f"outputs in {workdir}: checkpoints/ metrics.jsonl tensorboard/ plots/loss.png "
+          f"summary.json config.json tokenizer.model")
 
 
 if __name__ == "__main__":
