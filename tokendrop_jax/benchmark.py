@@ -19,10 +19,16 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:variant]).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON results.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model (after warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps per model after compiling.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Flags exist only when this module is the main: other scripts import run_benchmark."""
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py[:variant]).")
+  flags.DEFINE_string("output", None, "Where to write the JSON results.")
+  flags.DEFINE_integer("steps", 10, "Timed steps per model (after warm-up).")
+  flags.DEFINE_integer("warmup", 5, "Untimed steps per model after compiling.")
+  flags.mark_flag_as_required("config")
 
 
 def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
@@ -110,18 +116,18 @@ def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
 
 def main(argv):
   del argv
-  results = run_benchmark(_CONFIG.value, _STEPS.value, _WARMUP.value)
+  results = run_benchmark(FLAGS.config, FLAGS.steps, FLAGS.warmup)
   print(f"{results['config']}: full {results['full_step_s']:.3f} s/step, "
         f"drop {results['drop_step_s']:.3f} s/step, measured ratio {results['measured_ratio']:.3f}, "
         f"FLOPs ratio {results['flops_ratio']:.3f}; "
         f"{results['full_tokens_per_s']:.0f} vs {results['drop_tokens_per_s']:.0f} tokens/s")
-  if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
+  if FLAGS.output:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    with open(FLAGS.output, "w") as f:
       json.dump(results, f, indent=2)
-    print(f"wrote {_OUTPUT.value}")
+    print(f"wrote {FLAGS.output}")
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
+  _define_flags()
   app.run(main)

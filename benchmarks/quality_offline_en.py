@@ -1,0 +1,128 @@
+"""Quality at equal time and at equal steps: full baseline vs token-drop strategies.
+
+  .venv/bin/python benchmarks/quality_offline_en.py --corpus_dir=../shared/data/offline_en \
+      [--strategies=none,loss_ema,frequency,random] [--num_steps=1000] [--sst2_dir=../shared/data/sst2]
+
+Pretrains `configs/small.py` (6 layers, hidden 256, seq 256, keep 128) once per
+strategy on the offline corpus (train.txt.gz; validation = valid.txt.gz), the
+same number of steps each, evaluating the **full** model on the validation
+split every `--eval_every` steps. Training time excludes evaluation. Then:
+  - plots of validation loss vs training time and vs step (one curve per strategy);
+  - a table at equal steps (the last eval) and at equal wall-clock (every run's
+    loss interpolated at the shortest run's total training time);
+  - optionally fine-tunes each on SST-2 with identical settings (`--sst2_dir`).
+Runs resume: re-running skips finished pretraining and fine-tuning runs.
+Writes benchmarks/results/quality_offline_en.{json,png}.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+_CORPUS = flags.DEFINE_string("corpus_dir", "../shared/data/offline_en", "train/valid .txt.gz dir.")
+_STRATEGIES = flags.DEFINE_list("strategies", ["none", "loss_ema", "frequency", "random"], "")
+_STEPS = flags.DEFINE_integer("num_steps", 1000, "Pretraining steps per strategy.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch (16: ~20-30 min per run on 2 cores).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Full-model eval interval.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir/quality", "Where the runs go.")
+_SST2 = flags.DEFINE_string("sst2_dir", "", "GLUE SST-2 dir (train.tsv, dev.tsv); '' = skip.")
+_SST2_EPOCHS = flags.DEFINE_integer("sst2_epochs", 1, "Fine-tuning epochs.")
+_OUTPUT = flags.DEFINE_string("output", "benchmarks/results/quality_offline_en.json", "JSON path.")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path, arg):
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def curves(workdir):
+  """[(step, train_time_s, eval_loss)] from a run's metrics.jsonl."""
+  from tokendrop_jax.training import metrics
+  rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  times = {r["step"]: r["train_time_s"] for r in rows if "train_time_s" in r}
+  return [(r["step"], times[r["step"]], r["eval/loss"]) for r in rows
+          if "eval/loss" in r and r["step"] in times]
+
+
+def main(argv):
+  del argv
+  from tokendrop_jax.training import finetune_loop, loop
+
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  runs = {}
+  for strategy in _STRATEGIES.value:
+    config = _load("configs/small.py", strategy)
+    config.data.update(train_files=os.path.join(_CORPUS.value, "train.txt.gz"),
+                       valid_files=os.path.join(_CORPUS.value, "valid.txt.gz"),
+                       dataset_dir=os.path.join(_WORKDIR.value, "data"),
+                       tokenizer_model=os.path.join(_WORKDIR.value, "tokenizer.model")
+                       if os.path.exists(os.path.join(_WORKDIR.value, "tokenizer.model")) else "")
+    config.data.global_batch_size = _BATCH.value
+    config.train.update(num_steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
+                        log_every=_EVAL_EVERY.value // 4 or 1, checkpoint_every=_EVAL_EVERY.value)
+    workdir = os.path.join(_WORKDIR.value, strategy)
+    if not os.path.exists(os.path.join(workdir, "summary.json")):
+      loop.train_and_evaluate(config, workdir)
+    shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
+    if not os.path.exists(shared_tok):  # every strategy uses the first run's tokenizer
+      with open(os.path.join(workdir, "tokenizer.model"), "rb") as src, open(shared_tok, "wb") as dst:
+        dst.write(src.read())
+    runs[strategy] = {"workdir": workdir, "curve": curves(workdir)}
+
+  budget = min(r["curve"][-1][1] for r in runs.values())  # shortest total training time
+  for strategy, r in runs.items():
+    steps, times, losses = map(np.asarray, zip(*r["curve"]))
+    r["equal_steps_loss"] = float(losses[-1])
+    r["equal_time_loss"] = float(np.interp(budget, times, losses))
+    r["total_train_time_s"] = float(times[-1])
+    if _SST2.value:
+      ft = _load("configs/glue.py", "sst2")
+      ft.update(init_from=r["workdir"], train_file=os.path.join(_SST2.value, "train.tsv"),
+                eval_file=os.path.join(_SST2.value, "dev.tsv"), max_seq_len=64,
+                num_epochs=_SST2_EPOCHS.value, learning_rate=1e-4, log_every=200)
+      ft_dir = r["workdir"] + "_sst2"
+      results_path = os.path.join(ft_dir, "results.json")
+      if not os.path.exists(results_path):
+        finetune_loop.train_and_evaluate(ft, ft_dir)
+      with open(results_path) as f:
+        r["sst2_dev_accuracy"] = json.load(f)["best"]["accuracy"]
+  results = {"num_steps": _STEPS.value, "equal_time_budget_s": budget, "runs": runs}
+  for strategy, r in runs.items():
+    print(f"{strategy:10s} equal steps: val loss {r['equal_steps_loss']:.4f} | equal time "
+          f"({budget:.0f} s): {r['equal_time_loss']:.4f} | total {r['total_train_time_s']:.0f} s"
+          + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f}" if "sst2_dev_accuracy" in r else ""))
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(results, f, indent=2)
+  plot(runs, os.path.splitext(_OUTPUT.value)[0] + ".png")
+
+
+def plot(runs, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  for strategy, r in runs.items():
+    steps, times, losses = zip(*r["curve"])
+    axes[0].plot(np.asarray(times) / 60, losses, label=strategy)
+    axes[1].plot(steps, losses, label=strategy)
+  axes[0].set_xlabel("training time (min)")
+  axes[1].set_xlabel("step")
+  axes[0].set_ylabel("full-model validation MLM loss")
+  for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+  app.run(main)
