@@ -163,3 +163,12 @@ def test_drop_schedule_runs_full_steps_at_the_ends():
       True, True, False, False, True, True]
   c.token_drop.update(full_start_fraction=0.0, full_end_fraction=0.0)
   assert not any(loop.full_step_at(c, s) for s in range(100))
+
+
+def test_rerunning_a_finished_run_changes_nothing(uninterrupted):
+  root, workdir, summary = uninterrupted
+  files = ("summary.json", "metrics.jsonl", os.path.join("plots", "loss.png"))
+  before = {f: open(os.path.join(workdir, f), "rb").read() for f in files}
+  again = loop.train_and_evaluate(tiny(root), workdir)
+  assert again["step"] == 40 and again["eval/loss"] == summary["eval/loss"]
+  assert before == {f: open(os.path.join(workdir, f), "rb").read() for f in files}

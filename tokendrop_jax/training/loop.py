@@ -191,6 +191,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       print(f"resumed from checkpoint step {start} in {ckpt.directory}", flush=True)
   else:
     state, start = run.init_state(), 0
+  summary_path = os.path.join(workdir, "summary.json")
+  if start >= config.train.num_steps and os.path.exists(summary_path):
+    ckpt.close()  # already finished: keep its summary, metrics and plots as they are
+    if is_main:
+      print(f"already finished at step {start}; raise --config.train.num_steps to go on",
+            flush=True)
+    with open(summary_path) as f:
+      return json.load(f)
   writer = metrics_lib.MetricsWriter(workdir, is_main=is_main,
                                      resume_step=start if start else None)
   cfg, data, train = config_lib.model_config(config), config.data, config.train
@@ -306,6 +314,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   if is_main and step >= train.num_steps:
     plot = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "plots", "loss.png"))
     summary["plot"] = str(plot)
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with open(summary_path, "w") as f:
       json.dump(summary, f, indent=2)
   return summary
