@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 
 import numpy as np
@@ -47,9 +48,11 @@ def curves(workdir):
   """[(step, train_time_s, eval_loss)] from a run's metrics.jsonl."""
   from tokendrop_jax.training import metrics
   rows = metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  times = {r["step"]: r["train_time_s"] for r in rows if "train_time_s" in r}
-  return [(r["step"], times[r["step"]], r["eval/loss"]) for r in rows
-          if "eval/loss" in r and r["step"] in times]
+  logged = sorted((r["step"], r["train_time_s"]) for r in rows if "train_time_s" in r)
+  steps, times = np.asarray(logged, dtype=np.float64).T
+  # Training time at each eval step, interpolated between the logged steps around it.
+  return [(r["step"], float(np.interp(r["step"], steps, times)), r["eval/loss"])
+          for r in rows if "eval/loss" in r]
 
 
 def main(argv):
@@ -67,7 +70,7 @@ def main(argv):
                        if os.path.exists(os.path.join(_WORKDIR.value, "tokenizer.model")) else "")
     config.data.global_batch_size = _BATCH.value
     config.train.update(num_steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                        log_every=_EVAL_EVERY.value // 4 or 1, checkpoint_every=_EVAL_EVERY.value)
+                        log_every=math.gcd(_EVAL_EVERY.value, 10), checkpoint_every=_EVAL_EVERY.value)
     workdir = os.path.join(_WORKDIR.value, strategy)
     if not os.path.exists(os.path.join(workdir, "summary.json")):
       loop.train_and_evaluate(config, workdir)
