@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -73,7 +72,7 @@ def main(argv):
   import jax
   import flax.linen as nn
 
-  from tokendrop_jax import config_lib, importance, synthetic
+  from tokendrop_jax import benchmark, config_lib, importance, synthetic
   from tokendrop_jax.model.bert import BertForPretraining
   from tokendrop_jax.training import optim, state as state_lib, step as step_lib
 
@@ -97,18 +96,9 @@ def main(argv):
       "ours_drop": (jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings),
                             donate_argnums=0), init(jax.random.PRNGKey(0))),
   }
-  states = {k: s for k, (_, s) in contenders.items()}
-  for name, (fn, _) in contenders.items():
-    for _ in range(1 + _WARMUP.value):
-      states[name], out = fn(states[name], batch)
-    jax.block_until_ready(out)
-  times = {name: [] for name in contenders}
-  for _ in range(_STEPS.value):
-    for name, (fn, _) in contenders.items():
-      t0 = time.perf_counter()
-      states[name], out = fn(states[name], batch)
-      jax.block_until_ready(out)
-      times[name].append(time.perf_counter() - t0)
+  times, _ = benchmark.time_steps({k: fn for k, (fn, _) in contenders.items()},
+                                  {k: s for k, (_, s) in contenders.items()}, batch,
+                                  _STEPS.value, _WARMUP.value)
   med = {k: statistics.median(v) for k, v in times.items()}
   results = {
       "config": config.name,

@@ -46,8 +46,11 @@ def keep_set(scores, ids, mask, special_ids, keep):
   return sorted(order[:keep])
 
 
-def mlm_logits(params, cfg, ids, mask, token_types, positions, kept=None):
-  """MLM logits [P, vocab] for one example; `kept=None` runs the full model."""
+def mlm_logits(params, cfg, ids, mask, token_types, positions, kept=None, kept_per_layer=None):
+  """MLM logits [P, vocab] for one example; `kept=None` runs the full model.
+
+  `kept_per_layer`: layer-wise dropping, one kept list per middle layer s..L-2.
+  """
   p = {k: np.asarray(v, np.float64) if not isinstance(v, dict) else v for k, v in params.items()}
   to64 = lambda t: {k: to64(v) if isinstance(v, dict) else np.asarray(v, np.float64)
                     for k, v in t.items()}
@@ -58,7 +61,15 @@ def mlm_logits(params, cfg, ids, mask, token_types, positions, kept=None):
        + emb["token_type"]["embedding"][token_types])
   x = _ln(x, emb["layer_norm"], eps)
   layers = [bert[f"layer_{i}"] for i in range(cfg.num_layers)]
-  if kept is None:
+  if kept_per_layer is not None:
+    s, last = cfg.num_layers // 2 - 1, cfg.num_layers - 1
+    for lp in layers[:s]:
+      x = layer(lp, x, x, mask, eps)
+    for lp, kept_j in zip(layers[s:last], kept_per_layer, strict=True):
+      x = x.copy()
+      x[kept_j] = layer(lp, x[kept_j], x[kept_j], mask[kept_j], eps)  # the rest skip the layer
+    x = layer(layers[last], x, x, mask, eps)
+  elif kept is None:
     for lp in layers:
       x = layer(lp, x, x, mask, eps)
   else:

@@ -307,3 +307,19 @@ def test_two_processes(tmp_path):
     assert r["step"] == 3
   assert results[0]["shard0"] == [[0.0, 1.0, 2.0, 3.0]]
   assert results[1]["shard0"] == [[16.0, 17.0, 18.0, 19.0]]
+
+
+def test_close_after_an_error_logs_a_failed_save_instead_of_raising(tmp_path, monkeypatch, caplog):
+  def broken_wait():
+    raise OSError("No space left on device")
+
+  for after_error in (False, True):
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / f"c{after_error}"), save_every=1, keep=1)
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", broken_wait)  # pylint: disable=protected-access
+    if after_error:
+      with caplog.at_level(logging.ERROR):
+        ckpt.close(after_error=True)  # the caller's own error stays the one that is raised
+      assert "No space left on device" in caplog.text
+    else:
+      with pytest.raises(ckpt_lib.CheckpointSaveError, match="No space left"):
+        ckpt.close()

@@ -21,7 +21,7 @@ from absl import flags
 
 from tests.test_config import load
 from tokendrop_jax import synthetic
-from tokendrop_jax.data import demo_corpus, pipeline, text_builder
+from tokendrop_jax.data import demo_corpus, pipeline
 from tokendrop_jax.training import checkpoint, loop
 
 flags.FLAGS.mark_as_parsed()

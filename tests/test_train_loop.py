@@ -12,7 +12,7 @@ from absl import flags
 
 from tests.test_config import load
 from tokendrop_jax import synthetic
-from tokendrop_jax.training import checkpoint, loop, sharding
+from tokendrop_jax.training import checkpoint, loop, sharding, step_plan
 
 flags.FLAGS.mark_as_parsed()
 
@@ -57,7 +57,7 @@ def test_run_writes_outputs_and_learns(uninterrupted):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20", "30", "40"]
   l = losses(workdir)
   assert sorted(l) == [5, 10, 15, 20, 25, 30, 35, 40] and l[40] < l[5]
-  assert summary["eval/loss"] < 7.0 and summary["jit_cache_sizes"] == {"drop": 1, "full": 0}
+  assert summary["eval/loss"] < 7.0 and summary["jit_cache_sizes"] == {"drop32": 1, "full": 0}
 
 
 def test_sigterm_then_resume_is_bit_exact(uninterrupted):
@@ -79,7 +79,7 @@ def test_sigterm_then_resume_is_bit_exact(uninterrupted):
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
   assert steps[-1] == first["step"]  # ...with a checkpoint of the step it stopped at
   second = loop.train_and_evaluate(config, workdir)
-  assert second["step"] == 40 and second["jit_cache_sizes"]["drop"] == 1
+  assert second["step"] == 40 and second["jit_cache_sizes"]["drop32"] == 1
   ref_state, _ = final_state(config, ref_dir)
   state, _ = final_state(config, workdir)
   for a, b in zip(jax.tree_util.tree_leaves(ref_state), jax.tree_util.tree_leaves(state)):
@@ -96,7 +96,8 @@ def _two_steps(config, devices, sizes):
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     for _ in range(2):
-      state, m = run.train_steps[False](state, sharding.make_global_batch(SHARD_BATCH, run.mesh))
+      batch = sharding.make_global_batch(SHARD_BATCH, run.mesh)
+      state, m = run.train_steps[step_plan.StepKind(keep_tokens=32)](state, batch)
   return jax.device_get(state), float(m["loss"])
 
 
@@ -159,10 +160,10 @@ def test_drop_schedule_runs_full_steps_at_the_ends():
   c = load("tiny")
   c.train.num_steps = 100
   c.token_drop.update(full_start_fraction=0.1, full_end_fraction=0.2)
-  assert [loop.full_step_at(c, s) for s in (0, 9, 10, 79, 80, 99)] == [
+  assert [step_plan.kind_at(c, s).full for s in (0, 9, 10, 79, 80, 99)] == [
       True, True, False, False, True, True]
   c.token_drop.update(full_start_fraction=0.0, full_end_fraction=0.0)
-  assert not any(loop.full_step_at(c, s) for s in range(100))
+  assert not any(step_plan.kind_at(c, s).full for s in range(100))
 
 
 def test_rerunning_a_finished_run_changes_nothing(uninterrupted):

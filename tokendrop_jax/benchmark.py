@@ -31,10 +31,35 @@ def _define_flags() -> None:
   flags.mark_flag_as_required("config")
 
 
+def time_steps(steps_fn: dict, states: dict, batch, steps: int, warmup: int):
+  """Times jitted `state, batch -> state, metrics` functions, interleaved.
+
+  Returns ({name: [seconds per timed step]}, {name: compile + first step seconds}).
+  Interleaving makes machine noise hit every function alike.
+  """
+  import jax
+  compile_s = {}
+  for name, fn in steps_fn.items():
+    t0 = time.perf_counter()
+    states[name], m = fn(states[name], batch)
+    jax.block_until_ready(m)
+    compile_s[name] = time.perf_counter() - t0
+    for _ in range(warmup):
+      states[name], m = fn(states[name], batch)
+    jax.block_until_ready(m)
+  times = {name: [] for name in steps_fn}
+  for _ in range(steps):
+    for name, fn in steps_fn.items():
+      t0 = time.perf_counter()
+      states[name], m = fn(states[name], batch)
+      jax.block_until_ready(m)
+      times[name].append(time.perf_counter() - t0)
+  return times, compile_s
+
+
 def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
   """Times both steps; returns the figures (see the module docstring)."""
   import jax
-  import numpy as np
 
   from tokendrop_jax import config_lib, flops, importance, synthetic
   from tokendrop_jax.model.bert import BertForPretraining
@@ -60,22 +85,7 @@ def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
                       donate_argnums=0),
   }
   states = {name: init(jax.random.PRNGKey(0), imp0) for name in steps_fn}
-  compile_s = {}
-  for name, fn in steps_fn.items():
-    t0 = time.perf_counter()
-    states[name], m = fn(states[name], batch)
-    jax.block_until_ready(m)
-    compile_s[name] = time.perf_counter() - t0
-    for _ in range(warmup):
-      states[name], m = fn(states[name], batch)
-    jax.block_until_ready(m)
-  times = {name: [] for name in steps_fn}
-  for _ in range(steps):
-    for name, fn in steps_fn.items():
-      t0 = time.perf_counter()
-      states[name], m = fn(states[name], batch)
-      jax.block_until_ready(m)
-      times[name].append(time.perf_counter() - t0)
+  times, compile_s = time_steps(steps_fn, states, batch, steps, warmup)
   full_s, drop_s = statistics.median(times["full"]), statistics.median(times["drop"])
   tokens = data.global_batch_size * data.seq_len
   full_flops = flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,

@@ -15,6 +15,12 @@ from tokendrop_jax.model.bert import BertConfig
 from tokendrop_jax.training import sharding
 
 VARIANTS = importance.STRATEGIES  # none | loss_ema | frequency | random
+# Options beyond the paper, appended as `strategy+option[+option]` (e.g. `random+layerwise`).
+OPTIONS = {
+    "sctd": dict(consistency_weight=1.0),           # ScTD [CLS] consistency every 10 steps
+    "schedule": dict(keep_schedule_stages=4),       # keep rises in 4 static stages, then full
+    "layerwise": dict(layerwise=True),              # random-LTD subsets per middle layer
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -30,6 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
       # Optional full-sequence steps at the start/end of training (0 = the paper).
       full_start_fraction=0.0,
       full_end_fraction=0.0,
+      # Beyond the paper; all off by default. See training/step_plan.py.
+      consistency_weight=0.0,    # ScTD: weight of KL(full [CLS] || dropped [CLS]); 0 = off
+      consistency_every=10,      # ... added on every n-th drop step
+      keep_schedule_stages=0,    # >1: keep rises from keep_tokens toward seq_len in n stages
+      keep_schedule_fraction=0.9,  # ... over this fraction of the steps, then full sequences
+      layerwise=False,           # random-LTD: an independent random subset per middle layer
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -89,11 +101,17 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """`configs/x.py:variant` picks the importance strategy."""
+  """`configs/x.py:strategy[+option...]` picks the importance strategy and options."""
   if arg:
-    if arg not in VARIANTS:
-      raise ValueError(f"unknown config variant {arg!r}; expected one of {VARIANTS}")
-    config.token_drop.strategy = arg
+    strategy, *options = arg.split("+")
+    if strategy not in VARIANTS:
+      raise ValueError(f"unknown config variant {strategy!r}; expected one of {VARIANTS}")
+    config.token_drop.strategy = strategy
+    for option in options:
+      if option not in OPTIONS:
+        raise ValueError(f"unknown config option {option!r} in {arg!r}; expected one of "
+                         f"{tuple(OPTIONS)}")
+      config.token_drop.update(OPTIONS[option])
   return config
 
 
@@ -146,6 +164,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"token_drop.{name} must be in [0, 1], got {td[name]}")
   if td.full_start_fraction + td.full_end_fraction > 1.0:
     raise ValueError("token_drop.full_start_fraction + token_drop.full_end_fraction exceed 1")
+  if td.consistency_weight < 0:
+    raise ValueError(f"token_drop.consistency_weight must be >= 0, got {td.consistency_weight}")
+  if not isinstance(td.consistency_every, int) or td.consistency_every < 1:
+    raise ValueError(f"token_drop.consistency_every must be a positive int, got "
+                     f"{td.consistency_every!r}")
+  if not isinstance(td.keep_schedule_stages, int) or td.keep_schedule_stages < 0:
+    raise ValueError(f"token_drop.keep_schedule_stages must be an int >= 0, got "
+                     f"{td.keep_schedule_stages!r}")
+  if not 0.0 < td.keep_schedule_fraction <= 1.0:
+    raise ValueError(f"token_drop.keep_schedule_fraction must be in (0, 1], got "
+                     f"{td.keep_schedule_fraction}")
+  if td.layerwise and td.strategy != "random":
+    raise ValueError(f"token_drop.layerwise needs strategy 'random' (an importance strategy "
+                     f"would pick the same tokens in every layer), got {td.strategy!r}")
+  if td.strategy == "none" and (td.consistency_weight > 0 or td.keep_schedule_stages > 1):
+    raise ValueError("token_drop.consistency_weight / keep_schedule_stages need a dropping "
+                     "strategy, but token_drop.strategy is 'none'")
   if train.nan_policy not in ("stop", "skip"):
     raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {train.nan_policy!r}")
   for axis in ("data", "fsdp", "tensor"):

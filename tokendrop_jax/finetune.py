@@ -13,7 +13,6 @@ predict_file, predictions.tsv. Restarting with the same DIR resumes exactly.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -25,17 +24,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax.training import finetune_loop, loop, sharding
+  from tokendrop_jax import cli
+  from tokendrop_jax.training import finetune_loop, sharding
   sharding.maybe_initialize_distributed()
   logging.set_verbosity(logging.WARNING)
-  try:
-    summary = finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except loop.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except (ValueError, FileNotFoundError) as e:  # bad input: the message names the field/file
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  summary = cli.run_or_exit(
+      lambda: finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
   import jax
   if jax.process_index() == 0 and "results" in summary:
     r = summary["results"]

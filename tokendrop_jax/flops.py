@@ -22,14 +22,17 @@ def layer_flops(cfg: BertConfig, n_queries: int, n_keys: int) -> int:
 
 
 def forward_flops(cfg: BertConfig, seq_len: int, num_predictions: int,
-                  keep_tokens: int | None = None) -> int:
-  """Forward FLOPs for one sequence; `keep_tokens=None` is the full model."""
+                  keep_tokens: int | None = None, layerwise: bool = False) -> int:
+  """Forward FLOPs for one sequence; `keep_tokens=None` is the full model.
+
+  `layerwise`: random-LTD's per-layer subsets, with no cross layer.
+  """
   s, last = cfg.split_layer, cfg.num_layers - 1
   total = 0
   for layer in range(cfg.num_layers):
     if keep_tokens is None or layer < s or layer == last:
       total += layer_flops(cfg, seq_len, seq_len)
-    elif layer == s:
+    elif layer == s and not layerwise:
       total += layer_flops(cfg, keep_tokens, seq_len)  # cross layer
     else:
       total += layer_flops(cfg, keep_tokens, keep_tokens)
@@ -39,9 +42,16 @@ def forward_flops(cfg: BertConfig, seq_len: int, num_predictions: int,
 
 
 def train_step_flops(cfg: BertConfig, batch_size: int, seq_len: int, num_predictions: int,
-                     keep_tokens: int | None = None) -> int:
-  """FLOPs of one training step (forward + backward) for the whole global batch."""
-  return 3 * batch_size * forward_flops(cfg, seq_len, num_predictions, keep_tokens)
+                     keep_tokens: int | None = None, layerwise: bool = False,
+                     consistency: bool = False) -> int:
+  """FLOPs of one training step (forward + backward) for the whole global batch.
+
+  `consistency`: ScTD's extra full-model forward (a stop-gradient target: no backward).
+  """
+  step = 3 * batch_size * forward_flops(cfg, seq_len, num_predictions, keep_tokens, layerwise)
+  if consistency:
+    step += batch_size * forward_flops(cfg, seq_len, 1)
+  return step
 
 
 def drop_flops_ratio(cfg: BertConfig, seq_len: int, num_predictions: int, keep_tokens: int) -> float:

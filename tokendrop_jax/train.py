@@ -10,7 +10,6 @@ the tokenizer and the dataset; restarting with the same WORKDIR resumes.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,17 +21,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax.training import checkpoint, loop, sharding
+  from tokendrop_jax import cli
+  from tokendrop_jax.training import loop, sharding
   sharding.maybe_initialize_distributed()
   logging.set_verbosity(logging.WARNING)
-  try:
-    summary = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except loop.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-  except checkpoint.CheckpointSaveError as e:  # disk full, read-only workdir
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(4)
+  summary = cli.run_or_exit(lambda: loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
   import jax
   if jax.process_index() == 0:
     workdir = os.path.abspath(_WORKDIR.value)

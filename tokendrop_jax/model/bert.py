@@ -10,7 +10,9 @@ model of Hou et al. (2022): with `L` layers and split `s = L // 2 - 1`,
                      layer s-1's output, re-merged into the original order.
 
 Which tokens are kept is decided outside (`token_drop.select_kept`); the model
-only receives the static-shape index array `keep_idx` [batch, keep].
+only receives the static-shape index array `keep_idx` [batch, keep]. A 3-D
+`keep_idx` [L-1-s, batch, keep] selects layer-wise dropping (random-LTD, one
+subset per middle layer) instead.
 
 Every parameter carries logical axis names (`vocab, embed, mlp, heads, kv`) so
 that sharding is a table of rules, not code.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -198,7 +200,11 @@ class TransformerLayer(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """Embeddings + L layers. `keep_idx` [batch, keep] switches on token dropping."""
+  """Embeddings + L layers. `keep_idx` switches on token dropping.
+
+  keep_idx: None (full model), [batch, keep] (the paper: one subset for the
+  middle block), or [L - 1 - s, batch, keep] (layer-wise: one subset per middle layer).
+  """
   cfg: BertConfig
 
   def setup(self):
@@ -218,12 +224,30 @@ class BertEncoder(nn.Module):
     s, last = self.cfg.split_layer, self.cfg.num_layers - 1
     for layer in self.layers[:s]:
       x = layer(x, x, input_mask, deterministic)
+    if keep_idx.ndim == 3:
+      return self._layerwise(x, input_mask, keep_idx, deterministic)
     # x: layer s-1's output for all tokens; dropped tokens carry it to the last layer.
     kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
     kept = self.layers[s](token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
     for layer in self.layers[s + 1:last]:
       kept = layer(kept, kept, kept_mask, deterministic)  # [batch, keep, hidden]
     x = token_drop.scatter_tokens(x, keep_idx, kept)
+    return self.layers[last](x, x, input_mask, deterministic)
+
+  def _layerwise(self, x: Array, input_mask: Array, keep_idx: Array, deterministic: bool) -> Array:
+    """Random-LTD: middle layer s+j runs on its own subset keep_idx[j] [batch, keep].
+
+    The tokens a layer skips carry their input past it unchanged; unlike the
+    paper's split there is no cross layer (a kept token attends to kept tokens).
+    """
+    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
+    if keep_idx.shape[0] != last - s:
+      raise ValueError(f"layer-wise keep_idx needs one row per middle layer ({last - s}), "
+                       f"got shape {keep_idx.shape}")
+    for j, layer in enumerate(self.layers[s:last]):
+      kept = token_drop.gather_tokens(x, keep_idx[j])  # [batch, keep, hidden]
+      kept = layer(kept, kept, token_drop.gather_tokens(input_mask, keep_idx[j]), deterministic)
+      x = token_drop.scatter_tokens(x, keep_idx[j], kept)
     return self.layers[last](x, x, input_mask, deterministic)
 
 

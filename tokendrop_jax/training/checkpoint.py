@@ -11,7 +11,6 @@ files are otherwise restored silently.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Iterator, Mapping
 
@@ -244,11 +243,23 @@ class Checkpointer:
       raise self._save_error(e, self._in_flight) from e
     self._in_flight = None
 
-  def close(self) -> None:
+  def close(self, after_error: bool = False) -> None:
+    """Waits for the last async save, then releases the manager.
+
+    after_error: the caller is already failing; a save error is logged
+    instead of raised, so that it does not hide the original one.
+    """
     try:
       self.wait()
+    except CheckpointSaveError as e:
+      if not after_error:
+        raise
+      logging.error("While stopping, the checkpoint writer also failed: %s", e)
     finally:
-      self._manager.close()
+      try:
+        self._manager.close()  # waits again: the error above, if any, is already reported
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error("Closing the checkpoint manager of %s failed: %s", self.directory, e)
 
   # -- restoring ------------------------------------------------------------
 
@@ -292,24 +303,15 @@ class Checkpointer:
     bad: list[tuple[int, str]] = []
     for s in candidates:
       where = str(self.directory / str(s))
-      try:
-        saved = self.saved_shapes(s)
-        ok = True
-      except Exception as e:  # pylint: disable=broad-except
-        ok, err = False, e
-      if not _all_processes_ok(ok):
-        self._report_bad(s, where, err if not ok else "read failed elsewhere",
-                         bad)
+      saved, err = _on_every_process(lambda: self.saved_shapes(s), "metadata read")
+      if err is not None:
+        self._report_bad(s, where, err, bad)
         continue
       check_compatible(saved, expected, where)  # ValueError propagates.
-      try:
-        state = self._restore_step(s, abstract_state, data_iter, where)
-        ok = True
-      except Exception as e:  # pylint: disable=broad-except
-        ok, err = False, e
-      if not _all_processes_ok(ok):
-        self._report_bad(s, where, err if not ok else "restore failed elsewhere",
-                         bad)
+      state, err = _on_every_process(
+          lambda: self._restore_step(s, abstract_state, data_iter, where), "restore")
+      if err is not None:
+        self._report_bad(s, where, err, bad)
         continue
       if bad:
         logging.warning(
@@ -361,6 +363,20 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("tokendrop_checkpoint_quarantine")
     self._manager.reload()
+
+
+def _on_every_process(fn, what: str):
+  """(fn(), None) if fn succeeded on every process, else (None, the error).
+
+  All processes take the same branch, so none waits alone in a collective.
+  """
+  try:
+    value, err = fn(), None
+  except Exception as e:  # pylint: disable=broad-except
+    value, err = None, e
+  if _all_processes_ok(err is None):
+    return value, None
+  return None, err if err is not None else f"{what} failed on another process"
 
 
 # ---------------------------------------------------------------------------

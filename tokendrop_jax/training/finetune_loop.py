@@ -549,8 +549,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
           break
       if pending is not None:
         flush(pending, time.perf_counter())
+  except BaseException:
+    ckpt.close(after_error=True)  # a pending save's error must not hide this one
+    writer.close()
+    raise
+  try:
+    ckpt.close()  # waits for the last async save; CheckpointSaveError if it failed
   finally:
-    ckpt.close()
     writer.close()
 
   summary: dict[str, Any] = {"step": step, "num_steps": num_steps,

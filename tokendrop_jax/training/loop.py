@@ -26,19 +26,13 @@ from tokendrop_jax.training import checkpoint, inputs, metrics as metrics_lib, o
 from tokendrop_jax.training import preemption, sharding
 from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import step as step_lib
+from tokendrop_jax.training import step_plan
 
 CONFIG_FILE = "config.json"
 
 
 class NonFiniteLossError(RuntimeError):
   """The loss went NaN/Inf; the last good checkpoint is kept."""
-
-
-def full_step_at(config, step: int) -> bool:
-  """True where the drop schedule runs the full model (first/last fractions)."""
-  td, n = config.token_drop, config.train.num_steps
-  return (td.strategy == "none" or step < td.full_start_fraction * n
-          or step >= n - td.full_end_fraction * n)
 
 
 def check_workdir_config(config, workdir: str) -> None:
@@ -91,7 +85,7 @@ class Run:
   state_sharding: Any
   abstract_state: Any
   init_state: Callable[[], state_lib.TrainState]
-  train_steps: dict[bool, Callable]  # full? -> jitted step
+  train_steps: dict[step_plan.StepKind, Callable]  # one jitted step per kind
   eval_step: Callable
   batch_sharding: jax.sharding.NamedSharding
 
@@ -122,19 +116,21 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
       return jax.jit(lambda r: nn.unbox(init_fn(r, imp0)), out_shardings=state_sharding)(rng)
 
   batch_sh = sharding.batch_sharding(mesh)
-  settings = step_lib.DropSettings(strategy=td.strategy, keep_tokens=td.keep_tokens,
-                                   special_ids=tuple(special_ids), ema_beta=td.ema_beta)
   replicated = sharding.replicated(mesh)
 
-  def jit_step(s):
-    fn = step_lib.make_train_step(model, optimizer, schedule, s, config.optim.grad_accum_steps,
+  def jit_step(kind: step_plan.StepKind):
+    settings = step_lib.DropSettings(
+        strategy=td.strategy, keep_tokens=kind.keep_tokens, special_ids=tuple(special_ids),
+        ema_beta=td.ema_beta, layerwise=td.layerwise,
+        consistency_weight=td.consistency_weight if kind.consistency else 0.0)
+    fn = step_lib.make_train_step(model, optimizer, schedule, settings,
+                                  config.optim.grad_accum_steps,
                                   skip_nonfinite=config.train.nan_policy == "skip")
     return jax.jit(fn, in_shardings=(state_sharding, batch_sh),
                    out_shardings=(state_sharding, replicated), donate_argnums=0)
 
-  train_steps = {True: jit_step(settings.full())}
-  if td.strategy != "none":
-    train_steps[False] = jit_step(settings)
+  # jax.jit compiles lazily: a kind the run never reaches costs nothing.
+  train_steps = {kind: jit_step(kind) for kind in step_plan.kinds(config)}
   eval_step = jax.jit(step_lib.make_eval_step(model),
                       in_shardings=(state_sharding.params, batch_sh), out_shardings=replicated)
   return Run(config, model, mesh, rules, state_sharding, abstract_state, init_state, train_steps,
@@ -204,10 +200,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   cfg, data, train = config_lib.model_config(config), config.data, config.train
   tokens_per_step = data.global_batch_size * data.seq_len
   step_flops = {
-      full: flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
-                                   data.max_predictions_per_seq,
-                                   None if full else config.token_drop.keep_tokens)
-      for full in run.train_steps}
+      kind: flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
+                                   data.max_predictions_per_seq, kind.keep_tokens,
+                                   config.token_drop.layerwise, kind.consistency)
+      for kind in run.train_steps}
   peak = _device_peak(config)
   last_eval: dict[str, float] = {}
 
@@ -219,7 +215,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       print(f"eval step {step}: full-model loss {last_eval['loss']:.4f}, "
             f"MLM accuracy {last_eval['mlm_accuracy']:.4f}", flush=True)
 
-  pending = None  # (step, device metrics, full?) of the step before
+  pending = None  # (step, device metrics, step kind) of the step before
   window = {"t": time.perf_counter(), "step": start}  # start of the current logging window
   t_start = time.perf_counter()
   train_time_s = 0.0
@@ -228,7 +224,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   def flush(pending, now):
     """Fetches a finished step's metrics; logs them; stops on NaN."""
     nonlocal train_time_s, skipped_steps
-    step, device_metrics, full = pending
+    step, device_metrics, kind = pending
     m = jax.device_get(device_metrics)
     finite = np.isfinite(m["loss"]) and np.isfinite(m.get("grad_norm", 0.0))
     if not finite and config.train.nan_policy == "stop":
@@ -252,7 +248,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       out.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt,
                  train_time_s=train_time_s_now)
       if peak:
-        out["mfu"] = metrics_lib.mfu(step_flops[full], dt, jax.device_count(), peak)
+        out["mfu"] = metrics_lib.mfu(step_flops[kind], dt, jax.device_count(), peak)
       writer.write(step, out)
       if is_main:
         print(metrics_lib.format_progress(step, train.num_steps, out, now - t_start,
@@ -266,12 +262,12 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
         nn.logical_axis_rules(run.rules):
       while step < train.num_steps:
         batch = sharding.make_global_batch(next(train_iter), run.mesh)
-        full = full_step_at(config, step)
-        state, device_metrics = run.train_steps[full](state, batch)
+        kind = step_plan.kind_at(config, step)
+        state, device_metrics = run.train_steps[kind](state, batch)
         if pending is not None:
           flush(pending, time.perf_counter())
         step += 1
-        pending = (step, device_metrics, full)
+        pending = (step, device_metrics, kind)
         at_save = step % train.checkpoint_every == 0 or step == train.num_steps
         stop = guard.should_stop(step)
         if at_save or stop or step % train.eval_every == 0:
@@ -290,11 +286,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       if pending is not None:
         flush(pending, time.perf_counter())
   except BaseException:
-    # Already failing: a second error from the pending async save must not hide it.
-    try:
-      ckpt.close()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.error("While stopping, the checkpoint writer also failed: %s", e)
+    ckpt.close(after_error=True)  # a pending save's error must not hide this one
     writer.close()
     raise
   try:
@@ -308,8 +300,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       "skipped_steps": skipped_steps,  # train.nan_policy=skip: updates dropped in this process
       **{f"eval/{k}": v for k, v in last_eval.items()},
       # Compiles per step function: 1 once used, never more (no recompiles).
-      "jit_cache_sizes": {("full" if full else "drop"): fn._cache_size()  # pylint: disable=protected-access
-                          for full, fn in run.train_steps.items()},
+      "jit_cache_sizes": {kind.name: fn._cache_size()  # pylint: disable=protected-access
+                          for kind, fn in run.train_steps.items()},
   }
   if is_main and step >= train.num_steps:
     plot = metrics_lib.plot_metrics(writer.path, os.path.join(workdir, "plots", "loss.png"))

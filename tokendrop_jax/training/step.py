@@ -2,8 +2,9 @@
 
 The train step picks the kept tokens (static `keep`), runs the token-dropping
 model forward and backward, applies AdamW, and updates the importance vector
-from the per-prediction MLM loss. The eval step always runs the full model:
-that is the model users fine-tune and export.
+from the per-prediction MLM loss. Options beyond the paper (`DropSettings`):
+layer-wise random subsets and ScTD's [CLS] consistency term. The eval step
+always runs the full model: that is the model users fine-tune and export.
 
 Batch layout (from `data.pipeline`), all global arrays:
   input_ids, input_mask, token_type_ids   int32 [batch, seq]
@@ -28,11 +29,20 @@ Batch = dict
 
 @dataclasses.dataclass(frozen=True)
 class DropSettings:
-  """How the train step selects tokens. `keep_tokens=None` = full model."""
+  """How the train step selects tokens. `keep_tokens=None` = full model.
+
+  layerwise: one random subset per middle layer (random-LTD) instead of one
+    for the whole middle block; needs strategy "random".
+  consistency_weight: > 0 adds ScTD's KL term: the full model's [CLS] output
+    distribution (a stop-gradient target, same dropout masks) against the
+    token-dropping model's. 0 = the paper's step.
+  """
   strategy: str = "none"
   keep_tokens: Optional[int] = None
   special_ids: Sequence[int] = ()
   ema_beta: float = 0.995
+  layerwise: bool = False
+  consistency_weight: float = 0.0
 
   @property
   def drops(self) -> bool:
@@ -40,16 +50,29 @@ class DropSettings:
 
   def full(self) -> "DropSettings":
     """The same settings without dropping (importance still updated)."""
-    return dataclasses.replace(self, keep_tokens=None)
+    return dataclasses.replace(self, keep_tokens=None, consistency_weight=0.0)
 
 
 def _keep_indices(settings: DropSettings, importance: jax.Array, batch: Batch,
-                  rng: jax.Array) -> Optional[jax.Array]:
+                  rng: jax.Array, middle_layers: int) -> Optional[jax.Array]:
+  """None, [batch, keep], or [middle_layers, batch, keep] (layer-wise)."""
   if not settings.drops:
     return None
-  scores = imp.token_scores(settings.strategy, importance, batch["input_ids"], rng)
-  return token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
-                                settings.special_ids, settings.keep_tokens)
+
+  def select(r):
+    scores = imp.token_scores(settings.strategy, importance, batch["input_ids"], r)
+    return token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
+                                  settings.special_ids, settings.keep_tokens)
+
+  if settings.layerwise:
+    return jax.vmap(select)(jax.random.split(rng, middle_layers))
+  return select(rng)
+
+
+def cls_kl(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
+  """KL(softmax(target) || softmax(logits)) per row: [batch, vocab] x2 -> [batch]."""
+  target = jax.nn.log_softmax(target_logits)
+  return jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(logits)), axis=-1)
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -62,41 +85,62 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
   and reports `skipped=1`; the step counter still advances past the batch.
   """
 
-  def loss_fn(params, batch, keep_idx, dropout_rng):
-    logits = model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
-                         batch["token_type_ids"], batch["masked_lm_positions"], keep_idx,
-                         deterministic=False, rngs={"dropout": dropout_rng})
+  consistency = settings.drops and settings.consistency_weight > 0
+  middle_layers = model.cfg.num_layers - 1 - model.cfg.split_layer
+
+  def apply(params, batch, positions, keep_idx, dropout_rng):
+    return model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                       batch["token_type_ids"], positions, keep_idx,
+                       deterministic=False, rngs={"dropout": dropout_rng})
+
+  def loss_fn(params, batch, keep_idx, dropout_rng, kl_scale):
+    positions = batch["masked_lm_positions"]  # [batch, P]
+    if consistency:  # [CLS] (position 0) rides along with the masked positions
+      positions = jnp.concatenate([jnp.zeros_like(positions[:, :1]), positions], axis=1)
+    logits = apply(params, batch, positions, keep_idx, dropout_rng)  # [batch, (1+)P, vocab]
+    kl = jnp.zeros((), jnp.float32)
+    if consistency:
+      full_cls = apply(params, batch, positions[:, :1], None, dropout_rng)[:, 0]  # [batch, vocab]
+      kl = cls_kl(jax.lax.stop_gradient(full_cls), logits[:, 0]).sum()
+      logits = logits[:, 1:]
     per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_lm_ids"])
     correct = (jnp.argmax(logits, -1) == batch["masked_lm_ids"]).astype(jnp.float32)
     # The gradient is of the weighted *sum*; the step divides by the global
     # weight, so microbatches of an accumulated step add up to the full batch.
-    return (per_slot * batch["masked_lm_weights"]).sum(), (per_slot, correct)
+    # kl_scale makes the KL term `weight * mean over sequences` after that division.
+    mlm_sum = (per_slot * batch["masked_lm_weights"]).sum()
+    return mlm_sum + kl_scale * kl, (per_slot, correct, kl)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
-  def microbatch_grads(params, importance, batch, rng):
+  def microbatch_grads(params, importance, batch, rng, kl_scale):
     score_rng, dropout_rng = jax.random.split(rng)
-    keep_idx = _keep_indices(settings, importance, batch, score_rng)
-    return grad_fn(params, batch, keep_idx, dropout_rng)  # grads, (per_slot, correct)
+    keep_idx = _keep_indices(settings, importance, batch, score_rng, middle_layers)
+    return grad_fn(params, batch, keep_idx, dropout_rng, kl_scale)  # grads, (per_slot, correct, kl)
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(state.rng, state.step)
     weights = batch["masked_lm_weights"]  # [batch, P]
     total_weight = jnp.maximum(weights.sum(), 1.0)
+    num_seqs = weights.shape[0]
+    kl_scale = settings.consistency_weight * total_weight / num_seqs
     if grad_accum_steps == 1:
-      grads, (per_slot, correct) = microbatch_grads(state.params, state.importance, batch, rng)
+      grads, (per_slot, correct, kl) = microbatch_grads(state.params, state.importance, batch,
+                                                        rng, kl_scale)
     else:
       split = lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:])
 
       def body(acc, xs):
         i, mb = xs
-        g, aux = microbatch_grads(state.params, state.importance, mb, jax.random.fold_in(rng, i))
+        g, aux = microbatch_grads(state.params, state.importance, mb, jax.random.fold_in(rng, i),
+                                  kl_scale)
         return jax.tree.map(jnp.add, acc, g), aux
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
-      grads, (per_slot, correct) = jax.lax.scan(
+      grads, (per_slot, correct, kl) = jax.lax.scan(
           body, zeros, (jnp.arange(grad_accum_steps), jax.tree.map(split, batch)))
       per_slot, correct = per_slot.reshape(weights.shape), correct.reshape(weights.shape)
+      kl = kl.sum()
     grads = jax.tree.map(lambda g: g / total_weight, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -121,6 +165,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
         "kept_fraction": jnp.float32(
             settings.keep_tokens / batch["input_ids"].shape[1] if settings.drops else 1.0),
     }
+    if consistency:
+      metrics["consistency_kl"] = kl / num_seqs  # mean over sequences, before the weight
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               importance=importance)
     return new_state, metrics

@@ -1,0 +1,48 @@
+"""The mains' shared failure handling: one message, one exit code per kind of failure."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tokendrop_jax import cli
+from tokendrop_jax.training import checkpoint, loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("error,code", [
+    (ValueError("token_drop.keep_tokens must be ..."), 2),
+    (FileNotFoundError("no such file: train.tsv"), 2),
+    (loop.NonFiniteLossError("loss is nan at step 7"), 3),
+    (checkpoint.CheckpointSaveError("disk full"), 4),
+])
+def test_known_failures_exit_with_their_code(error, code, capsys):
+  def fail():
+    raise error
+
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run_or_exit(fail)
+  assert exit_info.value.code == code
+  assert capsys.readouterr().err == f"error: {error}\n"
+
+
+def test_bugs_keep_their_traceback_and_results_pass_through():
+  with pytest.raises(KeyError):
+    cli.run_or_exit(lambda: {}["missing"])
+  assert cli.run_or_exit(lambda: 41 + 1) == 42
+
+
+@pytest.mark.parametrize("main,config", [("train", "configs/tiny.py:loss_ema"),
+                                         ("finetune", "configs/glue.py:sst2")])
+def test_mains_exit_2_naming_the_field(main, config, tmp_path):
+  field = ("--config.token_drop.keep_tokens=0" if main == "train"
+           else "--config.learning_rate=-1 --config.init_from=").split()
+  proc = subprocess.run(
+      [sys.executable, "-m", f"tokendrop_jax.{main}", f"--config={config}",
+       f"--workdir={tmp_path / 'run'}", *field],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  name = "token_drop.keep_tokens" if main == "train" else "learning_rate"
+  assert proc.stderr.startswith("error: ") and name in proc.stderr, proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
