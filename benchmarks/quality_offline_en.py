@@ -40,6 +40,8 @@ _SST2_EXAMPLES = flags.DEFINE_integer(
     "sst2_train_examples", 0, "Fine-tune on this many training examples (a fixed random "
     "sample, the same for every run); 0 = all 67k (~25 min per run for `small` on 2 cores).")
 _WARMUP = flags.DEFINE_integer("warmup_steps", -1, "LR warm-up steps; -1 = 10% of --num_steps.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train nothing: report finished pretraining and fine-tuning runs.")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/quality_offline_en.json", "JSON path.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,6 +117,9 @@ def main(argv):
                         log_every=math.gcd(_EVAL_EVERY.value, 10), checkpoint_every=_EVAL_EVERY.value)
     workdir = os.path.join(_WORKDIR.value, strategy)
     if not os.path.exists(os.path.join(workdir, "summary.json")):
+      if _REPORT_ONLY.value:
+        print(f"{strategy}: no finished run in {workdir}; skipped")
+        continue
       loop.train_and_evaluate(config, workdir)
     shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
     if not os.path.exists(shared_tok):  # every strategy uses the first run's tokenizer
@@ -138,10 +143,11 @@ def main(argv):
                 num_epochs=_SST2_EPOCHS.value, learning_rate=1e-4, log_every=200)
       ft_dir = r["workdir"] + "_sst2" + (f"_{_SST2_EXAMPLES.value}" if _SST2_EXAMPLES.value else "")
       results_path = os.path.join(ft_dir, "results.json")
-      if not os.path.exists(results_path):
+      if not os.path.exists(results_path) and not _REPORT_ONLY.value:
         finetune_loop.train_and_evaluate(ft, ft_dir)
-      with open(results_path) as f:
-        r["sst2_dev_accuracy"] = json.load(f)["best"]["accuracy"]
+      if os.path.exists(results_path):
+        with open(results_path) as f:
+          r["sst2_dev_accuracy"] = json.load(f)["best"]["accuracy"]
   results = {"num_steps": _STEPS.value, "sst2_train_examples": _SST2_EXAMPLES.value or "all",
              "sst2_epochs": _SST2_EPOCHS.value, "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
              "eval_every": _EVAL_EVERY.value, "equal_time_budget_s": budget,

@@ -77,6 +77,26 @@ def scaling_table():
               f"| {m['drop']['peak_estimate_bytes'] / 2**30:.1f} GiB |")
 
 
+def quality_table():
+  q = _load("quality_offline_en.json")
+  if not q:
+    return
+  runs = q["runs"]
+  base = runs.get("none")
+  print(f"Budget for equal time: {q['equal_time_budget_s']:.0f} s measured, "
+        f"{q['equal_quiet_time_budget_s']:.0f} s quiet clock (the fastest run's total).\n")
+  print("| variant | training time, measured (quiet clock) | vs `none` | val loss at "
+        f"{q['num_steps']} steps | at equal measured time | at equal quiet time | SST-2 dev acc |")
+  print("| --- | --- | --- | --- | --- | --- | --- |")
+  for name, r in runs.items():
+    ratio = (f"{r['total_train_time_s'] / base['total_train_time_s']:.2f}× "
+             f"({r['total_quiet_clock_s'] / base['total_quiet_clock_s']:.2f}×)") if base else "-"
+    acc = f"{r['sst2_dev_accuracy']:.3f}" if "sst2_dev_accuracy" in r else "not run"
+    print(f"| `{name}` | {r['total_train_time_s']:.0f} s ({r['total_quiet_clock_s']:.0f} s) | {ratio} "
+          f"| {r['equal_steps_loss']:.3f} | {r['equal_time_loss']:.3f} "
+          f"| {r['equal_quiet_time_loss']:.3f} | {acc} |")
+
+
 def other():
   r = _load("loop_overhead.json")
   if r:
@@ -98,6 +118,6 @@ def other():
 
 if __name__ == "__main__":
   for title, fn in (("Step time", step_table), ("Peer", peer_table), ("Scaling", scaling_table),
-                    ("Other", other)):
+                    ("Quality", quality_table), ("Other", other)):
     print(f"\n### {title}\n")
     fn()
