@@ -16,6 +16,7 @@ the full-sequence tail), next to the analytic FLOPs ratios.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -31,61 +32,43 @@ _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/options_speed.json",
 
 def main(argv):
   del argv
-  import flax.linen as nn
   import jax
 
-  from tokendrop_jax import benchmark, config_lib, flops, importance, synthetic
-  from tokendrop_jax.model.bert import BertForPretraining
-  from tokendrop_jax.training import optim, state as state_lib, step as step_lib, step_plan
+  from tokendrop_jax import benchmark, config_lib
+  from tokendrop_jax.training import step_plan
 
   config = _CONFIG.value
-  config_lib.validate(config)
-  cfg = config_lib.model_config(config)
-  data, td = config.data, config.token_drop
-  b, s, p = data.global_batch_size, data.seq_len, data.max_predictions_per_seq
-  model = BertForPretraining(cfg)
-  optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-  batch = jax.device_put(synthetic.mlm_batch(0, b, s, p, cfg.vocab_size))
-  imp0 = importance.init_importance("loss_ema", cfg.vocab_size, ema_init=td.ema_init)
-  init = jax.jit(lambda r: nn.unbox(state_lib.make_state_init(model, optimizer, s, p)(r, imp0)))
-
+  bench = benchmark.setup(config)
+  td, drop = config.token_drop, bench.settings  # drop: loss_ema at keep_tokens
+  b, s = config.data.global_batch_size, config.data.seq_len
   sched = config_lib.apply_variant(config.copy_and_resolve_references(), "loss_ema+schedule")
   stages = step_plan.keep_stages(sched)
-  base = dict(special_ids=synthetic.SPECIAL_IDS, ema_beta=td.ema_beta)
   variants = {  # name -> (settings, analytic step FLOPs)
-      "full": (step_lib.DropSettings("loss_ema", None, **base), flops.train_step_flops(cfg, b, s, p)),
-      "drop": (step_lib.DropSettings("loss_ema", td.keep_tokens, **base),
-               flops.train_step_flops(cfg, b, s, p, td.keep_tokens)),
-      "drop_sctd": (step_lib.DropSettings("loss_ema", td.keep_tokens, consistency_weight=1.0, **base),
-                    flops.train_step_flops(cfg, b, s, p, td.keep_tokens, consistency=True)),
-      "drop_random": (step_lib.DropSettings("random", td.keep_tokens, **base),
-                      flops.train_step_flops(cfg, b, s, p, td.keep_tokens)),
-      "drop_layerwise": (step_lib.DropSettings("random", td.keep_tokens, layerwise=True, **base),
-                         flops.train_step_flops(cfg, b, s, p, td.keep_tokens, layerwise=True)),
+      "full": (drop.full(), bench.step_flops()),
+      "drop": (drop, bench.step_flops(td.keep_tokens)),
+      "drop_sctd": (dataclasses.replace(drop, consistency_weight=1.0),
+                    bench.step_flops(td.keep_tokens, consistency=True)),
+      "drop_random": (dataclasses.replace(drop, strategy="random"), bench.step_flops(td.keep_tokens)),
+      "drop_layerwise": (dataclasses.replace(drop, strategy="random", layerwise=True),
+                         bench.step_flops(td.keep_tokens, layerwise=True)),
   }
   for k in stages:
     if k != td.keep_tokens:
-      variants[f"keep_{k}"] = (step_lib.DropSettings("loss_ema", k, **base),
-                               flops.train_step_flops(cfg, b, s, p, k))
-  steps_fn = {name: jax.jit(step_lib.make_train_step(model, optimizer, schedule, st),
-                            donate_argnums=0) for name, (st, _) in variants.items()}
-  states = {name: init(jax.random.PRNGKey(0)) for name in steps_fn}
-  times, compile_s = benchmark.time_steps(steps_fn, states, batch, _STEPS.value, _WARMUP.value)
+      variants[f"keep_{k}"] = (dataclasses.replace(drop, keep_tokens=k), bench.step_flops(k))
+  steps_fn = {name: bench.jit_step(st) for name, (st, _) in variants.items()}
+  states = {name: bench.init(jax.random.PRNGKey(0)) for name in steps_fn}
+  times, compile_s = benchmark.time_steps(steps_fn, states, bench.batch, _STEPS.value,
+                                          _WARMUP.value)
   med = {k: statistics.median(v) for k, v in times.items()}
   full_s, full_f = med["full"], variants["full"][1]
   per_step = {k: {"median_s": med[k], "measured_ratio": med[k] / full_s,
                   "flops_ratio": variants[k][1] / full_f} for k in med}
 
-  def stage_name(k):
-    return "drop" if k == td.keep_tokens else f"keep_{k}"
-
   every = td.consistency_every
-  n = config.train.num_steps  # the schedule's share of each stage, from step_plan itself
-  counts = {}
-  for step in range(n):
-    kind = step_plan.kind_at(sched, step)
-    name = "full" if kind.full else stage_name(kind.keep_tokens)
-    counts[name] = counts.get(name, 0) + 1
+  n = config.train.num_steps
+  counts = {("full" if kind.full else "drop" if kind.keep_tokens == td.keep_tokens
+             else f"keep_{kind.keep_tokens}"): c
+            for kind, c in step_plan.kind_counts(sched).items()}
   run_average = {
       "paper": {"measured_ratio": per_step["drop"]["measured_ratio"],
                 "flops_ratio": per_step["drop"]["flops_ratio"]},

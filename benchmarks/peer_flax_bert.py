@@ -70,31 +70,17 @@ def peer_step_fn(config):
 def main(argv):
   del argv
   import jax
-  import flax.linen as nn
 
-  from tokendrop_jax import benchmark, config_lib, importance, synthetic
-  from tokendrop_jax.model.bert import BertForPretraining
-  from tokendrop_jax.training import optim, state as state_lib, step as step_lib
+  from tokendrop_jax import benchmark
 
   config = _CONFIG.value
-  config_lib.validate(config)
-  cfg = config_lib.model_config(config)
-  data, td = config.data, config.token_drop
-  batch = jax.device_put(synthetic.mlm_batch(0, data.global_batch_size, data.seq_len,
-                                             data.max_predictions_per_seq, cfg.vocab_size))
-  model = BertForPretraining(cfg)
-  optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
-  imp0 = importance.init_importance("loss_ema", cfg.vocab_size, ema_init=td.ema_init)
-  init = jax.jit(lambda r: nn.unbox(state_lib.make_state_init(
-      model, optimizer, data.seq_len, data.max_predictions_per_seq)(r, imp0)))
-  settings = step_lib.DropSettings("loss_ema", td.keep_tokens, synthetic.SPECIAL_IDS, td.ema_beta)
+  bench = benchmark.setup(config)
+  data, td, batch = config.data, config.token_drop, bench.batch
   peer_state, peer_step = peer_step_fn(config)
   contenders = {
       "flax_bert_peer": (jax.jit(peer_step, donate_argnums=0), peer_state),
-      "ours_full": (jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings.full()),
-                            donate_argnums=0), init(jax.random.PRNGKey(0))),
-      "ours_drop": (jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings),
-                            donate_argnums=0), init(jax.random.PRNGKey(0))),
+      "ours_full": (bench.jit_step(bench.settings.full()), bench.init(jax.random.PRNGKey(0))),
+      "ours_drop": (bench.jit_step(bench.settings), bench.init(jax.random.PRNGKey(0))),
   }
   times, _ = benchmark.time_steps({k: fn for k, (fn, _) in contenders.items()},
                                   {k: s for k, (_, s) in contenders.items()}, batch,

@@ -2,7 +2,7 @@
 
   .venv/bin/python benchmarks/quality_offline_en.py --corpus_dir=../shared/data/offline_en \
       [--strategies=none,loss_ema,frequency,random] [--num_steps=1000] \
-      [--sst2_dir=../shared/data/sst2 --sst2_train_examples=8000]
+      [--sst2_dir=../shared/data/sst2 --sst2_train_examples=8000 --sst2_seeds=0,1,2]
 
 Pretrains `configs/small.py` (6 layers, hidden 256, seq 256, keep 128) once per
 strategy on the offline corpus (train.txt.gz; validation = valid.txt.gz), the
@@ -11,7 +11,9 @@ split every `--eval_every` steps. Training time excludes evaluation. Then:
   - plots of validation loss vs training time and vs step (one curve per strategy);
   - a table at equal steps (the last eval) and at equal wall-clock (every run's
     loss interpolated at the shortest run's total training time);
-  - optionally fine-tunes each on SST-2 with identical settings (`--sst2_dir`).
+  - optionally fine-tunes each on SST-2 with identical settings (`--sst2_dir`),
+    once per seed (`--sst2_seeds`), and reports each encoder's mean dev accuracy
+    and its paired difference from the baseline (same seed, same data order).
 Runs resume: re-running skips finished pretraining and fine-tuning runs.
 Writes benchmarks/results/quality_offline_en.{json,png}.
 """
@@ -36,6 +38,10 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Full-model eval interval.
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/quality", "Where the runs go.")
 _SST2 = flags.DEFINE_string("sst2_dir", "", "GLUE SST-2 dir (train.tsv, dev.tsv); '' = skip.")
 _SST2_EPOCHS = flags.DEFINE_integer("sst2_epochs", 1, "Fine-tuning epochs.")
+_SST2_SEEDS = flags.DEFINE_list(
+    "sst2_seeds", ["0"], "Fine-tuning seeds (classifier init, dropout, data order): every "
+    "encoder is fine-tuned once per seed, seeds outermost, so an interrupted run still "
+    "covers every encoder for the seeds it finished.")
 _SST2_EXAMPLES = flags.DEFINE_integer(
     "sst2_train_examples", 0, "Fine-tune on this many training examples (a fixed random "
     "sample, the same for every run); 0 = all 67k (~25 min per run for `small` on 2 cores).")
@@ -94,13 +100,58 @@ def sst2_train_file(workdir: str) -> str:
   return out
 
 
+def sst2_dir(workdir: str, seed: int) -> str:
+  """A fine-tuning run's directory; seed 0 keeps the single-seed runs' name."""
+  suffix = f"_{_SST2_EXAMPLES.value}" if _SST2_EXAMPLES.value else ""
+  return workdir + "_sst2" + suffix + (f"_seed{seed}" if seed else "")
+
+
+def finetune_sst2(runs):
+  """Fine-tunes every encoder on SST-2 once per seed; adds the dev accuracies to `runs`.
+
+  Paired differences: for each seed, an encoder's accuracy minus the first
+  strategy's (the baseline) under the same seed, so the classifier init,
+  dropout and data order are shared and only the encoder differs. Means and
+  differences use only the seeds that every encoder finished.
+  """
+  from tokendrop_jax.training import finetune_loop
+  train_file = sst2_train_file(_WORKDIR.value)
+  for seed in map(int, _SST2_SEEDS.value):
+    for r in runs.values():
+      ft = _load("configs/glue.py", "sst2")
+      ft.update(init_from=r["workdir"], train_file=train_file, seed=seed,
+                eval_file=os.path.join(_SST2.value, "dev.tsv"), max_seq_len=64,
+                num_epochs=_SST2_EPOCHS.value, learning_rate=1e-4, log_every=200)
+      ft_dir = sst2_dir(r["workdir"], seed)
+      results_path = os.path.join(ft_dir, "results.json")
+      if not os.path.exists(results_path) and not _REPORT_ONLY.value:
+        finetune_loop.train_and_evaluate(ft, ft_dir)
+      if os.path.exists(results_path):
+        with open(results_path) as f:
+          r.setdefault("sst2_dev_accuracy_by_seed", {})[seed] = json.load(f)["best"]["accuracy"]
+  # Statistics over the seeds every encoder finished, so all means share their seeds.
+  by_seed = [r.get("sst2_dev_accuracy_by_seed", {}) for r in runs.values()]
+  seeds = sorted(set.intersection(*(set(a) for a in by_seed)))
+  if not seeds:
+    return
+  base = by_seed[0]
+  for r, accs in zip(runs.values(), by_seed):
+    a = np.asarray([accs[k] for k in seeds])
+    d = a - np.asarray([base[k] for k in seeds])
+    r["sst2_seeds"] = seeds
+    r["sst2_dev_accuracy"] = float(a.mean())
+    r["sst2_dev_accuracy_std"] = float(a.std(ddof=1)) if len(seeds) > 1 else None
+    r["sst2_paired_diff"] = float(d.mean())
+    r["sst2_paired_diff_sem"] = float(d.std(ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1 else None
+
+
 def warmup_steps():
   return _WARMUP.value if _WARMUP.value >= 0 else _STEPS.value // 10
 
 
 def main(argv):
   del argv
-  from tokendrop_jax.training import finetune_loop, loop
+  from tokendrop_jax.training import loop
 
   os.makedirs(_WORKDIR.value, exist_ok=True)
   runs = {}
@@ -136,20 +187,11 @@ def main(argv):
     r["equal_quiet_time_loss"] = float(np.interp(quiet_budget, quiet_clock, losses))
     r["total_train_time_s"] = float(times[-1])
     r["total_quiet_clock_s"] = float(quiet_clock[-1])
-    if _SST2.value:
-      ft = _load("configs/glue.py", "sst2")
-      ft.update(init_from=r["workdir"], train_file=sst2_train_file(_WORKDIR.value),
-                eval_file=os.path.join(_SST2.value, "dev.tsv"), max_seq_len=64,
-                num_epochs=_SST2_EPOCHS.value, learning_rate=1e-4, log_every=200)
-      ft_dir = r["workdir"] + "_sst2" + (f"_{_SST2_EXAMPLES.value}" if _SST2_EXAMPLES.value else "")
-      results_path = os.path.join(ft_dir, "results.json")
-      if not os.path.exists(results_path) and not _REPORT_ONLY.value:
-        finetune_loop.train_and_evaluate(ft, ft_dir)
-      if os.path.exists(results_path):
-        with open(results_path) as f:
-          r["sst2_dev_accuracy"] = json.load(f)["best"]["accuracy"]
+  if _SST2.value:
+    finetune_sst2(runs)
   results = {"num_steps": _STEPS.value, "sst2_train_examples": _SST2_EXAMPLES.value or "all",
-             "sst2_epochs": _SST2_EPOCHS.value, "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
+             "sst2_epochs": _SST2_EPOCHS.value, "sst2_seeds": list(map(int, _SST2_SEEDS.value)),
+             "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
              "eval_every": _EVAL_EVERY.value, "equal_time_budget_s": budget,
              "equal_quiet_time_budget_s": quiet_budget, "runs": runs}
   for strategy, r in runs.items():
@@ -157,7 +199,9 @@ def main(argv):
           f"({budget:.0f} s): {r['equal_time_loss']:.4f} | total {r['total_train_time_s']:.0f} s"
           f" | quiet clock ({quiet_budget:.0f} s): {r['equal_quiet_time_loss']:.4f}, total "
           f"{r['total_quiet_clock_s']:.0f} s"
-          + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f}" if "sst2_dev_accuracy" in r else ""))
+          + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f} over "
+             f"{len(r['sst2_seeds'])} seeds" if "sst2_dev_accuracy" in r else "")
+          + (f", {r['sst2_paired_diff']:+.4f} vs the baseline" if "sst2_paired_diff" in r else ""))
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   with open(_OUTPUT.value, "w") as f:
     json.dump(results, f, indent=2)

@@ -86,15 +86,40 @@ def quality_table():
   print(f"Budget for equal time: {q['equal_time_budget_s']:.0f} s measured, "
         f"{q['equal_quiet_time_budget_s']:.0f} s quiet clock (the fastest run's total).\n")
   print("| variant | training time, measured (quiet clock) | vs `none` | val loss at "
-        f"{q['num_steps']} steps | at equal measured time | at equal quiet time | SST-2 dev acc |")
-  print("| --- | --- | --- | --- | --- | --- | --- |")
+        f"{q['num_steps']} steps | at equal measured time | at equal quiet time "
+        "| SST-2 dev acc, mean ± sd (seeds) | vs `none`, paired ± s.e. |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
   for name, r in runs.items():
     ratio = (f"{r['total_train_time_s'] / base['total_train_time_s']:.2f}× "
              f"({r['total_quiet_clock_s'] / base['total_quiet_clock_s']:.2f}×)") if base else "-"
-    acc = f"{r['sst2_dev_accuracy']:.3f}" if "sst2_dev_accuracy" in r else "not run"
+    acc, diff = "not run", "-"
+    if "sst2_dev_accuracy" in r:
+      n = len(r.get("sst2_seeds", [0]))
+      sd = f" ± {r['sst2_dev_accuracy_std']:.3f}" if r.get("sst2_dev_accuracy_std") else ""
+      acc = f"{r['sst2_dev_accuracy']:.3f}{sd} ({n})"
+    if r.get("sst2_paired_diff") is not None and r is not base:
+      sem = f" ± {r['sst2_paired_diff_sem'] * 100:.1f}" if r.get("sst2_paired_diff_sem") else ""
+      diff = f"{r['sst2_paired_diff'] * 100:+.1f}{sem} pts"
     print(f"| `{name}` | {r['total_train_time_s']:.0f} s ({r['total_quiet_clock_s']:.0f} s) | {ratio} "
           f"| {r['equal_steps_loss']:.3f} | {r['equal_time_loss']:.3f} "
-          f"| {r['equal_quiet_time_loss']:.3f} | {acc} |")
+          f"| {r['equal_quiet_time_loss']:.3f} | {acc} | {diff} |")
+
+
+def options_table():
+  r = _load("options_speed.json")
+  if not r:
+    return
+  print(f"{r['config']}, batch {r['batch_size']} × seq {r['seq_len']}, keep {r['keep_tokens']}, "
+        f"{r['device']} ({r['cpu_count']} cores); median of {len(r['step_times_s']['full'])} "
+        "interleaved steps.\n")
+  print("| step | s/step | measured / full | FLOPs / full |")
+  print("| --- | --- | --- | --- |")
+  for name, p in r["per_step"].items():
+    print(f"| `{name}` | {p['median_s']:.3f} | {p['measured_ratio']:.3f} | {p['flops_ratio']:.3f} |")
+  print("\n| whole run, against the full model | measured | FLOPs |")
+  print("| --- | --- | --- |")
+  for name, p in r["run_average"].items():
+    print(f"| `{name}` | **{p['measured_ratio']:.3f}** | {p['flops_ratio']:.3f} |")
 
 
 def other():
@@ -118,6 +143,6 @@ def other():
 
 if __name__ == "__main__":
   for title, fn in (("Step time", step_table), ("Peer", peer_table), ("Scaling", scaling_table),
-                    ("Quality", quality_table), ("Other", other)):
+                    ("Quality", quality_table), ("Options", options_table), ("Other", other)):
     print(f"\n### {title}\n")
     fn()

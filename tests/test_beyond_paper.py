@@ -19,7 +19,7 @@ from tokendrop_jax import config_lib, flops, importance, synthetic
 from tokendrop_jax.model import token_drop
 from tokendrop_jax.model.bert import BertConfig, BertForPretraining
 from tokendrop_jax.training import checkpoint, loop, optim, state as state_lib, step as step_lib
-from tokendrop_jax.training import step_plan
+from tokendrop_jax.training import metrics, step_plan
 
 flags.FLAGS.mark_as_parsed()
 
@@ -74,8 +74,28 @@ def test_consistency_steps_every_n():
   c = load("tiny", "loss_ema+sctd")
   c.train.num_steps = 40
   kinds = [step_plan.kind_at(c, s) for s in range(40)]
-  assert [s for s, k in enumerate(kinds) if k.consistency] == [0, 10, 20, 30]
+  # The last step of every 10: the step count after it is a multiple of 10, so it is logged.
+  assert [s for s, k in enumerate(kinds) if k.consistency] == [9, 19, 29, 39]
   assert {k.name for k in step_plan.kinds(c)} == {"full", "drop32", "drop32_sctd"}
+
+
+@pytest.mark.parametrize("variant,steps,overrides", [
+    ("loss_ema", 100, {}),
+    ("none", 37, {}),
+    ("loss_ema+sctd", 101, {"consistency_every": 7, "full_start_fraction": 0.13}),
+    ("loss_ema+schedule", 997, {"keep_schedule_stages": 3, "keep_schedule_fraction": 0.7}),
+    ("random+schedule+sctd", 1000, {"full_start_fraction": 0.05, "full_end_fraction": 0.11}),
+    ("random+schedule+sctd", 7, {"keep_schedule_stages": 4}),
+])
+def test_kind_counts_match_walking_every_step(variant, steps, overrides):
+  c = load("tiny", variant)
+  c.train.num_steps = steps
+  c.token_drop.update(**overrides)
+  walked = {}
+  for s in range(steps):
+    k = step_plan.kind_at(c, s)
+    walked[k] = walked.get(k, 0) + 1
+  assert step_plan.kind_counts(c) == walked
 
 
 # --- layer-wise dropping ----------------------------------------------------------------------
@@ -247,6 +267,9 @@ def test_all_options_resume_mid_schedule_exactly(tmp_path):
   used = {step_plan.kind_at(config, s).name for s in range(40)}
   assert used == {"drop32", "drop32_sctd", "drop48", "drop48_sctd", "full"}
   assert all(ref["jit_cache_sizes"][name] == 1 for name in used)  # one compile per kind
+  rows = metrics.read_metrics(os.path.join(ref_dir, "metrics.jsonl"))
+  kl_steps = [r["step"] for r in rows if "consistency_kl" in r]
+  assert kl_steps == [14, 28]  # the logged (every 2) consistency steps (every 7) before full
 
   def preempt_when_running():
     path = os.path.join(workdir, "metrics.jsonl")

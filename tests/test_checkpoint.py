@@ -323,3 +323,26 @@ def test_close_after_an_error_logs_a_failed_save_instead_of_raising(tmp_path, mo
     else:
       with pytest.raises(ckpt_lib.CheckpointSaveError, match="No space left"):
         ckpt.close()
+
+
+def test_closing_keeps_the_callers_error_and_closes_the_writers(tmp_path, monkeypatch):
+  class Writer:
+    closed = 0
+
+    def close(self):
+      Writer.closed += 1
+
+  def broken_wait():
+    raise OSError("No space left on device")
+
+  for body_fails in (True, False):
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / f"c{body_fails}"), save_every=1, keep=1)
+    monkeypatch.setattr(ckpt._manager, "wait_until_finished", broken_wait)  # pylint: disable=protected-access
+    Writer.closed = 0
+    expected = (KeyboardInterrupt, "stopped by hand") if body_fails else (
+        ckpt_lib.CheckpointSaveError, "No space left")
+    with pytest.raises(expected[0], match=expected[1]):
+      with ckpt_lib.closing(ckpt, Writer(), Writer()):
+        if body_fails:
+          raise KeyboardInterrupt("stopped by hand")
+    assert Writer.closed == 2

@@ -10,11 +10,13 @@ from `tokendrop_jax.flops`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import time
+from typing import Any, Callable
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -57,41 +59,71 @@ def time_steps(steps_fn: dict, states: dict, batch, steps: int, warmup: int):
   return times, compile_s
 
 
-def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
-  """Times both steps; returns the figures (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What every step benchmark builds from a config: model, optimizer, one batch, init."""
+  config: Any
+  cfg: Any                   # BertConfig
+  model: Any                 # BertForPretraining
+  optimizer: Any
+  schedule: Any
+  batch: dict                # one synthetic MLM batch on device
+  init: Callable             # rng -> a fresh train state (jitted)
+  settings: Any              # DropSettings of the paper's drop step (loss_ema, keep_tokens)
+
+  def jit_step(self, settings) -> Callable:
+    """The jitted train step `state, batch -> state, metrics` for `settings`."""
+    import jax
+    from tokendrop_jax.training import step as step_lib
+    return jax.jit(step_lib.make_train_step(self.model, self.optimizer, self.schedule, settings),
+                   donate_argnums=0)
+
+  def step_flops(self, keep_tokens=None, **kwargs) -> float:
+    """Analytic FLOPs of one train step at this config's batch and sequence."""
+    from tokendrop_jax import flops
+    d = self.config.data
+    return flops.train_step_flops(self.cfg, d.global_batch_size, d.seq_len,
+                                  d.max_predictions_per_seq, keep_tokens, **kwargs)
+
+
+def setup(config, strategy: str = "loss_ema") -> Setup:
+  """Validates `config` and builds its benchmark pieces (see `Setup`)."""
+  import flax.linen as nn
   import jax
 
-  from tokendrop_jax import config_lib, flops, importance, synthetic
+  from tokendrop_jax import config_lib, importance, synthetic
   from tokendrop_jax.model.bert import BertForPretraining
   from tokendrop_jax.training import optim, state as state_lib, step as step_lib
 
   config_lib.validate(config)
   cfg = config_lib.model_config(config)
   data, td = config.data, config.token_drop
-  strategy = td.strategy if td.strategy != "none" else "loss_ema"
   model = BertForPretraining(cfg)
   optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)
   batch = jax.device_put(synthetic.mlm_batch(0, data.global_batch_size, data.seq_len,
                                              data.max_predictions_per_seq, cfg.vocab_size))
-  init = jax.jit(lambda rng, imp: __import__("flax").linen.unbox(
-      state_lib.make_state_init(model, optimizer, data.seq_len, data.max_predictions_per_seq)(rng, imp)))
   imp0 = importance.init_importance("loss_ema", cfg.vocab_size, ema_init=td.ema_init)
+  init_fn = state_lib.make_state_init(model, optimizer, data.seq_len, data.max_predictions_per_seq)
+  init = jax.jit(lambda rng: nn.unbox(init_fn(rng, imp0)))
   settings = step_lib.DropSettings(strategy=strategy, keep_tokens=td.keep_tokens,
                                    special_ids=synthetic.SPECIAL_IDS, ema_beta=td.ema_beta)
-  steps_fn = {
-      "full": jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings.full()),
-                      donate_argnums=0),
-      "drop": jax.jit(step_lib.make_train_step(model, optimizer, schedule, settings),
-                      donate_argnums=0),
-  }
-  states = {name: init(jax.random.PRNGKey(0), imp0) for name in steps_fn}
+  return Setup(config, cfg, model, optimizer, schedule, batch, init, settings)
+
+
+def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
+  """Times both steps; returns the figures (see the module docstring)."""
+  import jax
+
+  td = config.token_drop
+  strategy = td.strategy if td.strategy != "none" else "loss_ema"
+  bench = setup(config, strategy)
+  cfg, data, batch = bench.cfg, config.data, bench.batch
+  steps_fn = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}
+  states = {name: bench.init(jax.random.PRNGKey(0)) for name in steps_fn}
   times, compile_s = time_steps(steps_fn, states, batch, steps, warmup)
   full_s, drop_s = statistics.median(times["full"]), statistics.median(times["drop"])
   tokens = data.global_batch_size * data.seq_len
-  full_flops = flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
-                                      data.max_predictions_per_seq)
-  drop_flops = flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
-                                      data.max_predictions_per_seq, td.keep_tokens)
+  full_flops, drop_flops = bench.step_flops(), bench.step_flops(td.keep_tokens)
   return {
       "config": config.name,
       "strategy": strategy,

@@ -10,6 +10,7 @@ files are otherwise restored silently.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Iterator, Mapping
@@ -419,3 +420,28 @@ def load_params(path, abstract=None):
   params = ckptr.restore(path, abstract)
   ckptr.close()
   return params
+
+
+@contextlib.contextmanager
+def closing(ckpt: Checkpointer, *others):
+  """Closes `ckpt`, then `others` (metrics writers), however the block ends.
+
+  On success, the last async save is awaited and its failure raised
+  (CheckpointSaveError). On error, a save failure is only logged, so the
+  error that stopped the run is the one the user sees; `others` are closed
+  either way.
+  """
+  try:
+    yield
+  except BaseException:
+    try:
+      ckpt.close(after_error=True)
+    finally:
+      for o in others:
+        o.close()
+    raise
+  try:
+    ckpt.close()
+  finally:
+    for o in others:
+      o.close()

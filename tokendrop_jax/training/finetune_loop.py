@@ -517,7 +517,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       print(f"eval epoch {step // spe}/{config.num_epochs} (step {step}): {shown}", flush=True)
 
   step, pending = start, None
-  try:
+  with checkpoint.closing(ckpt, writer):  # also on error, without hiding it
     with preemption.PreemptionGuard() as guard, jax.set_mesh(run.mesh), \
         nn.logical_axis_rules(run.rules):
       while step < num_steps:
@@ -549,14 +549,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
           break
       if pending is not None:
         flush(pending, time.perf_counter())
-  except BaseException:
-    ckpt.close(after_error=True)  # a pending save's error must not hide this one
-    writer.close()
-    raise
-  try:
-    ckpt.close()  # waits for the last async save; CheckpointSaveError if it failed
-  finally:
-    writer.close()
 
   summary: dict[str, Any] = {"step": step, "num_steps": num_steps,
                              **{f"eval/{k}": v for k, v in last_eval.items()},

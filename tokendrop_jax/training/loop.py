@@ -257,7 +257,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       window.update(t=now, step=step)
 
   step = start
-  try:
+  with checkpoint.closing(ckpt, writer):  # also on error, without hiding it
     with preemption.PreemptionGuard() as guard, jax.set_mesh(run.mesh), \
         nn.logical_axis_rules(run.rules):
       while step < train.num_steps:
@@ -285,14 +285,6 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
           break
       if pending is not None:
         flush(pending, time.perf_counter())
-  except BaseException:
-    ckpt.close(after_error=True)  # a pending save's error must not hide this one
-    writer.close()
-    raise
-  try:
-    ckpt.close()  # waits for the last async save; CheckpointSaveError if it failed
-  finally:
-    writer.close()
 
   summary = {
       "step": step,

@@ -10,11 +10,15 @@ of step *kinds* (`kinds`) and picks one per step from the step number alone
                   a keep-ratio schedule has one per stage (random-LTD's rising
                   keep, in `keep_schedule_stages` static steps instead of one per step);
   drop k + ScTD   every `consistency_every`-th drop step also runs the full
-                  model for the [CLS] consistency term.
+                  model for the [CLS] consistency term. It is the last step of
+                  each group of `consistency_every` (the one that brings the
+                  step count to a multiple of it), so a `log_every` that is a
+                  multiple of `consistency_every` logs `consistency_kl`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 
@@ -69,7 +73,7 @@ def kind_at(config, step: int) -> StepKind:
     keep = stages[min(int(step * len(stages) // span), len(stages) - 1)]
   else:
     keep = stages[0]
-  consistency = td.consistency_weight > 0 and step % td.consistency_every == 0
+  consistency = td.consistency_weight > 0 and (step + 1) % td.consistency_every == 0
   return StepKind(keep, consistency)
 
 
@@ -82,3 +86,38 @@ def kinds(config) -> list[StepKind]:
       if config.token_drop.consistency_weight > 0:
         out.add(StepKind(keep, True))
   return sorted(out, key=lambda k: (k.keep_tokens is not None, k.keep_tokens or 0, k.consistency))
+
+
+def kind_counts(config) -> dict[StepKind, int]:
+  """How many of the run's `train.num_steps` steps take each kind, without walking them.
+
+  `kind_at`'s keep is constant between a few breakpoints (the full start/end
+  fractions, the schedule's stage edges and its end); each breakpoint is taken
+  with its neighbours, so float rounding in `kind_at` cannot move an edge
+  past one. Within a drop interval [a, b), the ScTD steps are those with
+  (step + 1) % consistency_every == 0.
+  """
+  td, n = config.token_drop, config.train.num_steps
+  edges = [td.full_start_fraction * n, n - td.full_end_fraction * n]
+  if td.keep_schedule_stages > 1:
+    span = td.keep_schedule_fraction * n
+    stages = len(keep_stages(config))
+    edges += [i * span / stages for i in range(1, stages + 1)]
+  points = {0, n}
+  for e in edges:
+    c = math.ceil(e)
+    points.update(p for p in (c - 1, c, c + 1) if 0 < p < n)
+  points = sorted(points)
+  counts: dict[StepKind, int] = {}
+  for a, b in zip(points, points[1:]):
+    kind = dataclasses.replace(kind_at(config, a), consistency=False)
+    sctd = 0
+    if not kind.full and td.consistency_weight > 0:
+      every = td.consistency_every
+      sctd = b // every - a // every
+      if sctd:
+        key = dataclasses.replace(kind, consistency=True)
+        counts[key] = counts.get(key, 0) + sctd
+    if b - a - sctd:
+      counts[kind] = counts.get(kind, 0) + b - a - sctd
+  return counts
