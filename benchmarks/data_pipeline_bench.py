@@ -18,6 +18,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tokendrop_jax import benchmark  # noqa: E402
 from tokendrop_jax.data import demo_corpus  # noqa: E402
 from tokendrop_jax.data import pipeline  # noqa: E402
 from tokendrop_jax.data import text_builder  # noqa: E402
@@ -106,10 +107,7 @@ def main(argv):
     result["pinned_cores"] = sorted(os.sched_getaffinity(0))
   result["pipeline"] = [_measure(path, int(s)) for s in FLAGS.seq_lens]
   print(json.dumps(result, indent=2))
-  os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
-  with open(FLAGS.output, "w") as f:
-    json.dump(result, f, indent=2)
-    f.write("\n")
+  benchmark.write_results(result, FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,7 @@ def main(argv):
              "loop_step_s": loop_step, "loop_over_bare": loop_step / bare["drop_step_s"],
              "loop_windows_step_s": [r["step_time_s"] for r in rows], "steps": _STEPS.value}
   print(json.dumps({k: v for k, v in results.items() if k != "loop_windows_step_s"}, indent=2))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
+  benchmark.write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the full-sequence tail), next to the analytic FLOPs ratios.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 
@@ -88,10 +87,7 @@ def main(argv):
           f"FLOPs {r['flops_ratio']:.3f}")
   for name, r in run_average.items():
     print(f"run average {name:14s} measured {r['measured_ratio']:.3f}  FLOPs {r['flops_ratio']:.3f}")
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

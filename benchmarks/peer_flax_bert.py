@@ -98,11 +98,7 @@ def main(argv):
   }
   print(json.dumps({k: results[k] for k in ("median_step_s", "ours_full_over_peer",
                                             "ours_drop_over_peer")}, indent=2))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  _plot(results, os.path.splitext(_OUTPUT.value)[0] + ".png")
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value, _plot)
 
 
 def _plot(results, path):

@@ -151,6 +151,7 @@ def warmup_steps():
 
 def main(argv):
   del argv
+  from tokendrop_jax import benchmark
   from tokendrop_jax.training import loop
 
   os.makedirs(_WORKDIR.value, exist_ok=True)
@@ -202,10 +203,7 @@ def main(argv):
           + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f} over "
              f"{len(r['sst2_seeds'])} seeds" if "sst2_dev_accuracy" in r else "")
           + (f", {r['sst2_paired_diff']:+.4f} vs the baseline" if "sst2_paired_diff" in r else ""))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  plot(runs, os.path.splitext(_OUTPUT.value)[0] + ".png")
+  benchmark.write_results(results, _OUTPUT.value, lambda r, png: plot(r["runs"], png))
 
 
 def plot(runs, path):

@@ -37,7 +37,7 @@ def main():
 
   import jax
   import numpy as np
-  from tokendrop_jax import synthetic
+  from tokendrop_jax import benchmark, synthetic
   from tokendrop_jax.training import checkpoint, loop
 
   config = _load(args.config)
@@ -90,9 +90,7 @@ def main():
       "command": "python benchmarks/restore_time.py",
   }
   print(json.dumps(result, indent=2))
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
+  benchmark.write_results(result, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import importlib.util  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -78,7 +77,7 @@ def memory(config) -> dict:
 def main(argv):
   del argv
   import jax
-  from tokendrop_jax import config_lib, flops
+  from tokendrop_jax import benchmark, config_lib, flops
 
   results = {"assumed_mfu": _MFU.value, "systems_peak_flops": SYSTEMS, "configs": {}}
   for name in _CONFIGS.value:
@@ -115,10 +114,7 @@ def main(argv):
         print(f"  {step} step per device{label}: {m['peak_estimate_bytes'] / 2**30:.2f} GiB "
               f"(temp {m['temp_bytes'] / 2**30:.2f} GiB)")
   results["device_used_for_aot"] = jax.devices()[0].device_kind
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Writes JSON and a PNG of measured vs analytic (FLOPs) drop/full ratio.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 
 from absl import app, flags
@@ -67,11 +66,7 @@ def main(argv):
           f" full {r['full_step_s']:.3f} s  drop {r['drop_step_s']:.3f} s  measured "
           f"{r['measured_ratio']:.3f}  FLOPs {r['flops_ratio']:.3f}  "
           f"{r['full_tokens_per_s']:.0f} -> {r['drop_tokens_per_s']:.0f} tok/s", flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  plot(results, os.path.splitext(_OUTPUT.value)[0] + ".png")
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value, plot)
 
 
 def plot(results, path):

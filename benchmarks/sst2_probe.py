@@ -18,7 +18,6 @@ curve per run.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -32,9 +31,10 @@ _L2 = flags.DEFINE_float("l2", 1e-3, "L2 penalty of the probe (on standardised f
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/sst2_probe.json", "JSON path.")
 
 
-def layer_features(workdir: str, examples, max_seq_len: int,
-                   batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
-  """([layers + 1, N, hidden] mean-pooled outputs of the embeddings and every layer, labels [N])."""
+def layer_features(workdir: str, splits, max_seq_len: int,
+                   batch: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Per split of examples: ([layers + 1, N, hidden] mean-pooled outputs of the
+  embeddings and every layer, labels [N]). One checkpoint read and one compile for all."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -47,7 +47,7 @@ def layer_features(workdir: str, examples, max_seq_len: int,
 
   params, config, _ = pretrained.load_pretrained(workdir)
   cfg = config_lib.model_config(config)
-  enc = glue.encode(examples, Tokenizer(pretrained.tokenizer_path(workdir)), max_seq_len)
+  tokenizer = Tokenizer(pretrained.tokenizer_path(workdir))
   model = BertEncoder(cfg)
 
   @jax.jit
@@ -60,15 +60,20 @@ def layer_features(workdir: str, examples, max_seq_len: int,
     return (x * m).sum(2) / m.sum(2)                 # [layers + 1, batch, hidden]
 
   p = nn.unbox(params["bert"])
-  n, out = len(enc["input_ids"]), []
-  for i in range(0, n, batch):
-    rows = {k: enc[k][i:i + batch] for k in ("input_ids", "input_mask", "token_type_ids")}
-    pad = batch - len(rows["input_ids"])  # one shape: one compile
-    rows = {k: np.pad(v, ((0, pad), (0, 0)), constant_values=1 if k == "input_mask" else 0)
-            for k, v in rows.items()}
-    out.append(np.asarray(pooled(p, rows["input_ids"], rows["input_mask"],
-                                 rows["token_type_ids"]))[:, :batch - pad])
-  return np.concatenate(out, axis=1), np.asarray(enc["labels"])
+
+  def embed(examples):
+    enc = glue.encode(examples, tokenizer, max_seq_len)
+    n, out = len(enc["input_ids"]), []
+    for i in range(0, n, batch):
+      rows = {k: enc[k][i:i + batch] for k in ("input_ids", "input_mask", "token_type_ids")}
+      pad = batch - len(rows["input_ids"])  # one shape: one compile
+      rows = {k: np.pad(v, ((0, pad), (0, 0)), constant_values=1 if k == "input_mask" else 0)
+              for k, v in rows.items()}
+      out.append(np.asarray(pooled(p, rows["input_ids"], rows["input_mask"],
+                                   rows["token_type_ids"]))[:, :batch - pad])
+    return np.concatenate(out, axis=1), np.asarray(enc["labels"])
+
+  return [embed(examples) for examples in splits]
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 300) -> tuple[np.ndarray, float]:
@@ -97,6 +102,7 @@ def probe_accuracy(train_x, train_y, dev_x, dev_y, l2):
 
 def main(argv):
   del argv
+  from tokendrop_jax import benchmark
   from tokendrop_jax.data import glue
   spec = glue.get_task("sst2")
   train, dev = glue.read_tsv(_TRAIN.value, spec), glue.read_tsv(_DEV.value, spec)
@@ -104,18 +110,13 @@ def main(argv):
              "l2": _L2.value, "n_train": len(train.labels), "n_dev": len(dev.labels), "runs": {}}
   for workdir in _RUNS.value:
     name = os.path.basename(os.path.normpath(workdir))
-    tx, ty = layer_features(workdir, train, _SEQ.value)
-    dx, dy = layer_features(workdir, dev, _SEQ.value)
+    (tx, ty), (dx, dy) = layer_features(workdir, (train, dev), _SEQ.value)
     accs = [probe_accuracy(tx[i], ty, dx[i], dy, _L2.value) for i in range(len(tx))]
     results["runs"][name] = {"workdir": workdir, "dev_accuracy_by_layer": [a for a, _ in accs],
                              "train_accuracy_by_layer": [t for _, t in accs]}
     print(f"{name:18s} dev accuracy by layer (0 = embeddings): "
           + " ".join(f"{a:.3f}" for a, _ in accs), flush=True)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  plot(results, os.path.splitext(_OUTPUT.value)[0] + ".png")
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value, plot)
 
 
 def plot(results, path):

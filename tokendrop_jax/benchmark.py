@@ -16,7 +16,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -31,6 +31,17 @@ def _define_flags() -> None:
   flags.DEFINE_integer("steps", 10, "Timed steps per model (after warm-up).")
   flags.DEFINE_integer("warmup", 5, "Untimed steps per model after compiling.")
   flags.mark_flag_as_required("config")
+
+
+def write_results(results, path: str, plot: Optional[Callable[[Any, str], None]] = None) -> None:
+  """Writes `results` as JSON at `path` (making its folder) and, given `plot`,
+  calls plot(results, PNG path beside it); prints where the JSON went."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=2)
+  if plot is not None:
+    plot(results, os.path.splitext(path)[0] + ".png")
+  print(f"wrote {path}")
 
 
 def time_steps(steps_fn: dict, states: dict, batch, steps: int, warmup: int):
@@ -164,10 +175,7 @@ def main(argv):
         f"FLOPs ratio {results['flops_ratio']:.3f}; "
         f"{results['full_tokens_per_s']:.0f} vs {results['drop_tokens_per_s']:.0f} tokens/s")
   if FLAGS.output:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-      json.dump(results, f, indent=2)
-    print(f"wrote {FLAGS.output}")
+    write_results(results, FLAGS.output)
 
 
 if __name__ == "__main__":
