@@ -1,7 +1,12 @@
 """The built-in demo corpus: deterministic, ~1.5 MB, the documented text format."""
+import ast
+import contextlib
+import gc
 import os
+import platform
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -42,3 +47,60 @@ def test_split_sentences_drops_code():
   text = "Return the sum of a and b. It is fast!\n\n>>> add(1, 2)\n3\n\nSee also: the docs."
   assert demo_corpus.split_sentences(text) == [
       "Return the sum of a and b.", "See also: the docs."]
+
+
+@contextlib.contextmanager
+def _parse_inside_parse():
+  """The state behind CPython gh-106905: an `ast.parse` runs inside another one.
+
+  Here a gc callback; in a test run, e.g. pytest's unraisablehook formatting the
+  traceback (3.11's `traceback` calls `ast.parse`) of a failing `__del__` collected
+  mid-parse. Yields a list that counts the inner parses.
+  """
+  calls = []
+
+  def parse_during_gc(phase, info):
+    del info
+    if phase == "start":
+      calls.append(ast.parse("x = 1"))
+
+  was_enabled = gc.isenabled()
+  gc.enable()
+  gc.callbacks.append(parse_during_gc)
+  try:
+    yield calls
+  finally:
+    gc.callbacks.remove(parse_during_gc)
+    if not was_enabled:
+      gc.disable()
+
+
+def _parse_pydecimal_in_process():
+  """-> the SystemError that `ast.parse` of the stdlib's `_pydecimal.py` raises, or None."""
+  with open(os.path.join(sysconfig.get_paths()["stdlib"], "_pydecimal.py"), encoding="utf-8") as f:
+    source = f.read()
+  try:
+    ast.parse(source)
+  except SystemError as e:
+    return e
+  return None
+
+
+def test_parse_inside_parse_breaks_in_process_ast():
+  with _parse_inside_parse() as inner_parses:
+    error = _parse_pydecimal_in_process()
+  assert inner_parses
+  if error is None:
+    pytest.skip(f"Python {platform.python_version()} parses fine here (gh-106905 fixed), "
+                "so there is no failure to show")
+  assert "AST constructor recursion depth mismatch" in str(error)
+
+
+def test_corpus_immune_to_parse_inside_parse(written, tmp_path):
+  with _parse_inside_parse() as inner_parses:
+    _parse_pydecimal_in_process()  # fails here on CPython 3.11 (test above)
+    again = demo_corpus.write_demo_corpus(str(tmp_path))
+  assert inner_parses
+  for a, b in zip(written, again):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+      assert fa.read() == fb.read()

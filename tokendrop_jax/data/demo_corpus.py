@@ -7,13 +7,22 @@ dropped. One sentence per line, a blank line between documents (one document
 per module or help topic), deterministic for a given Python install; every
 20th document is held out for validation.
 
+The `ast` work runs in a fresh child interpreter, because CPython 3.11's
+`ast.parse` fails with "SystemError: AST constructor recursion depth mismatch"
+when another parse runs inside it (a gc callback, or a finalizer whose
+traceback gets formatted; gh-106905), which earlier code in a process can set up.
+
   python -m tokendrop_jax.data.demo_corpus --out_dir=workdir/demo/corpus
 """
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import shlex
+import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -81,7 +90,25 @@ def _all_documents():
 
 
 def demo_documents(max_bytes: int = 1_600_000) -> list[list[str]]:
-  """Documents (lists of sentences) in a fixed order, about `max_bytes` of text."""
+  """Documents (lists of sentences) in a fixed order, about `max_bytes` of text.
+
+  Computed by a clean child interpreter (see the module docstring).
+  """
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  code = ("import json, sys; from tokendrop_jax.data import demo_corpus as m; "
+          "json.dump(m._documents_here(int(sys.argv[1])), sys.stdout)")
+  cmd = [sys.executable, "-c", code, str(max_bytes)]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (root, os.environ.get("PYTHONPATH")) if p))
+  proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"building the demo corpus failed: `{shlex.join(cmd)}` (in {root}) "
+                       f"exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout)
+
+
+def _documents_here(max_bytes: int) -> list[list[str]]:
+  """`demo_documents`, in this interpreter."""
   out, size = [], 0
   for doc in _all_documents():
     if size >= max_bytes:
