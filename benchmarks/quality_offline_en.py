@@ -119,9 +119,11 @@ def finetune_sst2(runs):
   for seed in map(int, _SST2_SEEDS.value):
     for r in runs.values():
       ft = _load("configs/glue.py", "sst2")
-      ft.update(init_from=r["workdir"], train_file=train_file, seed=seed,
-                eval_file=os.path.join(_SST2.value, "dev.tsv"), max_seq_len=64,
-                num_epochs=_SST2_EPOCHS.value, learning_rate=1e-4, log_every=200)
+      ft.init_from = r["workdir"]
+      ft.data.update(train_file=train_file, eval_file=os.path.join(_SST2.value, "dev.tsv"),
+                     seq_len=64, seed=seed)
+      ft.optim.learning_rate = 1e-4
+      ft.train.update(num_epochs=_SST2_EPOCHS.value, seed=seed, log_every=200)
       ft_dir = sst2_dir(r["workdir"], seed)
       results_path = os.path.join(ft_dir, "results.json")
       if not os.path.exists(results_path) and not _REPORT_ONLY.value:

@@ -62,7 +62,7 @@ def main():
       ckpt.close()
       ckpt = checkpoint.Checkpointer(d, save_every=1, keep=1)
       t = time.perf_counter()
-      restored, _ = ckpt.restore(run.abstract_state)
+      restored, _ = ckpt.restore(run.layout.abstract)
       jax.block_until_ready(restored)
       restores.append(time.perf_counter() - t)
       ckpt.close()

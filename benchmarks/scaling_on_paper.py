@@ -44,22 +44,23 @@ def memory(config) -> dict:
   """Per-device bytes of the jitted full and drop train steps (AOT, 8 devices)."""
   import jax
   from tokendrop_jax import synthetic
-  from tokendrop_jax.training import loop
+  from tokendrop_jax.training import loop, sharding
 
   run = loop.build(config, synthetic.SPECIAL_IDS)
   data = config.data
   b, s, p = data.global_batch_size, data.seq_len, data.max_predictions_per_seq
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=run.batch_sharding)
+  batch_sh = sharding.batch_sharding(run.layout.mesh)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
            for k, shape, dtype in (("input_ids", (b, s), "int32"), ("input_mask", (b, s), "int32"),
                                    ("token_type_ids", (b, s), "int32"),
                                    ("masked_lm_positions", (b, p), "int32"),
                                    ("masked_lm_ids", (b, p), "int32"),
                                    ("masked_lm_weights", (b, p), "float32"))}
   out = {}
-  with jax.set_mesh(run.mesh):
+  with jax.set_mesh(run.layout.mesh):
     for kind, fn in run.train_steps.items():  # the paper's configs: one full, one drop kind
       t0 = time.perf_counter()
-      compiled = fn.lower(run.abstract_state, batch).compile()
+      compiled = fn.lower(run.layout.abstract, batch).compile()
       stats = compiled.memory_analysis()
       name = "full" if kind.full else "drop"
       out[name] = {

@@ -10,9 +10,10 @@ for v in loss_ema none; do
   [ -f workdir/demo_$v/summary.json ] || $PY -m tokendrop_jax.train --config=configs/demo.py:$v \
       --workdir=workdir/demo_$v --config.data.dataset_dir=workdir/demo_data
   $PY -m tokendrop_jax.finetune --config=configs/glue.py:sst2 --config.init_from=workdir/demo_$v \
-      --workdir=workdir/demo_${v}_sst2 --config.train_file=$SST2_DIR/train.tsv \
-      --config.eval_file=$SST2_DIR/dev.tsv --config.max_seq_len=64 --config.num_epochs=1 \
-      --config.learning_rate=1e-4 --config.batch_size=32 --config.log_every=200
+      --workdir=workdir/demo_${v}_sst2 --config.data.train_file=$SST2_DIR/train.tsv \
+      --config.data.eval_file=$SST2_DIR/dev.tsv --config.data.seq_len=64 \
+      --config.train.num_epochs=1 --config.optim.learning_rate=1e-4 \
+      --config.data.global_batch_size=32 --config.train.log_every=200
 done
 $PY - <<'PY'
 import json

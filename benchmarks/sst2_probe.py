@@ -44,10 +44,11 @@ def layer_features(workdir: str, splits, max_seq_len: int,
   from tokendrop_jax.data.tokenizer import Tokenizer
   from tokendrop_jax.model.bert import BertEncoder
   from tokendrop_jax.training import pretrained
+  from tokendrop_jax.training import workdir as workdir_lib
 
   params, config, _ = pretrained.load_pretrained(workdir)
   cfg = config_lib.model_config(config)
-  tokenizer = Tokenizer(pretrained.tokenizer_path(workdir))
+  tokenizer = Tokenizer(workdir_lib.tokenizer_path(workdir))
   model = BertEncoder(cfg)
 
   @jax.jit

@@ -13,7 +13,8 @@ Options:
   --workdir=DIR            checkpoints, metrics, plots (default: workdir/<config>)
   --onednn                 CPU only: XLA_FLAGS='--xla_cpu_use_onednn=true
                            --xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce'
-                           (~10% faster train step; opt-in, see PITFALLS.md)
+                           (~10% faster train step; opt-in: the same flags crashed a
+                           forward-only jit once, and slow the first step)
   --devices=N              CPU only: fake N devices (sharding checks)
   --module=NAME            main module (default: tokendrop_jax.train)
   --python=PY              interpreter (default: .venv/bin/python if present)

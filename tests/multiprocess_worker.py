@@ -25,7 +25,7 @@ run = loop.build(config, (0, 1, 2, 3, 4))
 from tokendrop_jax.training import checkpoint  # noqa: E402
 import os  # noqa: E402
 ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
-state, step = ckpt.restore(run.abstract_state)
+state, step = ckpt.restore(run.layout.abstract)
 ckpt.close()
 from jax.experimental import multihost_utils  # noqa: E402
 params = multihost_utils.process_allgather(state.params, tiled=True)

@@ -1,7 +1,8 @@
 """A slow, obviously-correct NumPy BERT with token dropping, one example at a time.
 
 Written with explicit loops over query tokens and heads, from the method's
-statement in DESIGN.md, so that it shares no code with `tokendrop_jax.model`.
+statement (README, "The method, and where it lives"), so that it shares no code
+with `tokendrop_jax.model`.
 """
 import math
 

@@ -286,7 +286,7 @@ def test_all_options_resume_mid_schedule_exactly(tmp_path):
   def final(d):
     run = loop.build(config, synthetic.SPECIAL_IDS)
     ckpt = checkpoint.Checkpointer(os.path.join(d, "checkpoints"), save_every=1, keep=0)
-    state, _ = ckpt.restore(run.abstract_state)
+    state, _ = ckpt.restore(run.layout.abstract)
     ckpt.close()
     return jax.tree_util.tree_leaves(jax.device_get(state))
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tokendrop_jax import cli
-from tokendrop_jax.training import checkpoint, loop
+from tokendrop_jax.training import checkpoint, loop, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("error,code", [
     (ValueError("token_drop.keep_tokens must be ..."), 2),
     (FileNotFoundError("no such file: train.tsv"), 2),
-    (loop.NonFiniteLossError("loss is nan at step 7"), 3),
+    (runner.NonFiniteLossError("loss is nan at step 7"), 3),
     (checkpoint.CheckpointSaveError("disk full"), 4),
 ])
 def test_known_failures_exit_with_their_code(error, code, capsys):
@@ -37,12 +37,23 @@ def test_bugs_keep_their_traceback_and_results_pass_through():
                                          ("finetune", "configs/glue.py:sst2")])
 def test_mains_exit_2_naming_the_field(main, config, tmp_path):
   field = ("--config.token_drop.keep_tokens=0" if main == "train"
-           else "--config.learning_rate=-1 --config.init_from=").split()
+           else "--config.optim.learning_rate=-1 --config.init_from=").split()
   proc = subprocess.run(
       [sys.executable, "-m", f"tokendrop_jax.{main}", f"--config={config}",
        f"--workdir={tmp_path / 'run'}", *field],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  name = "token_drop.keep_tokens" if main == "train" else "learning_rate"
+  name = "token_drop.keep_tokens" if main == "train" else "optim.learning_rate"
   assert proc.stderr.startswith("error: ") and name in proc.stderr, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_finetune_main_names_the_new_field_of_an_old_flag(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "tokendrop_jax.finetune", "--config=configs/glue.py:sst2",
+       f"--workdir={tmp_path / 'run'}", "--config.learning_rate=1e-3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.startswith("error: --config.learning_rate is now --config.optim.learning_rate")
+  assert not os.path.exists(tmp_path / "run")
+

@@ -17,6 +17,7 @@ from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import pretrained
+from tokendrop_jax.training import workdir as workdir_lib
 from tests.test_pretrained import shared_pretrain_workdir
 
 SENTENCES = [
@@ -210,7 +211,7 @@ def test_mlm_logits_match_transformers(workdir, exported, hf_model):
 def test_auto_tokenizer_equals_ours(workdir, exported, hf_model):
   from transformers import AutoTokenizer
   hf = AutoTokenizer.from_pretrained(exported)
-  ours = tokenizer_lib.Tokenizer(pretrained.tokenizer_path(workdir))
+  ours = tokenizer_lib.Tokenizer(workdir_lib.tokenizer_path(workdir))
   assert hf.is_fast
   assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id,
           hf.mask_token_id) == ours.special_ids

@@ -22,7 +22,7 @@ from absl import flags
 from tests.test_config import load
 from tokendrop_jax import synthetic
 from tokendrop_jax.data import demo_corpus, pipeline
-from tokendrop_jax.training import checkpoint, loop
+from tokendrop_jax.training import checkpoint, loop, runner
 
 flags.FLAGS.mark_as_parsed()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def restore(config, workdir, step=None, devices=None):
   run = loop.build(config, synthetic.SPECIAL_IDS, devices=devices)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
   try:
-    state, s = ckpt.restore(run.abstract_state, step=step)
+    state, s = ckpt.restore(run.layout.abstract, step=step)
   finally:
     ckpt.close()
   return jax.device_get(state), s
@@ -271,7 +271,7 @@ def poisoned(monkeypatch):
 def test_poisoned_batch_stops_within_a_step_and_keeps_good_checkpoint(ref, tmp_path, poisoned):
   root, ref_dir = ref
   workdir = str(tmp_path / "nan")
-  with pytest.raises(loop.NonFiniteLossError, match=f"at step {POISON_STEP};.*step 10"):
+  with pytest.raises(runner.NonFiniteLossError, match=f"at step {POISON_STEP};.*step 10"):
     loop.train_and_evaluate(fcfg(root), workdir)
   assert complete_steps(workdir) == [10]  # no checkpoint after the NaN
   assert max(losses(workdir)) == POISON_STEP - 1  # nothing logged past the bad step

@@ -13,7 +13,10 @@ from absl import flags
 
 from tests.test_config import load
 from tests.test_pretrained import shared_pretrain_workdir
-from tokendrop_jax.training import finetune_loop, pretrained
+from tokendrop_jax import config_lib
+from tokendrop_jax.data import glue, glue_batches
+from tokendrop_jax.training import finetune_loop, preemption, pretrained, runner
+from tokendrop_jax.training import workdir as workdir_lib
 
 flags.FLAGS.mark_as_parsed()
 
@@ -65,16 +68,27 @@ def pretrain(tmp_path_factory):
   return shared_pretrain_workdir(tmp_path_factory)
 
 
-def random_init_config(tokenizer_model, files, **kw):
+def set_fields(c, fields):
+  """`{"data.seq_len": 16, ...}` -> c.data.seq_len = 16, ..."""
+  for dotted, value in (fields or {}).items():
+    *sections, name = dotted.split(".")
+    node = c
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return c
+
+
+def random_init_config(tokenizer_model, files, fields=None):
   c = load("glue", "sst2")
   c.init_from = ""
-  c.tokenizer_model = tokenizer_model
   c.model.update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
                  intermediate_size=64, max_position=32)
-  c.update(max_seq_len=16, batch_size=16, learning_rate=2e-3, num_epochs=3, log_every=4,
-           checkpoint_every=100, keep_checkpoints=3, async_checkpoint=False, **files)
-  c.update(**kw)
-  return c
+  c.data.update(tokenizer_model=tokenizer_model, seq_len=16, global_batch_size=16, **files)
+  c.optim.learning_rate = 2e-3
+  c.train.update(num_epochs=3, log_every=4, checkpoint_every=100, keep_checkpoints=3,
+                 async_checkpoint=False)
+  return set_fields(c, fields)
 
 
 def read_losses(workdir):
@@ -86,14 +100,14 @@ def read_losses(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, pretrain, task_files):
   workdir = str(tmp_path_factory.mktemp("ft") / "run")
-  config = random_init_config(pretrained.tokenizer_path(pretrain[0]), task_files)
+  config = random_init_config(workdir_lib.tokenizer_path(pretrain[0]), task_files)
   return config, workdir, finetune_loop.train_and_evaluate(config, workdir)
 
 
 def test_learns_synthetic_task_and_writes_outputs(uninterrupted, task_files):
   _, workdir, summary = uninterrupted
   assert summary["step"] == summary["num_steps"] == 3 * 16
-  assert summary["jit_cache_size"] == 1  # no recompiles (padded last batches included)
+  assert summary["jit_cache_sizes"] == {"train": 1}  # no recompiles (padded last batches too)
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   assert results == summary["results"]
@@ -114,7 +128,7 @@ def test_learns_synthetic_task_and_writes_outputs(uninterrupted, task_files):
 def test_sigterm_then_resume_is_bit_exact(uninterrupted, monkeypatch, tmp_path):
   config, ref_dir, ref = uninterrupted
   workdir = str(tmp_path / "preempted")
-  real_guard = finetune_loop.preemption.PreemptionGuard
+  real_guard = preemption.PreemptionGuard
 
   class SigtermAt20(real_guard):
     def should_stop(self, step):
@@ -122,11 +136,11 @@ def test_sigterm_then_resume_is_bit_exact(uninterrupted, monkeypatch, tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
       return super().should_stop(step)
 
-  monkeypatch.setattr(finetune_loop.preemption, "PreemptionGuard", SigtermAt20)
+  monkeypatch.setattr(preemption, "PreemptionGuard", SigtermAt20)
   first = finetune_loop.train_and_evaluate(config, workdir)
   assert first["step"] == 20 and "results" not in first
   assert not os.path.exists(os.path.join(workdir, "results.json"))
-  monkeypatch.setattr(finetune_loop.preemption, "PreemptionGuard", real_guard)
+  monkeypatch.setattr(preemption, "PreemptionGuard", real_guard)
   second = finetune_loop.train_and_evaluate(config, workdir)
   assert second["step"] == 48
   a = pretrained.restore_params(os.path.join(ref_dir, "checkpoints", "48"))
@@ -137,30 +151,78 @@ def test_sigterm_then_resume_is_bit_exact(uninterrupted, monkeypatch, tmp_path):
   assert second["results"]["epochs"] == ref["results"]["epochs"]
 
 
+@pytest.fixture
+def poison_step_6(monkeypatch):
+  """NaN weights in the train batch of step 6 (1-based, as logged) of the next run."""
+  real, calls = glue_batches.host_batch, []
+
+  def poisoned(arrays, rows, weights, *args, **kwargs):
+    out = real(arrays, rows, weights, *args, **kwargs)
+    if "labels" in out:  # train batches only (eval and predict batches hold inputs only)
+      calls.append(1)
+      if len(calls) == 6:
+        out["weights"] = np.full_like(out["weights"], np.nan)
+    return out
+
+  monkeypatch.setattr(glue_batches, "host_batch", poisoned)
+  return calls
+
+
+def test_nan_policy_is_the_shared_loops(pretrain, task_files, tmp_path, monkeypatch,
+                                        poison_step_6, capsys):
+  """stop: NonFiniteLossError naming the step; skip: the update is dropped, counted, and
+  the count survives a SIGTERM + resume (kept in the checkpoint)."""
+  tok = workdir_lib.tokenizer_path(pretrain[0])
+  with pytest.raises(runner.NonFiniteLossError, match="at step 6; stopping"):
+    finetune_loop.train_and_evaluate(random_init_config(tok, task_files), str(tmp_path / "stop"))
+
+  poison_step_6.clear()
+  real_guard = preemption.PreemptionGuard
+
+  class SigtermAt20(real_guard):
+    def should_stop(self, step):
+      return step == 20 or super().should_stop(step)
+
+  monkeypatch.setattr(preemption, "PreemptionGuard", SigtermAt20)
+  config = random_init_config(tok, task_files, {"train.nan_policy": "skip"})
+  first = finetune_loop.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert first["step"] == 20 and first["skipped_steps"] == 1
+  assert "step 6: non-finite loss/gradient, update skipped" in capsys.readouterr().out
+  monkeypatch.setattr(preemption, "PreemptionGuard", real_guard)
+  second = finetune_loop.train_and_evaluate(config, str(tmp_path / "skip"))
+  assert second["step"] == 48 and second["skipped_steps"] == 1
+  rows = [json.loads(l) for l in open(tmp_path / "skip" / "metrics.jsonl")]
+  assert [r["step"] for r in rows if r.get("skipped")] == []  # step 6 is not a log step
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  params = pretrained.restore_params(tmp_path / "skip" / "checkpoints" / "48")
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+  assert second["results"]["last"]["accuracy"] >= 0.85
+
+
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
-  a, b = finetune_loop.epoch_order(0, 1, 50), finetune_loop.epoch_order(0, 1, 50)
+  a, b = glue_batches.epoch_order(0, 1, 50), glue_batches.epoch_order(0, 1, 50)
   np.testing.assert_array_equal(a, b)
   assert sorted(a.tolist()) == list(range(50))
-  assert not np.array_equal(a, finetune_loop.epoch_order(0, 2, 50))
-  rows, w = finetune_loop.batch_rows(a, 3, 16)  # rows 48, 49 + 14 weight-0 pads
+  assert not np.array_equal(a, glue_batches.epoch_order(0, 2, 50))
+  rows, w = glue_batches.batch_rows(a, 3, 16)  # rows 48, 49 + 14 weight-0 pads
   assert rows.tolist()[:2] == a[48:].tolist() and w.tolist() == [1, 1] + [0] * 14
 
 
-def pretrained_config(workdir, files, **kw):
+def pretrained_config(workdir, files, fields=None):
   c = load("glue", "sst2")
   c.init_from = workdir
-  c.update(max_seq_len=16, batch_size=16, num_epochs=1, async_checkpoint=False, **files)
-  c.update(**kw)
-  return c
+  c.data.update(seq_len=16, global_batch_size=16, **files)
+  c.train.update(num_epochs=1, async_checkpoint=False)
+  return set_fields(c, fields)
 
 
 def assert_encoder_loaded(config, expected_bert, expected_step):
   """The fine-tuning state at step 0 holds the pretrained encoder, a new head, no MLM."""
-  spec = finetune_loop.validate(config)
-  init = finetune_loop.resolve_init(config)
-  run = finetune_loop.build(config, spec, init.model_cfg, 64)
-  bert, step = finetune_loop.load_encoder(init, run.abstract_state.params["bert"],
-                                          config.init_step)
+  config_lib.validate(config)
+  init = pretrained.resolve_init(config)
+  run = finetune_loop.build(config, glue.get_task(config.task), init.model_cfg, 64)
+  bert, step = pretrained.load_encoder(init, run.layout.abstract.params["bert"],
+                                       config.init_step)
   assert step == expected_step
   state = jax.device_get(run.init_state(bert))
   assert int(state.step) == 0 and set(state.params) == {"bert", "pooler", "classifier"}
@@ -171,7 +233,7 @@ def assert_encoder_loaded(config, expected_bert, expected_step):
 def test_loads_pretrained_encoder(pretrain, task_files):
   workdir, saved = pretrain
   assert_encoder_loaded(pretrained_config(workdir, task_files), saved[5]["bert"], 5)
-  assert_encoder_loaded(pretrained_config(workdir, task_files, init_step=3), saved[3]["bert"], 3)
+  assert_encoder_loaded(pretrained_config(workdir, task_files, {"init_step": 3}), saved[3]["bert"], 3)
 
 
 # -- bad input: clear errors before anything compiles ------------------------
@@ -198,11 +260,11 @@ def test_bad_init_from(pretrain, task_files, tmp_path):
     c = pretrained_config(workdir, task_files)
     c.model.hidden_size = 64
     finetune_loop.train_and_evaluate(c, run_dir)
-  with pytest.raises(ValueError, match=r"config.max_seq_len=64 exceeds .* max_position=48"):
-    finetune_loop.train_and_evaluate(pretrained_config(workdir, task_files, max_seq_len=64),
+  with pytest.raises(ValueError, match=r"config.data.seq_len=64 exceeds .* max_position=48"):
+    finetune_loop.train_and_evaluate(pretrained_config(workdir, task_files, {"data.seq_len": 64}),
                                      run_dir)
   with pytest.raises(FileNotFoundError, match="No checkpoint for step 4"):
-    finetune_loop.train_and_evaluate(pretrained_config(workdir, task_files, init_step=4),
+    finetune_loop.train_and_evaluate(pretrained_config(workdir, task_files, {"init_step": 4}),
                                      run_dir)
 
 
@@ -230,7 +292,7 @@ def test_vocab_mismatch_names_files(pretrain, task_files, tmp_path):
     json.dump(cfg, f)
   with pytest.raises(ValueError, match=r"checkpoints/5: the word embedding has 300 rows but "
                                        r"model.vocab_size is 200"):
-    finetune_loop.train_and_evaluate(pretrained_config(other, task_files, tokenizer_model=tok),
+    finetune_loop.train_and_evaluate(pretrained_config(other, task_files, {"data.tokenizer_model": tok}),
                                      str(tmp_path / "b"))
 
 
@@ -240,21 +302,24 @@ def test_bad_task_files_are_named(pretrain, task_files, tmp_path):
   bad_header.write_text("text\tlabel\nexcellent\t1\n")
   with pytest.raises(ValueError, match=rf"{bad_header}: header .* \['sentence', 'label'\]"):
     finetune_loop.train_and_evaluate(
-        pretrained_config(workdir, task_files, train_file=str(bad_header)), str(tmp_path / "a"))
+        pretrained_config(workdir, task_files, {"data.train_file": str(bad_header)}), str(tmp_path / "a"))
   bad_label = tmp_path / "dev.tsv"
   bad_label.write_text("sentence\tlabel\nexcellent\t1\nterrible\t3\n")
   with pytest.raises(ValueError, match=rf"{bad_label}:3: label '3' out of range"):
     finetune_loop.train_and_evaluate(
-        pretrained_config(workdir, task_files, eval_file=str(bad_label)), str(tmp_path / "b"))
+        pretrained_config(workdir, task_files, {"data.eval_file": str(bad_label)}), str(tmp_path / "b"))
 
 
 def test_changed_config_is_refused_on_resume(uninterrupted, tmp_path):
   config, ref_dir, _ = uninterrupted
   workdir = shutil.copytree(ref_dir, tmp_path / "copy")
-  c = load("glue", "sst2")
+  c = set_fields(load("glue", "sst2"), None)
   c.update(config.to_dict())
-  c.seed = 1
-  with pytest.raises(ValueError, match="config.seed=1 but the run in"):
+  c.train.seed = 1
+  with pytest.raises(ValueError, match="train.seed=1 but the run in"):
+    finetune_loop.train_and_evaluate(c, workdir)
+  c.train.seed, c.optim.learning_rate = config.train.seed, 1e-2
+  with pytest.raises(ValueError, match="optim.learning_rate=0.01 but the run in"):
     finetune_loop.train_and_evaluate(c, workdir)
 
 
@@ -288,8 +353,9 @@ def test_finetunes_from_token_drop_and_full_pretraining(real_runs, variant, task
   workdir = real_runs[variant]
   params, _, step = pretrained.load_pretrained(workdir)
   assert step == 10
-  config = pretrained_config(workdir, task_files, max_seq_len=32, learning_rate=1e-3,
-                             num_epochs=2, log_every=8)
+  config = pretrained_config(workdir, task_files, {
+      "data.seq_len": 32, "optim.learning_rate": 1e-3, "train.num_epochs": 2,
+      "train.log_every": 8})
   assert_encoder_loaded(config, params["bert"], 10)
   summary = finetune_loop.train_and_evaluate(config, str(tmp_path / "ft"))
   r = summary["results"]
@@ -310,9 +376,10 @@ def test_stsb_regression_runs(pretrain, tmp_path):
     (tmp_path / f"{name}.tsv").write_text("\n".join(lines) + "\n")
   c = load("glue", "stsb")
   c.init_from = workdir
-  c.update(train_file=str(tmp_path / "train.tsv"), eval_file=str(tmp_path / "dev.tsv"),
-           predict_file=str(tmp_path / "dev.tsv"), max_seq_len=24, batch_size=16,
-           learning_rate=1e-3, num_epochs=4, async_checkpoint=False)
+  c.data.update(train_file=str(tmp_path / "train.tsv"), eval_file=str(tmp_path / "dev.tsv"),
+                predict_file=str(tmp_path / "dev.tsv"), seq_len=24, global_batch_size=16)
+  c.optim.learning_rate = 1e-3
+  c.train.update(num_epochs=4, async_checkpoint=False)
   summary = finetune_loop.train_and_evaluate(c, str(tmp_path / "ft"))
   last = summary["results"]["last"]
   assert set(last) >= {"pearson", "spearman", "score"} and np.isfinite(last["score"])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tests.test_config import load
+from tokendrop_jax import config_lib
 from tokendrop_jax.data import glue
-from tokendrop_jax.training import finetune_loop
 
 SST2_DIR = "/work/shared/data/sst2"
 
@@ -202,12 +202,20 @@ def test_encode_arrays():
 @pytest.mark.parametrize("task", list(glue.TASKS))
 def test_glue_config_variants(task):
   c = load("glue", task)
-  assert c.task == task and c.max_seq_len == 128 and c.batch_size == 32
-  assert c.learning_rate == 3e-5 and c.num_epochs == 3 and c.warmup_fraction == 0.1
+  assert c.task == task and c.data.seq_len == 128 and c.data.global_batch_size == 32
+  assert c.optim.learning_rate == 3e-5 and c.train.num_epochs == 3
+  assert c.optim.warmup_fraction == 0.1 and c.optim.warmup_steps == 0
   with pytest.raises(ValueError, match="init_from is required"):
-    finetune_loop.validate(c)
+    config_lib.validate(c)
   c.init_from = ""
-  assert finetune_loop.validate(c).name == task
+  config_lib.validate(c)
+  # The shared sections: the same fields as pretraining's.
+  pre = load("tiny")
+  for section in ("model", "optim", "mesh"):
+    assert set(pre[section]) == set(c[section]), section
+  assert set(pre.train) & set(c.train) == {"seed", "log_every", "checkpoint_every",
+                                           "keep_checkpoints", "async_checkpoint", "nan_policy"}
+  assert set(c.train) - set(pre.train) == {"num_epochs"}  # pretraining counts steps instead
 
 
 def test_glue_config_unknown_or_missing_task():
@@ -215,3 +223,38 @@ def test_glue_config_unknown_or_missing_task():
     load("glue", "mnli2")
   with pytest.raises(ValueError, match="needs a task"):
     load("glue")
+
+
+@pytest.mark.parametrize("old,new", [("learning_rate", "optim.learning_rate"),
+                                     ("max_seq_len", "data.seq_len"),
+                                     ("batch_size", "data.global_batch_size"),
+                                     ("adam_b1", "optim.b1"), ("num_epochs", "train.num_epochs")])
+def test_glue_config_refuses_old_flat_names_naming_the_new_one(old, new):
+  c = load("glue", "sst2")
+  c.init_from = ""
+  c[old] = 1
+  with pytest.raises(ValueError, match=rf"config.{old} was renamed: set {new} instead"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("optim.warmup_fraction", 1.5, "optim.warmup_fraction"),
+    ("optim.warmup_steps", 10, "optim.warmup_steps"),  # beside the default warm-up fraction
+    ("optim.grad_accum_steps", 2, "optim.grad_accum_steps"),
+    ("train.nan_policy", "ignore", "train.nan_policy"),
+    ("train.num_epochs", 0, "train.num_epochs"),
+    ("data.global_batch_size", -1, "data.global_batch_size"),
+    ("data.eval_mismatched_file", "x.tsv", "data.eval_mismatched_file"),
+    ("mesh.tensor", 0, "mesh.tensor"),
+    ("mesh.rules", [["batch", "pod"]], "mesh.rules"),
+    ("model.dropout_rate", -0.1, "model.dropout_rate"),
+    ("data.bogus", 1, "data.bogus"),
+])
+def test_glue_config_bad_fields_are_named(field, value, named):
+  c = load("glue", "sst2")
+  c.init_from = ""
+  section, name = field.split(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=named):
+    config_lib.validate(c)
+

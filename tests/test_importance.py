@@ -66,7 +66,19 @@ def test_init_importance():
 def test_token_scores():
   table = jnp.array([0.0, 1.0, 2.0, 3.0])
   ids = jnp.array([[3, 1, 2]])
-  np.testing.assert_array_equal(imp.token_scores("loss_ema", table, ids, None), [[3.0, 1.0, 2.0]])
-  r1 = imp.token_scores("random", table, ids, jax.random.PRNGKey(0))
-  r2 = imp.token_scores("random", table, ids, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(imp.get("loss_ema").scores(table, ids, None), [[3.0, 1.0, 2.0]])
+  r1 = imp.get("random").scores(table, ids, jax.random.PRNGKey(0))
+  r2 = imp.get("random").scores(table, ids, jax.random.PRNGKey(1))
   assert r1.shape == ids.shape and not np.allclose(r1, r2)
+
+
+def test_strategies_say_what_they_do():
+  assert [s for s in imp.names() if imp.get(s).drops] == ["loss_ema", "frequency", "random"]
+  assert not imp.get("none").drops and imp.get("none").update is None
+  assert imp.get("loss_ema").update is imp.update_loss_ema
+  assert [s for s in imp.names() if imp.get(s).needs_counts] == ["frequency"]
+  assert [s for s in imp.names() if imp.get(s).per_draw] == ["random"]
+  # "none" starts from the same constant vector as loss_ema: one checkpoint layout for all.
+  np.testing.assert_array_equal(imp.init_importance("none", 3, ema_init=2.0), [2.0] * 3)
+  with pytest.raises(ValueError, match="exists already"):
+    imp.register(imp.Strategy("random"))

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokendrop_jax.training import metrics
+from tokendrop_jax import flops
+from tokendrop_jax.training import metrics, plots
 
 
 def _lines(path):
@@ -81,13 +82,13 @@ def test_plots(tmp_path):
     if step % 50 == 0:
       w.write_eval(step, {"loss": 10 - step / 25})
   w.close()
-  out = metrics.plot_metrics(path, tmp_path / "loss.png")
+  out = plots.plot_metrics(path, tmp_path / "loss.png")
   assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   for x in ("step", "time"):
-    out = metrics.plot_runs({"a": path, "b": path}, tmp_path / f"{x}.png", x=x)
+    out = plots.plot_runs({"a": path, "b": path}, tmp_path / f"{x}.png", x=x)
     assert os.path.getsize(out) > 1000
   with pytest.raises(ValueError, match="x='epoch'"):
-    metrics.plot_runs({"a": path}, tmp_path / "x.png", x="epoch")
+    plots.plot_runs({"a": path}, tmp_path / "x.png", x="epoch")
 
 
 @pytest.mark.parametrize("kind, peak", [
@@ -103,10 +104,10 @@ def test_plots(tmp_path):
     ("cpu", None),
 ])
 def test_peak_flops(kind, peak):
-  assert metrics.peak_flops_per_device(kind) == peak
+  assert flops.peak_flops_per_device(kind) == peak
 
 
 def test_mfu():
-  assert metrics.peak_flops_per_device("cpu", override=3.2e11) == 3.2e11
-  assert metrics.mfu(1e12, 0.5, 4, 1e12) == pytest.approx(0.5)
-  assert metrics.mfu(1e12, 0.5, 4, None) is None
+  assert flops.peak_flops_per_device("cpu", override=3.2e11) == 3.2e11
+  assert flops.mfu(1e12, 0.5, 4, 1e12) == pytest.approx(0.5)
+  assert flops.mfu(1e12, 0.5, 4, None) is None

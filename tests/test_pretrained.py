@@ -15,6 +15,7 @@ from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import pretrained
+from tokendrop_jax.training import workdir as workdir_lib
 from tokendrop_jax.training.checkpoint import Checkpointer
 from tokendrop_jax.training.state import make_state_init
 
@@ -100,7 +101,7 @@ def test_latest_step_params_only(workdir):
   assert set(params) == {"bert", "mlm"}
   _assert_tree_equal(params, saved[5])
   assert config.model.hidden_size == 32 and config.name == "export_test"
-  assert pretrained.tokenizer_path(d) == os.path.join(d, "tokenizer.model")
+  assert workdir_lib.tokenizer_path(d) == os.path.join(d, "tokenizer.model")
 
 
 def test_given_step(workdir):
@@ -118,7 +119,7 @@ def test_quarantined_and_temp_dirs_are_not_steps(workdir, tmp_path):
   shutil.copytree(d, copy)
   os.rename(os.path.join(copy, "checkpoints", "5"), os.path.join(copy, "checkpoints", "5.corrupt"))
   os.makedirs(os.path.join(copy, "checkpoints", "7.orbax-checkpoint-tmp-1"))
-  assert pretrained.checkpoint_steps(copy) == [3]
+  assert workdir_lib.checkpoint_steps(copy) == [3]
   assert pretrained.load_pretrained(copy)[2] == 3
 
 
@@ -151,7 +152,7 @@ def test_bad_layouts_name_the_path(workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"config\.json.*empty"):
     pretrained.load_pretrained(str(empty))
   with pytest.raises(FileNotFoundError, match=r"empty.*tokenizer\.model"):
-    pretrained.tokenizer_path(str(empty))
+    workdir_lib.tokenizer_path(str(empty))
   shutil.copy(os.path.join(d, "config.json"), empty / "config.json")
   with pytest.raises(FileNotFoundError, match=r"No checkpoint in .*empty.checkpoints"):
     pretrained.load_pretrained(str(empty))
@@ -163,4 +164,4 @@ def test_bad_layouts_name_the_path(workdir, tmp_path):
     pretrained.load_pretrained(str(empty))
   (empty / "config.json").write_text(json.dumps({"a": 1}))
   with pytest.raises(ValueError, match="no 'model' section"):
-    pretrained.load_config(str(empty))
+    workdir_lib.read_config(str(empty))

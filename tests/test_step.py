@@ -20,11 +20,11 @@ OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-2, weight_decay=0.01, wa
 def _setup(strategy, cfg=CFG, grad_accum_steps=1, counts=None):
   model = BertForPretraining(cfg)
   optimizer, schedule = optim.make_optimizer(OPTIM, 100)
-  imp0 = importance.init_importance(strategy if strategy != "none" else "loss_ema", cfg.vocab_size,
-                                    counts=counts)
+  imp0 = importance.init_importance(strategy, cfg.vocab_size, counts=counts)
   state = jax.jit(lambda r: nn.unbox(state_lib.make_state_init(model, optimizer, S, P)(r, imp0)))(
       jax.random.PRNGKey(0))
-  settings = step_lib.DropSettings(strategy=strategy, keep_tokens=None if strategy == "none" else K,
+  settings = step_lib.DropSettings(strategy=strategy,
+                                   keep_tokens=K if importance.get(strategy).drops else None,
                                    special_ids=synthetic.SPECIAL_IDS)
   return state, step_lib.make_train_step(model, optimizer, schedule, settings, grad_accum_steps)
 
@@ -95,3 +95,49 @@ def test_eval_step_runs_the_full_model():
   ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["masked_lm_ids"][..., None], -1)
   np.testing.assert_allclose(sums["loss_sum"], ce.sum(), rtol=1e-5)
   assert float(sums["weight_sum"]) == B * P
+
+
+def test_a_new_strategy_is_one_definition():
+  """Registering a Strategy is all it takes: configs accept it, the step plan drops with
+  it, and the train step scores and updates with its functions."""
+  from tests.test_config import load
+  from tokendrop_jax import config_lib
+  from tokendrop_jax.training import step_plan
+
+  seen_ids = []
+
+  def count_update(imp, ids, losses, weights, *, beta, special_ids):
+    del losses, beta, special_ids
+    seen_ids.append(1)  # traced once
+    return imp.at[ids.reshape(-1)].add(weights.reshape(-1))
+
+  twin = importance.register(importance.Strategy(
+      "ema_twin", scores=importance.LOSS_EMA.scores, update=importance.LOSS_EMA.update))
+  leftmost = importance.register(importance.Strategy(
+      "leftmost", scores=lambda imp, ids, rng: -jnp.broadcast_to(
+          jnp.arange(ids.shape[1], dtype=jnp.float32), ids.shape), update=count_update))
+  try:
+    c = load("tiny", "ema_twin")
+    config_lib.validate(c)
+    assert step_plan.kinds(c) == step_plan.kinds(load("tiny", "loss_ema"))
+    with pytest.raises(ValueError, match="token_drop.layerwise needs"):
+      config_lib.validate(config_lib.apply_variant(load("tiny"), "leftmost+layerwise"))
+    batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size)
+    # Same functions as loss_ema: the very same update, bit for bit.
+    (s_twin, step_twin), (s_ema, step_ema) = _setup(twin.name), _setup("loss_ema")
+    out_twin, out_ema = jax.jit(step_twin)(s_twin, batch), jax.jit(step_ema)(s_ema, batch)
+    jax.tree.map(np.testing.assert_array_equal, out_twin, out_ema)
+    # Its own update runs on the step's prediction ids.
+    state, step = _setup(leftmost.name)
+    new, _ = jax.jit(step)(state, batch)
+    assert seen_ids == [1]
+    np.testing.assert_array_equal(
+        np.asarray(new.importance) - np.asarray(state.importance),
+        np.bincount(batch["masked_lm_ids"].reshape(-1), batch["masked_lm_weights"].reshape(-1),
+                    CFG.vocab_size))
+  finally:
+    importance.unregister("ema_twin")
+    importance.unregister("leftmost")
+  with pytest.raises(ValueError, match="token_drop.strategy must be one of"):
+    importance.get("ema_twin")
+

@@ -29,7 +29,7 @@ def tiny(tmp_root, **train):
 def final_state(config, workdir):
   run = loop.build(config, synthetic.SPECIAL_IDS)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
-  state, step = ckpt.restore(run.abstract_state)
+  state, step = ckpt.restore(run.layout.abstract)
   ckpt.close()
   return jax.device_get(state), step
 
@@ -93,10 +93,10 @@ SHARD_BATCH = synthetic.mlm_batch(0, 16, 64, 10, 1000, pad_fraction=0.3)
 def _two_steps(config, devices, sizes):
   config.mesh.update(data=sizes[0], fsdp=sizes[1], tensor=sizes[2])
   run = loop.build(config, synthetic.SPECIAL_IDS, devices=devices)
-  with jax.set_mesh(run.mesh):
+  with jax.set_mesh(run.layout.mesh):
     state = run.init_state()
     for _ in range(2):
-      batch = sharding.make_global_batch(SHARD_BATCH, run.mesh)
+      batch = sharding.make_global_batch(SHARD_BATCH, run.layout.mesh)
       state, m = run.train_steps[step_plan.StepKind(keep_tokens=32)](state, batch)
   return jax.device_get(state), float(m["loss"])
 
@@ -125,7 +125,7 @@ def test_checkpoint_from_8_devices_restores_on_1_and_4(uninterrupted):
     config.mesh.update(data=-1, fsdp=1, tensor=1)
     run = loop.build(config, synthetic.SPECIAL_IDS, devices=jax.devices()[:n])
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
-    state, step = ckpt.restore(run.abstract_state)
+    state, step = ckpt.restore(run.layout.abstract)
     ckpt.close()
     assert step == 40 and len(state.params["mlm"]["output_bias"].sharding.device_set) == n
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(state)):

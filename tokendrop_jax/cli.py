@@ -9,7 +9,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -18,8 +18,8 @@ EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED = 2, 3, 4
 
 def run_or_exit(fn: Callable[[], T]) -> T:
   """Runs `fn`; on a known failure prints `error: ...` to stderr and exits with its code."""
-  from tokendrop_jax.training import checkpoint, loop  # pylint: disable=import-outside-toplevel
-  codes = ((loop.NonFiniteLossError, EXIT_NONFINITE),
+  from tokendrop_jax.training import checkpoint, runner  # pylint: disable=import-outside-toplevel
+  codes = ((runner.NonFiniteLossError, EXIT_NONFINITE),
            (checkpoint.CheckpointSaveError, EXIT_SAVE_FAILED),
            ((ValueError, FileNotFoundError), EXIT_BAD_INPUT))
   try:
@@ -30,3 +30,15 @@ def run_or_exit(fn: Callable[[], T]) -> T:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(code)
     raise
+
+
+def refuse_renamed_flags(argv: Sequence[str], renamed: Mapping[str, str]) -> None:
+  """Exits 2 on a `--config.<old name>` flag, naming the new field (absl would only
+  say the attribute does not exist)."""
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      name = arg[len("--config."):].split("=", 1)[0]
+      if name in renamed:
+        print(f"error: --config.{name} is now --config.{renamed[name]} (configs/glue.py has "
+              "the sections of the pretraining configs)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)

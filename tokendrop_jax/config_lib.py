@@ -1,20 +1,25 @@
 """The one config schema (ml_collections) and its validation.
 
-`configs/*.py` start from `base_config()` and change what they need; every
+Pretraining (`base_config`) and GLUE fine-tuning (`glue_config`) share the
+sections `model`, `optim`, `train` and `mesh` (same fields, same meaning);
+`token_drop` is pretraining's, and `data` describes each job's input.
+`configs/*.py` start from one of the two and change what they need; every
 field a user can set is here, with its default. `validate` runs before any
-compile and names the offending field.
+compile and names the offending field; unknown fields are refused, and the
+flat field names that `configs/glue.py` had before are refused with the new
+name.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import ml_collections
+from ml_collections import config_dict
 
-from tokendrop_jax import importance
+from tokendrop_jax import importance, partitioning
+from tokendrop_jax.data import glue
 from tokendrop_jax.model.bert import BertConfig
-from tokendrop_jax.training import sharding
 
-VARIANTS = importance.STRATEGIES  # none | loss_ema | frequency | random
 # Options beyond the paper, appended as `strategy+option[+option]` (e.g. `random+layerwise`).
 OPTIONS = {
     "sctd": dict(consistency_weight=1.0),           # ScTD [CLS] consistency every 10 steps
@@ -22,14 +27,83 @@ OPTIONS = {
     "layerwise": dict(layerwise=True),              # random-LTD subsets per middle layer
 }
 
+# Model fields a fine-tuning run sets for itself; the others (sizes) come from
+# the pretraining run it starts from.
+FINETUNE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "remat")
+
+# configs/glue.py's flat fields before the shared schema -> where they live now.
+GLUE_RENAMED = {
+    "tokenizer_model": "data.tokenizer_model", "train_file": "data.train_file",
+    "eval_file": "data.eval_file", "eval_mismatched_file": "data.eval_mismatched_file",
+    "predict_file": "data.predict_file", "tfds_data_dir": "data.tfds_data_dir",
+    "max_seq_len": "data.seq_len", "batch_size": "data.global_batch_size",
+    "eval_batch_size": "data.eval_batch_size", "learning_rate": "optim.learning_rate",
+    "warmup_fraction": "optim.warmup_fraction", "weight_decay": "optim.weight_decay",
+    "grad_clip_norm": "optim.grad_clip_norm", "adam_b1": "optim.b1", "adam_b2": "optim.b2",
+    "adam_eps": "optim.eps", "dropout_rate": "model.dropout_rate",
+    "attention_dropout_rate": "model.attention_dropout_rate", "dtype": "model.dtype",
+    "seed": "train.seed (init, dropout) and data.seed (shuffles)",
+    "num_epochs": "train.num_epochs", "log_every": "train.log_every",
+    "checkpoint_every": "train.checkpoint_every", "keep_checkpoints": "train.keep_checkpoints",
+    "async_checkpoint": "train.async_checkpoint",
+}
+
+
+# ---------------------------------------------------------------------------
+# The sections.
+
+
+def _model_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dataclasses.asdict(BertConfig()))
+
+
+def _optim_section(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      learning_rate=1e-4,
+      weight_decay=0.01,         # AdamW; none on LayerNorm scales and biases
+      warmup_steps=10_000,
+      warmup_fraction=0.0,       # > 0: warm up for this fraction of the steps instead
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      grad_clip_norm=1.0,
+      grad_accum_steps=1,
+  ))
+  c.update(overrides)
+  return c
+
+
+def _train_section(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict(dict(
+      seed=0,                    # params init and dropout
+      log_every=100,
+      checkpoint_every=10_000,
+      keep_checkpoints=3,
+      async_checkpoint=True,
+      nan_policy="stop",         # stop: end the run at a NaN/Inf loss | skip: drop that update
+  ))
+  c.update(overrides)
+  return c
+
+
+def _mesh_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      data=-1,                    # -1 = all remaining devices
+      fsdp=1,
+      tensor=1,
+      # Logical axis -> mesh axes. Data parallel by default, FSDP over the embed
+      # dimension when fsdp > 1, tensor parallel over mlp/heads/vocab when tensor > 1.
+      rules=[list(rule) for rule in partitioning.DEFAULT_RULES],
+  ))
+
 
 def base_config() -> ml_collections.ConfigDict:
+  """Pretraining: the paper's BERT-base recipe."""
   c = ml_collections.ConfigDict()
   c.name = "base"
-  c.model = ml_collections.ConfigDict(dataclasses.asdict(BertConfig()))
-
+  c.model = _model_section()
   c.token_drop = ml_collections.ConfigDict(dict(
-      strategy="loss_ema",       # none | loss_ema | frequency | random
+      strategy="loss_ema",       # importance.names(): none | loss_ema | frequency | random
       keep_tokens=256,           # static k of the middle layers
       ema_beta=0.995,
       ema_init=10.0,
@@ -43,7 +117,6 @@ def base_config() -> ml_collections.ConfigDict:
       keep_schedule_fraction=0.9,  # ... over this fraction of the steps, then full sequences
       layerwise=False,           # random-LTD: an independent random subset per middle layer
   ))
-
   c.data = ml_collections.ConfigDict(dict(
       # Text: local files/globs (comma-separated), or a TFDS text dataset by name.
       train_files="",
@@ -61,42 +134,48 @@ def base_config() -> ml_collections.ConfigDict:
       max_predictions_per_seq=76,
       mask_prob=0.15,
       global_batch_size=512,
-      seed=0,
+      seed=0,                    # data order and masking
       worker_count=0,            # grain worker processes (part of the iterator state)
   ))
-
-  c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=1e-4,
-      weight_decay=0.01,
-      warmup_steps=10_000,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-6,
-      grad_clip_norm=1.0,
-      grad_accum_steps=1,
-  ))
-
-  c.train = ml_collections.ConfigDict(dict(
+  c.optim = _optim_section()
+  c.train = _train_section(
       num_steps=1_000_000,
-      seed=0,
-      log_every=100,
       eval_every=10_000,
       eval_batches=50,
-      checkpoint_every=10_000,
-      keep_checkpoints=3,
-      async_checkpoint=True,
       peak_flops_per_device=0.0,  # 0 = look up the device kind (TPU v4/v5, A100, H100)
-      nan_policy="stop",          # stop: end the run at a NaN/Inf loss | skip: drop that update
-  ))
+  )
+  c.mesh = _mesh_section()
+  return c
 
-  c.mesh = ml_collections.ConfigDict(dict(
-      data=-1,                    # -1 = all remaining devices
-      fsdp=1,
-      tensor=1,
-      # Logical axis -> mesh axes. Data parallel by default, FSDP over the embed
-      # dimension when fsdp > 1, tensor parallel over mlp/heads/vocab when tensor > 1.
-      rules=[list(rule) for rule in sharding.DEFAULT_RULES],
+
+def glue_config(task: str) -> ml_collections.ConfigDict:
+  """GLUE fine-tuning of `task` (BERT's recipe: 3 epochs, lr 3e-5, 10% warm-up)."""
+  c = ml_collections.ConfigDict()
+  c.name = f"glue_{task}"
+  c.task = task
+  # Pretraining workdir (config.json, tokenizer.model, checkpoints/). Required;
+  # '' means a randomly initialised encoder of size `model.*` (tests, baselines).
+  c.init_from = config_dict.placeholder(str)
+  c.init_step = config_dict.placeholder(int)  # None = the latest checkpoint
+  c.model = _model_section()
+  c.model.dtype = config_dict.placeholder(str)  # None = the pretraining run's
+  c.data = ml_collections.ConfigDict(dict(
+      tokenizer_model="",        # '' = INIT_FROM/tokenizer.model (required for random init)
+      # GLUE TSVs; empty = TFDS glue/<task> (prepared as array_record in tfds_data_dir).
+      train_file="",
+      eval_file="",
+      eval_mismatched_file="",   # MNLI only: dev_mismatched.tsv
+      predict_file="",           # -> WORKDIR/predictions.tsv (labels ignored if present)
+      tfds_data_dir="",
+      seq_len=128,
+      global_batch_size=32,      # the last batch of an epoch is padded (weight 0)
+      eval_batch_size=0,         # 0 = global_batch_size
+      seed=0,                    # the per-epoch shuffles
   ))
+  c.optim = _optim_section(learning_rate=3e-5, warmup_steps=0, warmup_fraction=0.1)
+  c.train = _train_section(num_epochs=3, log_every=50, checkpoint_every=1000,
+                           keep_checkpoints=2)
+  c.mesh = _mesh_section()
   return c
 
 
@@ -104,8 +183,9 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
   """`configs/x.py:strategy[+option...]` picks the importance strategy and options."""
   if arg:
     strategy, *options = arg.split("+")
-    if strategy not in VARIANTS:
-      raise ValueError(f"unknown config variant {strategy!r}; expected one of {VARIANTS}")
+    if strategy not in importance.names():
+      raise ValueError(f"unknown config variant {strategy!r}; expected one of "
+                       f"{importance.names()}")
     config.token_drop.strategy = strategy
     for option in options:
       if option not in OPTIONS:
@@ -115,27 +195,74 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
   return config
 
 
+def is_glue(config) -> bool:
+  return "task" in config
+
+
 def model_config(config) -> BertConfig:
-  return BertConfig.from_dict(config.model.to_dict())
+  """The BertConfig of `config.model` (a GLUE config's unset fields left out)."""
+  return BertConfig.from_dict({k: v for k, v in config.model.to_dict().items() if v is not None})
+
+
+# ---------------------------------------------------------------------------
+# Validation.
+
+
+def _unknown_fields(config, schema, prefix="") -> None:
+  for key in config.keys():
+    name = f"{prefix}{key}"
+    if key not in schema:
+      if not prefix and is_glue(schema) and key in GLUE_RENAMED:
+        raise ValueError(f"config.{key} was renamed: set {GLUE_RENAMED[key]} instead "
+                         "(configs/glue.py now has the pretraining configs' sections)")
+      raise ValueError(f"unknown config field {name}; known in {prefix or 'config.'}: "
+                       f"{', '.join(sorted(schema.keys()))}")
+    if isinstance(schema[key], ml_collections.ConfigDict) and key != "model":
+      _unknown_fields(config[key], schema[key], name + ".")  # model: BertConfig names it
 
 
 def _positive(section, names, prefix):
   for name in names:
     value = section[name]
-    if not isinstance(value, (int, float)) or value <= 0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
       raise ValueError(f"{prefix}.{name} must be positive, got {value!r}")
+
+
+def _validate_shared(config) -> BertConfig:
+  """The sections both jobs have: model, optim, train, mesh."""
+  cfg = model_config(config)
+  cfg.validate()
+  optim, train = config.optim, config.train
+  _positive(optim, ("learning_rate", "grad_accum_steps"), "optim")
+  _positive(train, ("log_every", "checkpoint_every", "keep_checkpoints"), "train")
+  if optim.warmup_steps < 0 or optim.weight_decay < 0:
+    raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0")
+  if not 0.0 <= optim.warmup_fraction < 1.0:
+    raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {optim.warmup_fraction}")
+  if optim.warmup_fraction > 0 and optim.warmup_steps > 0:
+    raise ValueError(f"set optim.warmup_steps ({optim.warmup_steps}) or optim.warmup_fraction "
+                     f"({optim.warmup_fraction}), not both")
+  if train.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {train.nan_policy!r}")
+  for axis in partitioning.MESH_AXES:
+    size = config.mesh[axis]
+    if not isinstance(size, int) or size == 0 or size < -1:
+      raise ValueError(f"mesh.{axis} must be a positive int or -1 (fill), got {size!r}")
+  partitioning.rules_from_config(config.mesh.rules)
+  return cfg
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Fail fast, naming the field, on anything that would break later."""
-  cfg = model_config(config)
-  cfg.validate()
+  if is_glue(config):
+    validate_glue(config)
+    return
+  _unknown_fields(config, base_config())
+  cfg = _validate_shared(config)
   td, data, optim, train = config.token_drop, config.data, config.optim, config.train
-  importance.validate_strategy(td.strategy)
+  strategy = importance.get(td.strategy)
   _positive(data, ("seq_len", "max_predictions_per_seq", "global_batch_size"), "data")
-  _positive(train, ("num_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
-                    "keep_checkpoints"), "train")
-  _positive(optim, ("learning_rate", "grad_accum_steps"), "optim")
+  _positive(train, ("num_steps", "eval_every", "eval_batches"), "train")
   if data.seq_len < 8:
     raise ValueError(f"data.seq_len must be at least 8, got {data.seq_len}")
   if data.seq_len > cfg.max_position:
@@ -148,11 +275,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.global_batch_size % optim.grad_accum_steps:
     raise ValueError(f"optim.grad_accum_steps ({optim.grad_accum_steps}) must divide "
                      f"data.global_batch_size ({data.global_batch_size})")
-  if optim.warmup_steps < 0 or optim.weight_decay < 0:
-    raise ValueError("optim.warmup_steps and optim.weight_decay must be >= 0")
   if not 0.0 < td.ema_beta < 1.0:
     raise ValueError(f"token_drop.ema_beta must be in (0, 1), got {td.ema_beta}")
-  if td.strategy != "none":
+  if strategy.drops:
     if not isinstance(td.keep_tokens, int) or not 1 <= td.keep_tokens <= data.seq_len:
       raise ValueError(f"token_drop.keep_tokens must be in [1, data.seq_len={data.seq_len}], "
                        f"got {td.keep_tokens!r}")
@@ -175,15 +300,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 < td.keep_schedule_fraction <= 1.0:
     raise ValueError(f"token_drop.keep_schedule_fraction must be in (0, 1], got "
                      f"{td.keep_schedule_fraction}")
-  if td.layerwise and td.strategy != "random":
-    raise ValueError(f"token_drop.layerwise needs strategy 'random' (an importance strategy "
-                     f"would pick the same tokens in every layer), got {td.strategy!r}")
-  if td.strategy == "none" and (td.consistency_weight > 0 or td.keep_schedule_stages > 1):
-    raise ValueError("token_drop.consistency_weight / keep_schedule_stages need a dropping "
-                     "strategy, but token_drop.strategy is 'none'")
-  if train.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {train.nan_policy!r}")
-  for axis in ("data", "fsdp", "tensor"):
-    size = config.mesh[axis]
-    if not isinstance(size, int) or size == 0 or size < -1:
-      raise ValueError(f"mesh.{axis} must be a positive int or -1 (fill), got {size!r}")
+  if td.layerwise and not strategy.per_draw:
+    raise ValueError(f"token_drop.layerwise needs a strategy that draws fresh scores, such as "
+                     f"'random' (an importance strategy would pick the same tokens in every "
+                     f"layer), got {td.strategy!r}")
+  if not strategy.drops and (td.consistency_weight > 0 or td.keep_schedule_stages > 1):
+    raise ValueError(f"token_drop.consistency_weight / keep_schedule_stages need a dropping "
+                     f"strategy, but token_drop.strategy is {td.strategy!r}")
+
+
+def validate_glue(config: ml_collections.ConfigDict) -> None:
+  """Fine-tuning fields that need no files (task, sizes, optimizer, files' roles)."""
+  spec = glue.get_task(config.task)
+  _unknown_fields(config, glue_config(spec.name))
+  if config.init_from is None:
+    raise ValueError("init_from is required: --config.init_from=PRETRAIN_WORKDIR (or "
+                     "--config.init_from='' for a randomly initialised encoder)")
+  if config.init_from:
+    default = _model_section()
+    changed = [k for k, v in config.model.items()
+               if k not in FINETUNE_MODEL_FIELDS and default.get(k) != v]
+    if changed:
+      raise ValueError(
+          f"config.model.{changed[0]} is set, but the model's sizes come from "
+          f"{config.init_from}/config.json; model.* sizes only apply with "
+          f"--config.init_from='' (random init); fine-tuning sets only model."
+          f"{{{','.join(FINETUNE_MODEL_FIELDS)}}}")
+  _validate_shared(config)
+  data, train = config.data, config.train
+  _positive(data, ("seq_len", "global_batch_size"), "data")
+  _positive(train, ("num_epochs",), "train")
+  if config.optim.grad_accum_steps != 1:
+    raise ValueError(f"optim.grad_accum_steps={config.optim.grad_accum_steps}: fine-tuning "
+                     "does not accumulate gradients; use 1 and a smaller data.global_batch_size")
+  if not isinstance(data.eval_batch_size, int) or data.eval_batch_size < 0:
+    raise ValueError(f"data.eval_batch_size must be an int >= 0, got {data.eval_batch_size!r}")
+  if data.eval_mismatched_file and spec.name != "mnli":
+    raise ValueError(f"data.eval_mismatched_file is for mnli only, not {spec.name}")
+  if data.eval_mismatched_file and not data.eval_file:
+    raise ValueError("data.eval_mismatched_file needs data.eval_file (dev_matched.tsv)")

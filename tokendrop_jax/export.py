@@ -299,17 +299,19 @@ def export(workdir: str, output: str, step: int | None = None,
   from tokendrop_jax import config_lib  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import pretrained  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   output = os.path.abspath(os.fspath(output))
   _check_output(output, overwrite)  # Fail before the (slow) restore.
-  pretrained.load_config(workdir)  # Names a missing workdir or config first.
-  tok = Tokenizer(pretrained.tokenizer_path(workdir))
+  workdir_lib.read_config(workdir)  # Names a missing workdir or config first.
+  tok = Tokenizer(workdir_lib.tokenizer_path(workdir))
   params, config, step = pretrained.load_pretrained(workdir, step)
   cfg = config_lib.model_config(config)
   if tok.vocab_size > cfg.vocab_size:
     raise ValueError(f"{tok.model_path} has {tok.vocab_size} pieces but model.vocab_size "
-                     f"in {pretrained.config_path(workdir)} is {cfg.vocab_size}")
-  meta = {"workdir": os.path.abspath(os.fspath(workdir)), "step": step,
+                     f"in {workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)} is "
+                     f"{cfg.vocab_size}")
+  meta = {"workdir": workdir_lib.resolve(workdir), "step": step,
           "config_name": config.get("name", ""),
           "token_drop_strategy": config.get("token_drop", {}).get("strategy", "")}
   parent = os.path.dirname(output)

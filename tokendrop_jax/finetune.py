@@ -2,17 +2,18 @@
 
   python -m tokendrop_jax.finetune --config=configs/glue.py:sst2 \
       --config.init_from=PRETRAIN_WORKDIR --workdir=DIR \
-      [--config.train_file=train.tsv --config.eval_file=dev.tsv] \
-      [--config.predict_file=test.tsv]
+      [--config.data.train_file=train.tsv --config.data.eval_file=dev.tsv] \
+      [--config.data.predict_file=test.tsv]
 
-Without train_file/eval_file the task is read from TFDS `glue/<task>`
+Without data.train_file/eval_file the task is read from TFDS `glue/<task>`
 (prepared as array_record). DIR receives results.json (best and last dev
 metrics, per epoch), metrics.jsonl, tensorboard/, checkpoints/ and, with
-predict_file, predictions.tsv. Restarting with the same DIR resumes exactly.
+data.predict_file, predictions.tsv. Restarting with the same DIR resumes exactly.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -40,5 +41,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from tokendrop_jax import cli, config_lib
+  cli.refuse_renamed_flags(sys.argv, config_lib.GLUE_RENAMED)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -3,9 +3,12 @@
 Counts matmul FLOPs (2 per multiply-add), the quantity MFU is defined on.
 Embedding lookups, softmax, LayerNorm and the selection itself are ignored:
 they are memory-bound and a few percent at most. A train step is taken as
-3x the forward pass (backward = 2x forward), the usual convention.
+3x the forward pass (backward = 2x forward), the usual convention. MFU
+divides them by the device's peak (`peak_flops_per_device`).
 """
 from __future__ import annotations
+
+import re
 
 from tokendrop_jax.model.bert import BertConfig
 
@@ -58,3 +61,54 @@ def drop_flops_ratio(cfg: BertConfig, seq_len: int, num_predictions: int, keep_t
   """Analytic cost of the token-drop step over the full step."""
   return (forward_flops(cfg, seq_len, num_predictions, keep_tokens)
           / forward_flops(cfg, seq_len, num_predictions))
+
+
+# Peak dense bf16 FLOP/s per device (vendor numbers, no sparsity).
+PEAK_FLOPS: dict[str, float] = {
+    "TPU v3": 123e12,
+    "TPU v4": 275e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6e": 918e12,
+    "A100": 312e12,
+    "H100": 989e12,  # SXM; PCIe is 756e12.
+    "H100 PCIe": 756e12,
+    "H200": 989e12,
+}
+
+# (regex on lower-cased device_kind, PEAK_FLOPS key); first match wins.
+_PATTERNS = (
+    (r"v5\s*lite|v5e|v5litepod", "TPU v5e"),
+    (r"v6\s*lite|v6e", "TPU v6e"),
+    (r"v5p|tpu v5\b", "TPU v5p"),
+    (r"tpu v4|\bv4\b", "TPU v4"),
+    (r"tpu v3|\bv3\b", "TPU v3"),
+    (r"h100.*pcie", "H100 PCIe"),
+    (r"h100", "H100"),
+    (r"h200", "H200"),
+    (r"a100", "A100"),
+)
+
+
+def peak_flops_per_device(device_kind: str,
+                          override: float | None = None) -> float | None:
+  """Peak FLOP/s of one device: `override` if given, else looked up, else None.
+
+  Matches `jax.devices()[0].device_kind`, e.g. 'TPU v4', 'TPU v5 lite',
+  'NVIDIA A100-SXM4-40GB', 'NVIDIA H100 80GB HBM3'. Unknown (CPU) -> None.
+  """
+  if override:
+    return float(override)
+  kind = (device_kind or "").lower()
+  for pattern, key in _PATTERNS:
+    if re.search(pattern, kind):
+      return PEAK_FLOPS[key]
+  return None
+
+
+def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
+        peak: float | None) -> float | None:
+  """Model FLOPs utilisation in [0, 1]; None when the peak is unknown."""
+  if not peak or step_time_s <= 0 or n_devices <= 0:
+    return None
+  return flops_per_step / (step_time_s * n_devices * peak)

@@ -94,7 +94,8 @@ def _init(cfg: BertConfig, axes: tuple[Optional[str], ...]):
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:
   """Dropout from 16-bit random bits: same semantics as `nn.Dropout`, ~3x fewer
-  random bits per element, which matters on CPU (see PITFALLS: dropout RNG)."""
+  random bits per element, which matters on CPU (with the default threefry PRNG,
+  full 32-bit dropout bits cost ~30% of a small BERT step on 2 cores)."""
   if deterministic or rate == 0.0:
     return x
   bits = jax.random.bits(module.make_rng("dropout"), x.shape, jnp.uint16)

@@ -23,28 +23,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tokendrop_jax.training.fingerprint import fingerprint, flat, verify
+
 _FORMAT = 1
 
 
 # ---------------------------------------------------------------------------
-# Pytree paths and shapes, comparable between live trees and orbax metadata.
-
-
-def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def _path_str(path) -> str:
-  return "/".join(_key_str(k) for k in path) or "<root>"
-
-
-def _flat(tree) -> dict[str, Any]:
-  """{'params/layer_0/kernel': leaf} in tree order; empty nodes vanish."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_str(p): leaf for p, leaf in leaves}
+# Shapes, comparable between live trees and orbax metadata.
 
 
 def _shape(leaf) -> tuple[int, ...]:
@@ -74,66 +59,6 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any],
           f"it holds {path} with shape {_shape(leaf)}, which this config does "
           "not have. Use the matching config or a fresh --workdir; nothing "
           "was changed.")
-
-
-# ---------------------------------------------------------------------------
-# Content fingerprint.
-
-
-def _as_uint32(x: jax.Array) -> jax.Array:
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    return x.astype(jnp.uint32)
-  size = x.dtype.itemsize
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  if size in (1, 2):
-    u = {1: jnp.uint8, 2: jnp.uint16}[size]
-    return jax.lax.bitcast_convert_type(x, u).astype(jnp.uint32)
-  if size == 8:  # -> shape + (2,)
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-  raise TypeError(f"Cannot fingerprint dtype {x.dtype}.")
-
-
-def _leaf_hash(x: jax.Array) -> jax.Array:
-  u = _as_uint32(jnp.asarray(x))
-  # Position weights from iotas (no reshape, so sharded arrays stay sharded).
-  idx = jnp.zeros(u.shape, jnp.uint32)
-  stride = 1
-  for d in reversed(range(u.ndim)):
-    idx = idx + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(
-        stride % 2**32)
-    stride *= u.shape[d]
-  w = (idx * jnp.uint32(0x9E3779B1)) | jnp.uint32(1)  # odd: no bit is lost
-  mixed = u ^ (u >> 15)  # bijective
-  return jnp.sum(mixed * w, dtype=jnp.uint32)
-
-
-@jax.jit
-def _tree_hashes(leaves):
-  if not leaves:
-    return jnp.zeros((0,), jnp.uint32)
-  return jnp.stack([_leaf_hash(x) for x in leaves])
-
-
-def fingerprint(state) -> dict[str, list]:
-  """{path: [uint32 hash, dtype]} of every array leaf, computed on device."""
-  flat = _flat(state)
-  paths = list(flat)
-  hashes = _tree_hashes([flat[p] for p in paths])
-  if not hashes.is_fully_addressable:  # Multi-host: every process has a copy.
-    hashes = hashes.addressable_data(0)
-  hashes = np.asarray(jax.device_get(hashes))
-  return {p: [int(h), str(flat[p].dtype)] for p, h in zip(paths, hashes)}
-
-
-def _verify(state, expected: Mapping[str, list], where: str) -> None:
-  got = fingerprint(state)
-  for path, (h, dtype) in expected.items():
-    if path in got and got[path][1] == dtype and got[path][0] != h:
-      raise IOError(f"{where}: {path} does not match the fingerprint recorded "
-                    "at save time (corrupt file).")
 
 
 # ---------------------------------------------------------------------------
@@ -187,8 +112,11 @@ class Checkpointer:
   # -- saving ---------------------------------------------------------------
 
   def save(self, step: int, state, data_iter: Iterator | None = None,
-           force: bool = False) -> bool:
+           force: bool = False, host_state: Mapping[str, Any] | None = None) -> bool:
     """Starts saving `state` (and the iterator position) at `step`.
+
+    `host_state`: small JSON-able values of the host loop (e.g. counters) kept
+    in the step's metadata; `host_state(step)` reads them back.
 
     Skipped (returns False) unless `step` is a multiple of save_every or
     `force`, or if `step` is already saved. Async: returns once device
@@ -202,7 +130,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    meta = {"format": _FORMAT}
+    meta = {"format": _FORMAT, "host_state": dict(host_state or {})}
     if self.verify:
       meta["fingerprint"] = fingerprint(state)
     try:
@@ -270,12 +198,18 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def host_state(self, step: int) -> dict[str, Any]:
+    """The `host_state` saved with `step` ({} for checkpoints written without one)."""
+    meta = self._manager.metadata(step)
+    custom = getattr(meta, "custom_metadata", None) or {}
+    return dict(custom.get("host_state") or {})
+
   def saved_shapes(self, step: int) -> dict[str, Any]:
     """{path: ArrayMetadata} of the state saved at `step` (reads metadata)."""
     meta = self._manager.item_metadata(step)["state"]
     if meta is None:
       raise IOError(f"no state metadata at step {step}")
-    return _flat(getattr(meta, "tree", meta))
+    return flat(getattr(meta, "tree", meta))
 
   def restore(self, abstract_state, data_iter: Iterator | None = None,
               step: int | None = None):
@@ -300,7 +234,7 @@ class Checkpointer:
       candidates = [step]
     else:
       candidates = steps[::-1]
-    expected = _flat(abstract_state)
+    expected = flat(abstract_state)
     bad: list[tuple[int, str]] = []
     for s in candidates:
       where = str(self.directory / str(s))
@@ -348,7 +282,7 @@ class Checkpointer:
       meta = self._manager.metadata(step)
       custom = getattr(meta, "custom_metadata", None) or {}
       if "fingerprint" in custom:
-        _verify(state, custom["fingerprint"], where)
+        verify(state, custom["fingerprint"], where)
     return state
 
   def _quarantine(self, steps) -> None:
@@ -416,7 +350,7 @@ def load_params(path, abstract=None):
         saved_tree)
   else:
     abstract = nn.meta.unbox(abstract)
-    check_compatible(_flat(saved_tree), _flat(abstract), str(path))
+    check_compatible(flat(saved_tree), flat(abstract), str(path))
   params = ckptr.restore(path, abstract)
   ckptr.close()
   return params

@@ -13,24 +13,24 @@ from jax.experimental import multihost_utils
 
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.training import workdir as workdir_lib
 
-TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_TRAINING_SENTENCES = 2_000_000
 
 
 def _demo_files(workdir: str) -> tuple[str, str]:
   """The built-in corpus, written once (rewriting would change its fingerprint)."""
-  out_dir = os.path.join(workdir, "corpus")
+  out_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
   train, valid = os.path.join(out_dir, "train.txt"), os.path.join(out_dir, "valid.txt")
-  if not (os.path.exists(train) and os.path.exists(valid)):
+  if not (workdir_lib.exists(train) and workdir_lib.exists(valid)):
     train, valid = demo_corpus.write_demo_corpus(out_dir)
   return train, valid
 
 
 def _tfds_sample_file(data, workdir: str) -> str:
   """Sentences of the TFDS train split as a text file, to train the tokenizer on."""
-  path = os.path.join(workdir, "corpus", "tfds_tokenizer_sample.txt")
-  if os.path.exists(path):
+  path = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR, "tfds_tokenizer_sample.txt")
+  if workdir_lib.exists(path):
     return path
   os.makedirs(os.path.dirname(path), exist_ok=True)
   source = text_builder.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
@@ -60,15 +60,13 @@ def _build(config, workdir: str) -> tuple[str, str]:
     raise ValueError("no corpus: set data.train_files/data.valid_files, data.tfds_name, "
                      "or data.demo_corpus=True")
 
-  tok_path = os.path.join(workdir, TOKENIZER_FILE)
+  tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
   if data.tokenizer_model:
     if not os.path.exists(data.tokenizer_model):
       raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
-    if not os.path.exists(tok_path):
-      with open(data.tokenizer_model, "rb") as src, open(tok_path + ".tmp", "wb") as dst:
-        dst.write(src.read())
-      os.replace(tok_path + ".tmp", tok_path)
-  elif not os.path.exists(tok_path):
+    if not workdir_lib.exists(tok_path):
+      workdir_lib.atomic_copy(data.tokenizer_model, tok_path)
+  elif not workdir_lib.exists(tok_path):
     files = train_files if not data.tfds_name else [_tfds_sample_file(data, workdir)]
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, files)
     tokenizer_lib.train_tokenizer(files, vocab_size, tok_path[:-len(".model")],
@@ -78,7 +76,7 @@ def _build(config, workdir: str) -> tuple[str, str]:
     raise ValueError(f"model.vocab_size={vocab_size} but the tokenizer {tok_path} has "
                      f"{tok.vocab_size} pieces")
 
-  data_dir = data.dataset_dir or os.path.join(workdir, "data")
+  data_dir = data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
   if data.tfds_name:
     dataset_dir = text_builder.build_corpus_from_tfds(
         data.tfds_name, data.tfds_text_field, tok, data_dir, train_split=data.tfds_train_split,

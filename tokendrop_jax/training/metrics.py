@@ -1,4 +1,4 @@
-"""Metrics: WORKDIR/metrics.jsonl + TensorBoard, a progress line, plots, MFU.
+"""Metrics: WORKDIR/metrics.jsonl + TensorBoard, and the progress line.
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per logged step
 with a ``step`` key, a ``wall_time`` (unix seconds) unless given, and floats.
@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
+from tokendrop_jax.training import workdir as workdir_lib
 
 
 def _to_float(v) -> float:
@@ -68,7 +67,7 @@ class MetricsWriter:
   def __init__(self, workdir, *, is_main: bool | None = None,
                tensorboard: bool = True, resume_step: int | None = None):
     self.is_main = jax.process_index() == 0 if is_main is None else is_main
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = workdir_lib.path(workdir, workdir_lib.METRICS_FILE)
     self._file = None
     self._tb = None
     if not self.is_main:
@@ -79,7 +78,7 @@ class MetricsWriter:
     self._file = open(self.path, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD_DIR))
 
   def write(self, step: int, scalars: Mapping[str, Any],
             prefix: str = "") -> None:
@@ -148,7 +147,7 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, Any],
                     elapsed_s: float, *, start_step: int = 0) -> str:
   """`step 120/2000 | loss 6.123 | mlm_acc 0.12 | 41.2k tok/s | 0.35 s/step | ETA 11m02s`.
 
-  Reads `loss`, `mlm_accuracy` (or `mlm_acc`), `tokens_per_s`, `step_time_s`
+  Reads `loss`, `mlm_accuracy` (or `mlm_acc`), `accuracy`, `tokens_per_s`, `step_time_s`
   (else elapsed_s / (step - start_step)) and `mfu` when present.
   """
   parts = [f"step {step}/{total_steps}"]
@@ -158,6 +157,9 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, Any],
   acc = _first(scalars, ("mlm_accuracy", "mlm_acc"))
   if acc is not None:
     parts.append(f"mlm_acc {acc:.2f}")
+  acc = _first(scalars, ("accuracy",))  # a classifier's (fine-tuning)
+  if acc is not None:
+    parts.append(f"acc {acc:.3f}")
   tps = _first(scalars, ("tokens_per_s", "tokens_per_sec", "tok_per_s"))
   if tps is not None:
     parts.append(f"{_si(tps)} tok/s")
@@ -172,141 +174,3 @@ def format_progress(step: int, total_steps: int, scalars: Mapping[str, Any],
   if sps is not None:
     parts.append(f"ETA {_duration(max(total_steps - step, 0) * sps)}")
   return " | ".join(parts)
-
-
-# ---------------------------------------------------------------------------
-# Plots.
-
-_EXTRA_PANELS = ("mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_s",
-                 "kept_fraction", "mfu")
-
-
-def _series(rows, x, y):
-  pts = [(r[x], r[y]) for r in rows if x in r and y in r
-         and r[y] is not None and math.isfinite(r[y])]
-  return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def plot_metrics(metrics_jsonl_path, out_png,
-                 keys: Sequence[str] = ("loss", "eval/loss")) -> str:
-  """PNG: `keys` against step in one panel, plus known extras if present."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  rows = read_metrics(metrics_jsonl_path)
-  present = set().union(*[r.keys() for r in rows]) if rows else set()
-  panels = [tuple(keys)]
-  for k in _EXTRA_PANELS:
-    group = tuple(g for g in (k, "eval/" + k) if g in present)
-    if group and k not in keys:
-      panels.append(group)
-  fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)),
-                           sharex=True, squeeze=False)
-  for ax, group in zip(axes[:, 0], panels):
-    for k in group:
-      xs, ys = _series(rows, "step", k)
-      if xs:
-        ax.plot(xs, ys, label=k, marker="." if len(xs) < 30 else None)
-    ax.set_ylabel(group[0].split("/")[-1])
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(loc="best", fontsize=8)
-  axes[-1, 0].set_xlabel("step")
-  fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(
-      metrics_jsonl_path))) or "metrics")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=110)
-  plt.close(fig)
-  return str(out_png)
-
-
-def plot_runs(runs: Mapping[str, str], out_png, x: str = "step",
-              y: str = "eval/loss") -> str:
-  """PNG comparing runs {name: metrics.jsonl}: `y` against step or time.
-
-  x='time' uses `train_time_s` if logged, else wall_time since the first
-  record (minutes).
-  """
-  if x not in ("step", "time"):
-    raise ValueError(f"x={x!r}: expected 'step' or 'time'.")
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for name, path in runs.items():
-    rows = [r for r in read_metrics(path) if y in r]
-    if x == "step":
-      xs, ys = _series(rows, "step", y)
-    elif rows and all("train_time_s" in r for r in rows):
-      xs, ys = _series(rows, "train_time_s", y)
-      xs = [v / 60 for v in xs]
-    else:
-      xs, ys = _series(rows, "wall_time", y)
-      xs = [(v - xs[0]) / 60 for v in xs] if xs else xs
-    ax.plot(xs, ys, label=name, marker="." if len(xs) < 30 else None)
-  ax.set_xlabel("step" if x == "step" else "time (min)")
-  ax.set_ylabel(y)
-  ax.grid(alpha=0.3)
-  ax.legend(loc="best", fontsize=8)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=110)
-  plt.close(fig)
-  return str(out_png)
-
-
-# ---------------------------------------------------------------------------
-# Model FLOPs utilisation.
-
-# Peak dense bf16 FLOP/s per device (vendor numbers, no sparsity).
-PEAK_FLOPS: dict[str, float] = {
-    "TPU v3": 123e12,
-    "TPU v4": 275e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6e": 918e12,
-    "A100": 312e12,
-    "H100": 989e12,  # SXM; PCIe is 756e12.
-    "H100 PCIe": 756e12,
-    "H200": 989e12,
-}
-
-# (regex on lower-cased device_kind, PEAK_FLOPS key); first match wins.
-_PATTERNS = (
-    (r"v5\s*lite|v5e|v5litepod", "TPU v5e"),
-    (r"v6\s*lite|v6e", "TPU v6e"),
-    (r"v5p|tpu v5\b", "TPU v5p"),
-    (r"tpu v4|\bv4\b", "TPU v4"),
-    (r"tpu v3|\bv3\b", "TPU v3"),
-    (r"h100.*pcie", "H100 PCIe"),
-    (r"h100", "H100"),
-    (r"h200", "H200"),
-    (r"a100", "A100"),
-)
-
-
-def peak_flops_per_device(device_kind: str,
-                          override: float | None = None) -> float | None:
-  """Peak FLOP/s of one device: `override` if given, else looked up, else None.
-
-  Matches `jax.devices()[0].device_kind`, e.g. 'TPU v4', 'TPU v5 lite',
-  'NVIDIA A100-SXM4-40GB', 'NVIDIA H100 80GB HBM3'. Unknown (CPU) -> None.
-  """
-  if override:
-    return float(override)
-  kind = (device_kind or "").lower()
-  for pattern, key in _PATTERNS:
-    if re.search(pattern, kind):
-      return PEAK_FLOPS[key]
-  return None
-
-
-def mfu(flops_per_step: float, step_time_s: float, n_devices: int,
-        peak: float | None) -> float | None:
-  """Model FLOPs utilisation in [0, 1]; None when the peak is unknown."""
-  if not peak or step_time_s <= 0 or n_devices <= 0:
-    return None
-  return flops_per_step / (step_time_s * n_devices * peak)

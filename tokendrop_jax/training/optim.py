@@ -27,9 +27,16 @@ def weight_decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def warmup_steps(optim_cfg, total_steps: int) -> int:
+  """`optim.warmup_fraction` of the steps if it is set, else `optim.warmup_steps`."""
+  fraction = optim_cfg.get("warmup_fraction", 0.0)
+  return int(round(fraction * total_steps)) if fraction > 0 else int(optim_cfg.warmup_steps)
+
+
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer and its schedule, from the config's `optim` section."""
-  schedule = learning_rate_schedule(optim_cfg.learning_rate, optim_cfg.warmup_steps, total_steps)
+  schedule = learning_rate_schedule(optim_cfg.learning_rate, warmup_steps(optim_cfg, total_steps),
+                                    total_steps)
   chain = []
   if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(optim_cfg.grad_clip_norm))

@@ -1,22 +1,19 @@
-"""Reading a pretraining workdir: its config, tokenizer and checkpointed params.
+"""What fine-tuning and export take from a pretraining run: config, tokenizer, params.
 
-Shared by the exporter and fine-tuning. A pretraining workdir looks like
-
-  WORKDIR/config.json            config.to_json_best_effort() of the run
-  WORKDIR/tokenizer.model        the SentencePiece model
-  WORKDIR/checkpoints/<step>/    orbax composite: item `state` (the TrainState)
-                                 and, optionally, item `data` (iterator)
-
-Only `state.params` is read: the optimizer state (twice the params' size, and
-of a structure that depends on the optimizer config) is never restored or
-even described, so any optimizer, token-drop strategy or mesh reads the same.
+The files are named by `training.workdir`. Only `state.params` is read: the
+optimizer state (twice the params' size, and of a structure that depends on
+the optimizer config) is never restored or even described, so any optimizer,
+token-drop strategy or mesh reads the same. `resolve_init` and `load_encoder`
+check everything a fine-tuning run takes from there against each other
+(sizes, vocabulary, tokenizer) before anything compiles.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -24,67 +21,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from tokendrop_jax.training import checkpoint as ckpt_lib
+from tokendrop_jax import config_lib
+from tokendrop_jax.data.tokenizer import Tokenizer
+from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.training import fingerprint
+from tokendrop_jax.training import workdir as workdir_lib
 
-CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
-CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
+
+
+def _config_path(workdir) -> str:
+  return workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
 
 
 class LayoutError(ValueError):
   """The files are readable but are not a tokendrop_jax pretraining run."""
-
-
-def config_path(workdir) -> str:
-  return os.fspath(epath.Path(workdir) / CONFIG_FILE)
-
-
-def tokenizer_path(workdir) -> str:
-  """WORKDIR/tokenizer.model; FileNotFoundError naming it when absent."""
-  path = epath.Path(workdir) / TOKENIZER_FILE
-  if not path.exists():
-    raise FileNotFoundError(
-        f"No tokenizer at {path}: not a pretraining workdir (the train main "
-        f"writes {TOKENIZER_FILE} next to {CONFIG_FILE}).")
-  return os.fspath(path)
-
-
-def _check_workdir(workdir) -> epath.Path:
-  path = epath.Path(workdir)
-  if not path.exists():
-    raise FileNotFoundError(f"Pretraining workdir {path} does not exist.")
-  if not path.is_dir():
-    raise NotADirectoryError(f"Pretraining workdir {path} is not a directory.")
-  return path
-
-
-def load_config(workdir) -> ml_collections.ConfigDict:
-  """The run's config from WORKDIR/config.json."""
-  path = _check_workdir(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(
-        f"No {CONFIG_FILE} in {path.parent}: not a pretraining workdir "
-        "(the train main writes it at start).")
-  try:
-    d = json.loads(path.read_text())
-  except ValueError as e:
-    raise ValueError(f"{path}: not valid JSON: {e}") from None
-  if not isinstance(d, dict) or "model" not in d:
-    raise ValueError(f"{path}: not a tokendrop_jax config (no 'model' section).")
-  return ml_collections.ConfigDict(d)
-
-
-def checkpoint_steps(workdir) -> list[int]:
-  """Finished checkpoint steps in WORKDIR/checkpoints, ascending.
-
-  Names that are not plain integers (orbax temp dirs, `<step>.corrupt`
-  quarantined by the Checkpointer) are not steps.
-  """
-  root = _check_workdir(workdir) / CHECKPOINT_DIR
-  if not root.exists():
-    return []
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _saved_fingerprint(step_dir: epath.Path) -> dict[str, list] | None:
@@ -132,11 +83,7 @@ def restore_params(step_dir) -> dict[str, Any]:
   params = out["params"]
   expected = _saved_fingerprint(step_dir)
   if expected:
-    got = ckpt_lib.fingerprint({"params": params})
-    for path, (h, dtype) in got.items():
-      if path in expected and expected[path] != [h, dtype]:
-        raise IOError(f"{state_dir}: {path} does not match the fingerprint "
-                      "recorded at save time (corrupt file).")
+    fingerprint.verify({"params": params}, expected, str(state_dir))
   return params
 
 
@@ -147,9 +94,9 @@ def load_pretrained(workdir, step: int | None = None):
   arrays on the host. `step=None` takes the latest readable step; an
   unreadable or corrupt newer step is logged and skipped (nothing is moved).
   """
-  config = load_config(workdir)
-  root = epath.Path(workdir) / CHECKPOINT_DIR
-  steps = checkpoint_steps(workdir)
+  config = workdir_lib.read_config(workdir)
+  root = epath.Path(workdir_lib.checkpoint_dir(workdir))
+  steps = workdir_lib.checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"No checkpoint in {root}: train first, or point "
                             "--workdir at a pretraining run that saved one.")
@@ -172,3 +119,82 @@ def load_pretrained(workdir, step: int | None = None):
       logging.warning("Using checkpoint step %d: newer step(s) were unreadable.", s)
     return params, config, s
   raise RuntimeError(f"No readable checkpoint in {root}: " + "; ".join(errors))
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning's start: which encoder, which tokenizer, and do they fit.
+
+
+@dataclasses.dataclass
+class InitSource:
+  """Where the encoder and tokenizer come from (params are read later)."""
+  model_cfg: BertConfig
+  tokenizer: Tokenizer
+  workdir: str                # '' for random init
+  pretrain_config: Optional[ml_collections.ConfigDict]
+
+
+def resolve_init(config) -> InitSource:
+  """Model config and tokenizer of a fine-tuning run; checks sizes against each other.
+
+  The sizes come from the pretraining run's config.json; the fields
+  fine-tuning sets for itself (`config_lib.FINETUNE_MODEL_FIELDS`) from `config`.
+  """
+  own = {k: config.model[k] for k in config_lib.FINETUNE_MODEL_FIELDS
+         if config.model[k] is not None}
+  tok_path = config.data.tokenizer_model
+  if config.init_from:
+    pre = workdir_lib.read_config(config.init_from)  # names a missing workdir / config.json
+    if not workdir_lib.checkpoint_steps(config.init_from):
+      raise FileNotFoundError(
+          f"config.init_from={config.init_from!r} has no checkpoint in "
+          f"{workdir_lib.checkpoint_dir(config.init_from)}: pretrain first, or "
+          "point init_from at a run that saved one")
+    try:
+      model_cfg = dataclasses.replace(BertConfig.from_dict(pre.model.to_dict()), **own)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"{_config_path(config.init_from)}: bad model section: {e}") from None
+    where = f"model.vocab_size={model_cfg.vocab_size} in {_config_path(config.init_from)}"
+    tok_path = tok_path or workdir_lib.tokenizer_path(config.init_from)
+  else:
+    pre = None
+    model_cfg = config_lib.model_config(config)
+    where = f"config.model.vocab_size={model_cfg.vocab_size}"
+    if not tok_path:
+      raise ValueError("config.data.tokenizer_model is required with init_from='' (random "
+                       "init): a SentencePiece model made by tokendrop_jax.data.tokenizer")
+  model_cfg.validate()
+  tok = Tokenizer(tok_path)
+  if tok.vocab_size != model_cfg.vocab_size:
+    raise ValueError(f"the tokenizer {tok_path} has {tok.vocab_size} pieces but {where}; "
+                     "use the tokenizer the model was pretrained with")
+  if config.data.seq_len > model_cfg.max_position:
+    raise ValueError(f"config.data.seq_len={config.data.seq_len} exceeds the model's "
+                     f"max_position={model_cfg.max_position}")
+  return InitSource(model_cfg, tok, config.init_from or "", pre)
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+  return {path: tuple(np.shape(x)) for path, x in fingerprint.flat(tree).items()}
+
+
+def load_encoder(init: InitSource, abstract_bert, step: Optional[int]):
+  """The pretrained encoder params (numpy), checked against the model -> (params, step)."""
+  params, _, step = load_pretrained(init.workdir, step)
+  where = os.path.join(workdir_lib.checkpoint_dir(init.workdir), str(step))
+  if "bert" not in params:
+    raise ValueError(f"{where}: no 'bert' encoder in the checkpoint's params "
+                     f"(has {sorted(params)})")
+  bert = params["bert"]
+  rows = np.shape(bert.get("embeddings", {}).get("word", {}).get("embedding", ()))
+  if rows and rows[0] != init.model_cfg.vocab_size:
+    raise ValueError(f"{where}: the word embedding has {rows[0]} rows but model.vocab_size is "
+                     f"{init.model_cfg.vocab_size} (config.json) and the tokenizer has "
+                     f"{init.tokenizer.vocab_size} pieces: checkpoint and tokenizer differ")
+  got, want = _flat_shapes(bert), _flat_shapes(abstract_bert)
+  for path in sorted(set(got) | set(want)):
+    if got.get(path) != want.get(path):
+      raise ValueError(f"{where}: encoder param bert/{path} has shape {got.get(path)} in the "
+                       f"checkpoint but {want.get(path)} in the model of config.json")
+  dtypes = jax.tree.map(lambda a: a.dtype, abstract_bert)
+  return jax.tree.map(lambda x, d: np.asarray(x, d), bert, dtypes), step

@@ -10,28 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
-LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
-
-# Data parallel over ('data', 'fsdp'); FSDP shards the embed dimension of every
-# weight; tensor parallel splits mlp / heads / vocab. With fsdp=tensor=1 this
-# is plain data parallelism.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-)
+from tokendrop_jax.partitioning import DEFAULT_RULES, LOGICAL_AXES, MESH_AXES  # noqa: F401
+from tokendrop_jax.partitioning import rules_from_config
 
 
 def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
@@ -82,42 +69,26 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def rules_from_config(pairs: Iterable[Sequence[Any]] | None,
-                      field: str = "mesh.rules"):
-  """Validates a config list of (logical_axis, mesh_axes) pairs into rules.
+def check_batch(mesh: Mesh, field: str, size: int, microbatches: int = 1) -> None:
+  """ValueError naming `field` unless `size` splits over the batch shards and processes."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if size % (shards * microbatches):
+    accum = f" (x optim.grad_accum_steps={microbatches})" if microbatches > 1 else ""
+    raise ValueError(f"{field}={size} must divide into mesh.data*mesh.fsdp={shards} "
+                     f"shards{accum}")
+  if size % jax.process_count():
+    raise ValueError(f"{field}={size} must divide into {jax.process_count()} processes")
 
-  mesh_axes may be None, one mesh axis name, or a list/tuple of them.
-  """
-  if pairs is None:
-    return DEFAULT_RULES
-  rules = []
-  seen = set()
-  for i, pair in enumerate(pairs):
-    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-      raise ValueError(
-          f"{field}[{i}]={pair!r}: expected a (logical_axis, mesh_axes) pair.")
-    logical, mesh_axes = pair
-    if logical not in LOGICAL_AXES:
-      raise ValueError(
-          f"{field}[{i}]: unknown logical axis {logical!r}; known: "
-          f"{', '.join(LOGICAL_AXES)}.")
-    if logical in seen:
-      raise ValueError(f"{field}[{i}]: logical axis {logical!r} appears twice.")
-    seen.add(logical)
-    if isinstance(mesh_axes, (list, tuple)):
-      mesh_axes = tuple(mesh_axes)
-      names = mesh_axes
-    elif mesh_axes is None:
-      names = ()
-    else:
-      names = (mesh_axes,)
-    for a in names:
-      if a not in MESH_AXES:
-        raise ValueError(
-            f"{field}[{i}]: unknown mesh axis {a!r} for {logical!r}; known: "
-            f"{', '.join(MESH_AXES)}.")
-    rules.append((logical, mesh_axes))
-  return tuple(rules)
+
+def make_checked_mesh(config, devices=None) -> Mesh:
+  """The mesh of `config` on `devices`; ValueError naming the field if a batch does not fit."""
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  data = config.data
+  check_batch(mesh, "data.global_batch_size", data.global_batch_size,
+              config.optim.grad_accum_steps)
+  if data.get("eval_batch_size"):
+    check_batch(mesh, "data.eval_batch_size", data.eval_batch_size)
+  return mesh
 
 
 def _mesh_axis_size(mesh: Mesh, axes) -> int:

@@ -1,11 +1,17 @@
-"""The train state: everything a run needs to continue exactly where it stopped."""
+"""The train state: everything a run needs to continue exactly where it stopped,
+and its `Layout` on a device mesh (shared by pretraining, fine-tuning and the
+benchmarks)."""
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from tokendrop_jax.training import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -34,3 +40,31 @@ def make_state_init(model, optimizer, seq_len: int, num_predictions: int):
                       importance=jnp.asarray(importance, jnp.float32))
 
   return init
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where a train state lives on a mesh: shardings, abstract state, sharded init."""
+  mesh: jax.sharding.Mesh
+  rules: Any
+  sharding: Any   # NamedSharding per leaf (the structure of the unboxed state)
+  abstract: Any   # ShapeDtypeStruct per leaf, with its sharding: restore targets
+
+  def jit_init(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(*args) -> unboxed state`, jitted to create each leaf already sharded."""
+    jitted = jax.jit(fn, out_shardings=self.sharding)
+
+    def init(*args):
+      with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+        return jitted(*args)
+
+    return init
+
+
+def layout(boxed_init: Callable[..., Any], *args, mesh, rules) -> Layout:
+  """The Layout of `boxed_init(*args)` (a state with logical boxes), without running it."""
+  boxed = jax.eval_shape(boxed_init, *args)
+  shardings = sharding_lib.param_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return Layout(mesh, rules, shardings, abstract)

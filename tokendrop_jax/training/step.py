@@ -32,7 +32,8 @@ class DropSettings:
   """How the train step selects tokens. `keep_tokens=None` = full model.
 
   layerwise: one random subset per middle layer (random-LTD) instead of one
-    for the whole middle block; needs strategy "random".
+    for the whole middle block; needs a strategy whose scores are fresh
+    draws (`Strategy.per_draw`, e.g. "random").
   consistency_weight: > 0 adds ScTD's KL term: the full model's [CLS] output
     distribution (a stop-gradient target, same dropout masks) against the
     token-dropping model's. 0 = the paper's step.
@@ -46,7 +47,7 @@ class DropSettings:
 
   @property
   def drops(self) -> bool:
-    return self.strategy != "none" and self.keep_tokens is not None
+    return imp.get(self.strategy).drops and self.keep_tokens is not None
 
   def full(self) -> "DropSettings":
     """The same settings without dropping (importance still updated)."""
@@ -60,13 +61,18 @@ def _keep_indices(settings: DropSettings, importance: jax.Array, batch: Batch,
     return None
 
   def select(r):
-    scores = imp.token_scores(settings.strategy, importance, batch["input_ids"], r)
+    scores = imp.get(settings.strategy).scores(importance, batch["input_ids"], r)
     return token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
                                   settings.special_ids, settings.keep_tokens)
 
   if settings.layerwise:
     return jax.vmap(select)(jax.random.split(rng, middle_layers))
   return select(rng)
+
+
+def keep_if_finite(finite: jax.Array, new, old):
+  """`new` where `finite` (a bool scalar) else `old`, leaf by leaf: a skipped update."""
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 def cls_kl(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
@@ -86,6 +92,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
   """
 
   consistency = settings.drops and settings.consistency_weight > 0
+  update_importance = imp.get(settings.strategy).update
   middle_layers = model.cfg.num_layers - 1 - model.cfg.split_layer
 
   def apply(params, batch, positions, keep_idx, dropout_rng):
@@ -146,16 +153,16 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
     params = optax.apply_updates(state.params, updates)
 
     importance = state.importance
-    if settings.strategy == "loss_ema":
-      importance = imp.update_loss_ema(importance, batch["masked_lm_ids"], per_slot, weights,
-                                       beta=settings.ema_beta, special_ids=settings.special_ids)
+    if update_importance is not None:
+      importance = update_importance(importance, batch["masked_lm_ids"], per_slot, weights,
+                                     beta=settings.ema_beta, special_ids=settings.special_ids)
     loss = (per_slot * weights).sum() / total_weight
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
-      keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      params, opt_state = keep_old(params, state.params), keep_old(opt_state, state.opt_state)
-      importance = keep_old(importance, state.importance)
+      params, opt_state, importance = keep_if_finite(
+          finite, (params, opt_state, importance),
+          (state.params, state.opt_state, state.importance))
     metrics = {
         "loss": loss,
         "mlm_accuracy": (correct * weights).sum() / total_weight,

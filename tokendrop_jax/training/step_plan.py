@@ -4,8 +4,9 @@ XLA compiles one step per distinct static shape, so a run has a small, fixed set
 of step *kinds* (`kinds`) and picks one per step from the step number alone
 (`kind_at`, pure: a resumed run picks exactly what the uninterrupted one did):
 
-  full            the plain model: strategy "none", the optional full-sequence
-                  start/end fractions, and the end of a keep-ratio schedule;
+  full            the plain model: a strategy that never drops ("none"), the
+                  optional full-sequence start/end fractions, and the end of a
+                  keep-ratio schedule;
   drop k          the token-dropping model keeping k tokens in the middle layers;
                   a keep-ratio schedule has one per stage (random-LTD's rising
                   keep, in `keep_schedule_stages` static steps instead of one per step);
@@ -20,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Optional
+
+from tokendrop_jax import importance
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -62,7 +65,7 @@ def keep_stages(config) -> list[int]:
 def kind_at(config, step: int) -> StepKind:
   """The step kind that runs at `step` (0-based)."""
   td, n = config.token_drop, config.train.num_steps
-  if (td.strategy == "none" or step < td.full_start_fraction * n
+  if (not importance.get(td.strategy).drops or step < td.full_start_fraction * n
       or step >= n - td.full_end_fraction * n):
     return FULL
   stages = keep_stages(config)
@@ -80,7 +83,7 @@ def kind_at(config, step: int) -> StepKind:
 def kinds(config) -> list[StepKind]:
   """Every kind `kind_at` can return for this config (what to jit), sorted, full first."""
   out = {FULL}
-  if config.token_drop.strategy != "none":
+  if importance.get(config.token_drop.strategy).drops:
     for keep in keep_stages(config):
       out.add(StepKind(keep))
       if config.token_drop.consistency_weight > 0:

@@ -1,0 +1,178 @@
+"""A run's folder: what is in it, and the one module that reads and writes it.
+
+  WORKDIR/config.json        the run's config (written at start; checked on resume)
+  WORKDIR/tokenizer.model    the SentencePiece model (pretraining; copied or trained)
+  WORKDIR/corpus/            the built-in or TFDS-sampled text (pretraining)
+  WORKDIR/data/              the ArrayRecord dataset, unless data.dataset_dir is set
+  WORKDIR/checkpoints/<step>/  orbax: item `state` (+ `data`, the grain iterator)
+  WORKDIR/metrics.jsonl, tensorboard/, plots/loss.png
+  WORKDIR/summary.json       pretraining's end-of-run summary
+  WORKDIR/results.json, predictions.tsv   fine-tuning's outputs
+
+Every writer and reader (the loops, the input preparation, `pretrained`,
+export) names these files through here. A file another process or a later
+run may read is written atomically (temp + rename), so a crash never leaves
+half of one behind. Paths go through `etils.epath`, so the same calls serve a
+local folder and (with its file-system package) a bucket.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+import jax
+import ml_collections
+from etils import epath
+
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.model"
+CORPUS_DIR = "corpus"
+DATA_DIR = "data"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+PLOT_FILE = os.path.join("plots", "loss.png")
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.tsv"
+
+
+def resolve(workdir) -> str:
+  """An absolute local path (orbax needs one), or a URL (gs://...) unchanged."""
+  workdir = os.fspath(workdir)
+  return workdir if "://" in workdir else os.path.abspath(workdir)
+
+
+def path(workdir, *names: str) -> str:
+  return os.path.join(os.fspath(workdir), *names)
+
+
+def create(workdir) -> str:
+  """Resolves and creates `workdir` -> its resolved path."""
+  workdir = resolve(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+def exists(workdir, *names: str) -> bool:
+  return epath.Path(path(workdir, *names)).exists()
+
+
+def atomic_write(target: str, data: str | bytes) -> None:
+  """Writes `data` to `target` through a temp file and a rename."""
+  target = epath.Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+  if isinstance(data, bytes):
+    tmp.write_bytes(data)
+  else:
+    tmp.write_text(data, encoding="utf-8")
+  tmp.replace(target)
+
+
+def atomic_copy(src: str, target: str) -> None:
+  atomic_write(target, epath.Path(src).read_bytes())
+
+
+def write_json(target: str, obj: Any) -> None:
+  atomic_write(target, json.dumps(obj, indent=2))
+
+
+def read_json(source: str) -> Any:
+  return json.loads(epath.Path(source).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# The run's config.
+
+
+def write_config(config, workdir) -> None:
+  """WORKDIR/config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    atomic_write(path(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
+
+
+def _check_dir(workdir) -> None:
+  if not epath.Path(workdir).exists():
+    raise FileNotFoundError(f"Pretraining workdir {workdir} does not exist.")
+  if not epath.Path(workdir).is_dir():
+    raise NotADirectoryError(f"Pretraining workdir {workdir} is not a directory.")
+
+
+def read_config(workdir) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with; errors name the file."""
+  _check_dir(workdir)
+  source = path(workdir, CONFIG_FILE)
+  if not epath.Path(source).exists():
+    raise FileNotFoundError(
+        f"No {CONFIG_FILE} in {workdir}: not a pretraining workdir "
+        "(the train main writes it at start).")
+  try:
+    d = read_json(source)
+  except ValueError as e:
+    raise ValueError(f"{source}: not valid JSON: {e}") from None
+  if not isinstance(d, dict) or "model" not in d:
+    raise ValueError(f"{source}: not a tokendrop_jax config (no 'model' section).")
+  return ml_collections.ConfigDict(d)
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_resume(config, workdir, fields: Iterable[str]) -> None:
+  """Refuses to resume a run started with other values of `fields`.
+
+  `fields` are dotted names; a section name ('model') covers all its fields.
+  Only a workdir with a checkpoint is checked: before one exists, nothing
+  would be resumed and any config may start there.
+  """
+  source = path(workdir, CONFIG_FILE)
+  if not (epath.Path(source).exists() and checkpoint_steps(workdir)):
+    return
+  saved = _flat(read_json(source))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  for field in fields:
+    keys = sorted(k for k in set(saved) | set(new) if k == field or k.startswith(field + "."))
+    for key in keys:
+      if saved.get(key) != new.get(key):
+        raise ValueError(f"{key}={new.get(key)!r} but the run in {workdir} was started with "
+                         f"{saved.get(key)!r} ({source}); use another --workdir or the same "
+                         "config")
+
+
+# ---------------------------------------------------------------------------
+# What a pretraining run left for fine-tuning and export.
+
+
+def checkpoint_dir(workdir) -> str:
+  return path(workdir, CHECKPOINT_DIR)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """Finished checkpoint steps, ascending.
+
+  Names that are not plain integers (orbax temp dirs, `<step>.corrupt`
+  quarantined by the Checkpointer) are not steps.
+  """
+  root = epath.Path(checkpoint_dir(workdir))
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def tokenizer_path(workdir) -> str:
+  """WORKDIR/tokenizer.model; FileNotFoundError naming it when absent."""
+  source = path(workdir, TOKENIZER_FILE)
+  if not epath.Path(source).exists():
+    raise FileNotFoundError(
+        f"No tokenizer at {source}: not a pretraining workdir (the train main "
+        f"writes {TOKENIZER_FILE} next to {CONFIG_FILE}).")
+  return source
