@@ -15,8 +15,10 @@ In one process, each job against its own bare step:
   for one epoch of `--finetune_examples` sentences of the built-in corpus
   with alternating labels (the step's cost does not depend on the labels).
 The loop's per-step time is the median over logging windows after the first
-(which holds the compile); both loops exclude evaluation from step time.
-Reports loop / bare for each.
+(which holds the compile); both loops exclude evaluation from step time. Each
+bare step is timed right before and right after its loop, and their mean is
+the reference, so that a drift of the shared machine during the loop hits
+both sides alike. Reports loop / bare for each.
 """
 from __future__ import annotations
 
@@ -76,13 +78,14 @@ def main(argv):
   from tokendrop_jax.training import finetune_loop, loop, workdir as workdir_lib
 
   config = _CONFIG.value
-  bare = benchmark.run_benchmark(config, steps=10, warmup=5)
+  bare_before = benchmark.run_benchmark(config, steps=10, warmup=5)["drop_step_s"]
   config.train.update(num_steps=_STEPS.value, log_every=10, eval_every=10 * _STEPS.value,
                       checkpoint_every=50, eval_batches=1)
   with tempfile.TemporaryDirectory() as root:
     pre_dir, ft_dir = os.path.join(root, "pretrain"), os.path.join(root, "finetune")
     loop.train_and_evaluate(config, pre_dir)
     pre_windows = _window_step_times(pre_dir)
+    bare_after = benchmark.run_benchmark(config, steps=10, warmup=5)["drop_step_s"]
 
     task = os.path.join(root, "task.tsv")
     _write_task(os.path.join(pre_dir, workdir_lib.CORPUS_DIR, "train.txt"), task,
@@ -91,18 +94,21 @@ def main(argv):
     ft.init_from = pre_dir
     ft.data.update(train_file=task, eval_file=task, seq_len=config.data.seq_len)
     ft.train.update(num_epochs=1, log_every=10, checkpoint_every=50)
-    bare_ft = _bare_finetune_step(ft, steps=10, warmup=5)
+    bare_ft_before = _bare_finetune_step(ft, steps=10, warmup=5)
     finetune_loop.train_and_evaluate(ft, ft_dir)
     ft_windows = _window_step_times(ft_dir)
+    bare_ft_after = _bare_finetune_step(ft, steps=10, warmup=5)
 
   loop_step, ft_step = statistics.median(pre_windows[1:]), statistics.median(ft_windows[1:])
+  bare, bare_ft = (bare_before + bare_after) / 2, (bare_ft_before + bare_ft_after) / 2
   results = {"config": config.name, "steps": _STEPS.value,
-             "bare_drop_step_s": bare["drop_step_s"], "loop_step_s": loop_step,
-             "loop_over_bare": loop_step / bare["drop_step_s"],
+             "bare_drop_step_s": bare, "bare_drop_step_before_after_s": [bare_before, bare_after],
+             "loop_step_s": loop_step, "loop_over_bare": loop_step / bare,
              "finetune_examples": _FT_EXAMPLES.value,
              "finetune_batch": ft.data.global_batch_size, "finetune_seq_len": ft.data.seq_len,
-             "bare_finetune_step_s": bare_ft, "finetune_loop_step_s": ft_step,
-             "finetune_loop_over_bare": ft_step / bare_ft,
+             "bare_finetune_step_s": bare_ft,
+             "bare_finetune_step_before_after_s": [bare_ft_before, bare_ft_after],
+             "finetune_loop_step_s": ft_step, "finetune_loop_over_bare": ft_step / bare_ft,
              "loop_windows_step_s": pre_windows, "finetune_windows_step_s": ft_windows}
   print(json.dumps({k: v for k, v in results.items() if "windows" not in k}, indent=2))
   benchmark.write_results(results, _OUTPUT.value)

@@ -173,3 +173,17 @@ def test_remat_gives_the_same_gradients(setup):
 
   for a, b in zip(jax.tree_util.tree_leaves(grads(model)), jax.tree_util.tree_leaves(grads(remat))):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_sort_selection_equals_top_k_ties_included():
+  """The per-example sort keeps exactly what `lax.top_k` keeps, ties to the lower position."""
+  rng = np.random.default_rng(0)
+  scores = jnp.asarray(rng.integers(0, 4, (6, 32)).astype(np.float32))  # many ties
+  ids = jnp.asarray(rng.integers(5, 50, (6, 32))).at[:, 0].set(2).at[1, 5:9].set(4)
+  mask = jnp.ones((6, 32), jnp.int32).at[3, 20:].set(0).at[4, 6:].set(0)
+  specials = (0, 1, 2, 3, 4)
+  for keep in (1, 7, 12, 32):
+    got = token_drop.select_kept(scores, ids, mask, specials, keep)
+    _, want = jax.lax.top_k(token_drop.selection_scores(scores, ids, mask, specials), keep)
+    np.testing.assert_array_equal(got, np.sort(np.asarray(want), -1))
+    assert got.dtype == jnp.int32

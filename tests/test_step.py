@@ -1,4 +1,6 @@
 """The jitted train step: one compile per step function, accumulation, importance."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -76,6 +78,40 @@ def test_weight_decay_mask_skips_layernorm_and_bias():
   assert mask["bert"]["embeddings"]["layer_norm"]["scale"] is False
   assert mask["mlm"]["output_bias"] is False
   assert mask["bert"]["embeddings"]["word"]["embedding"] is True
+  assert mask["bert"]["layer_0"]["attention"]["out_bias"] is False
+
+
+def test_weight_decay_of_every_bert_base_parameter():
+  """Every parameter of bert_base with its flag: matrices and embeddings decay, nothing else."""
+  from tests.test_config import load
+  from tokendrop_jax import config_lib
+  cfg = config_lib.model_config(load("bert_base"))
+  shapes = jax.eval_shape(lambda: nn.unbox(BertForPretraining(cfg).init(
+      jax.random.PRNGKey(0), *(jnp.zeros((1, 8), jnp.int32),) * 3, jnp.zeros((1, 2), jnp.int32))))
+  flags = jax.tree_util.tree_flatten_with_path(optim.weight_decay_mask(shapes["params"]))[0]
+  leaves = dict(jax.tree_util.tree_flatten_with_path(shapes["params"])[0])
+  table = {"/".join(k.key for k in path): (flag, leaves[path].shape) for path, flag in flags}
+  in_layer = lambda k: re.search(r"/layer_\d+/", k)
+  layer0 = {k: v for k, v in table.items() if not in_layer(k) or "/layer_0/" in k}
+  assert {k: flag for k, (flag, _) in layer0.items()} == {
+      "bert/embeddings/word/embedding": True, "bert/embeddings/position/embedding": True,
+      "bert/embeddings/token_type/embedding": True,
+      "bert/embeddings/layer_norm/scale": False, "bert/embeddings/layer_norm/bias": False,
+      **{f"bert/layer_0/attention/{p}/{w}": w == "kernel"
+         for p in ("query", "key", "value") for w in ("kernel", "bias")},
+      "bert/layer_0/attention/out_kernel": True, "bert/layer_0/attention/out_bias": False,
+      "bert/layer_0/attention_norm/scale": False, "bert/layer_0/attention_norm/bias": False,
+      "bert/layer_0/intermediate/kernel": True, "bert/layer_0/intermediate/bias": False,
+      "bert/layer_0/output/kernel": True, "bert/layer_0/output/bias": False,
+      "bert/layer_0/output_norm/scale": False, "bert/layer_0/output_norm/bias": False,
+      "mlm/transform/kernel": True, "mlm/transform/bias": False,
+      "mlm/transform_norm/scale": False, "mlm/transform_norm/bias": False,
+      "mlm/output_bias": False,
+  }
+  per_layer = sum("/layer_0/" in k for k in table)
+  assert per_layer == 16 and len(table) == len(layer0) + 11 * per_layer  # 11 more layers alike
+  for name, (flag, shape) in table.items():
+    assert flag == (len(shape) >= 2 and not name.endswith("bias")), name  # 2-D q/k/v biases too
 
 
 def test_learning_rate_schedule():

@@ -1,8 +1,15 @@
 """Static-shape token selection and the gather/scatter around the middle layers.
 
 Everything here has shapes fixed by `keep` (a Python int), so XLA compiles the
-token-dropping step once: `lax.top_k` instead of boolean masks, gathers and
+token-dropping step once: a static top-k instead of boolean masks, gathers and
 scatters with index arrays of shape [batch, keep].
+
+Every operation is per example, so that a batch sharded over devices stays
+where it is (checked on the compiled program, tests/test_sharded_comm.py): the
+top-k is a stable sort along the sequence (XLA's SPMD partitioner all-gathers
+the operand of `lax.top_k`), and gather/scatter run under `vmap`, whose batch
+dimension becomes an operand batching dimension (a global `arange(batch)` index
+made the partitioner all-gather the rows and indices).
 """
 from __future__ import annotations
 
@@ -41,21 +48,22 @@ def select_kept(scores: Array, input_ids: Array, input_mask: Array,
       not an id, so it is dropped first even if PAD is listed here.
     keep: static number of kept tokens.
   Returns:
-    int32 [batch, keep], sorted ascending within each row.
+    int32 [batch, keep], sorted ascending within each row. Ties go to the lower
+    position, as with `lax.top_k`.
   """
   if not 0 < keep <= scores.shape[1]:
     raise ValueError(f"keep_tokens must be in [1, {scores.shape[1]}], got {keep}")
-  _, idx = jax.lax.top_k(selection_scores(scores, input_ids, input_mask, special_ids), keep)
-  return jnp.sort(idx, axis=-1).astype(jnp.int32)
+  scores = selection_scores(scores, input_ids, input_mask, special_ids)
+  positions = jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+  _, idx = jax.lax.sort((-scores, positions), dimension=1, is_stable=True, num_keys=1)
+  return jnp.sort(idx[:, :keep], axis=-1)
 
 
 def gather_tokens(x: Array, idx: Array) -> Array:
   """x [batch, seq, ...] at positions idx [batch, k] -> [batch, k, ...]."""
-  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, idx, axis=1)
+  return jax.vmap(lambda row, i: row[i])(x, idx)
 
 
 def scatter_tokens(x: Array, idx: Array, rows: Array) -> Array:
   """x [batch, seq, hidden] with rows [batch, k, hidden] written at idx [batch, k]."""
-  batch = jnp.arange(x.shape[0])[:, None]  # [batch, 1]
-  return x.at[batch, idx].set(rows, unique_indices=True)
+  return jax.vmap(lambda row, i, r: row.at[i].set(r, unique_indices=True))(x, idx, rows)

@@ -4,9 +4,6 @@ from __future__ import annotations
 import jax
 import optax
 
-# Parameter leaf names that get no weight decay (BERT's recipe).
-NO_DECAY_NAMES = ("bias", "scale", "output_bias")
-
 
 def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """0 -> peak over `warmup_steps`, then linearly to 0 at `total_steps`."""
@@ -18,13 +15,19 @@ def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int) -> 
       boundaries=[warmup_steps])
 
 
-def weight_decay_mask(params):
-  """True for leaves that get weight decay: matrices, not LayerNorm/bias."""
-  def decays(path, _):
-    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips box fields
-    return not names or names[-1] not in NO_DECAY_NAMES
+def decays(name: str) -> bool:
+  """BERT's rule, by the leaf's name: weight matrices and embeddings decay; every bias
+  (`bias`, `out_bias`, the MLM `output_bias`) and LayerNorm `scale` does not."""
+  return not (name.endswith("bias") or name == "scale")
 
-  return jax.tree_util.tree_map_with_path(decays, params)
+
+def weight_decay_mask(params):
+  """True for leaves that get weight decay (see `decays`)."""
+  def mask(path, _):
+    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # skips box fields
+    return not names or decays(names[-1])
+
+  return jax.tree_util.tree_map_with_path(mask, params)
 
 
 def warmup_steps(optim_cfg, total_steps: int) -> int:
