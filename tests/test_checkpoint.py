@@ -49,7 +49,7 @@ def _make_state(mesh, hidden=8, seed=0):
 def _abstract(state, mesh):
   """Target shardings on `mesh`: params by _SPECS, everything else replicated."""
   def leaf(path, x):
-    name = ckpt_lib._path_str(path).split("/")[-1]  # pylint: disable=protected-access
+    name = getattr(path[-1], "key", getattr(path[-1], "name", None))
     spec = _SPECS.get(name, P()) if x.ndim else P()
     return jax.ShapeDtypeStruct(x.shape, x.dtype,
                                 sharding=NamedSharding(mesh, spec))

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tokendrop_jax import cli
-from tokendrop_jax.training import checkpoint, loop, runner
+from tokendrop_jax.training import checkpoint, runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

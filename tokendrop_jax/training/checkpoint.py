@@ -18,7 +18,6 @@ from typing import Any, Iterator, Mapping
 import flax.linen as nn
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
