@@ -79,7 +79,7 @@ def _measure(path, seq_len):
   rows = max(1, FLAGS.batch_tokens // seq_len)
   it = pipeline.make_pretrain_iterator(
       path, seq_len=seq_len, max_predictions_per_seq=max(1, round(0.15 * seq_len)) + 2,
-      global_batch_size=rows, seed=0, process_index=0, process_count=1,
+      global_batch_size=rows, seed=0, shard_index=0, num_shards=1,
       read_threads=FLAGS.read_threads)
   for _ in range(5):
     next(it)

@@ -57,7 +57,7 @@ def _bare_finetune_step(config, steps: int, warmup: int) -> float:
 
   from tokendrop_jax import benchmark
   from tokendrop_jax.data import glue, glue_batches
-  from tokendrop_jax.training import finetune_loop, pretrained, sharding
+  from tokendrop_jax.training import finetune_loop, host_rows, pretrained
 
   spec = glue.get_task(config.task)
   init = pretrained.resolve_init(config)
@@ -65,8 +65,8 @@ def _bare_finetune_step(config, steps: int, warmup: int) -> float:
   run = finetune_loop.build(config, spec, init.model_cfg, len(data.train["input_ids"]))
   rows, weights = glue_batches.batch_rows(np.arange(len(data.train["input_ids"])), 0,
                                           config.data.global_batch_size)
-  batch = sharding.make_global_batch(
-      glue_batches.host_batch(data.train, rows, weights, 0, 1), run.layout.mesh)
+  batch = host_rows.from_global(glue_batches.global_batch(data.train, rows, weights),
+                                run.layout.mesh)
   times, _ = benchmark.time_steps({"finetune": run.train_step},
                                   {"finetune": run.init_state(None)}, batch, steps, warmup)
   return statistics.median(times["finetune"])

@@ -42,6 +42,7 @@ def _load(name):
 
 def memory(config) -> dict:
   """Per-device bytes of the jitted full and drop train steps (AOT, 8 devices)."""
+  import flax.linen as nn
   import jax
   from tokendrop_jax import synthetic
   from tokendrop_jax.training import loop, sharding
@@ -57,7 +58,9 @@ def memory(config) -> dict:
                                    ("masked_lm_ids", (b, p), "int32"),
                                    ("masked_lm_weights", (b, p), "float32"))}
   out = {}
-  with jax.set_mesh(run.layout.mesh):
+  # Under the logical-axis rules, as the training loop runs the step: without them the
+  # activations' sharding constraints do nothing and XLA compiles another program.
+  with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
     for kind, fn in run.train_steps.items():  # the paper's configs: one full, one drop kind
       t0 = time.perf_counter()
       compiled = fn.lower(run.layout.abstract, batch).compile()

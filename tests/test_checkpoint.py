@@ -14,6 +14,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tokendrop_jax.data.shards import ShardedIterator
 from tokendrop_jax.training import checkpoint as ckpt_lib
 from tokendrop_jax.training import sharding
 from tokendrop_jax.training.preemption import PreemptionGuard
@@ -63,8 +64,8 @@ def _assert_equal(a, b):
 
 
 def _data_iter():
-  return iter(grain.MapDataset.range(100).shuffle(seed=0).batch(4)
-              .to_iter_dataset())
+  it = iter(grain.MapDataset.range(100).shuffle(seed=0).batch(4).to_iter_dataset())
+  return ShardedIterator({0: it}, num_shards=1, owned=(0,))
 
 
 def _dir_digest(root):
@@ -103,6 +104,71 @@ def test_round_trip_exact_with_data_iterator(tmp_path, mesh8):
   _assert_equal(restored, state)
   assert restored.params["kernel"].sharding.spec == P("fsdp", "tensor")
   np.testing.assert_array_equal(next(fresh), expected_next)
+  ck.close()
+
+
+def _sharded_iter(shards, num_shards, owned):
+  """Shard v: its own stream (every num_shards-th item from v), batches of 2."""
+  return ShardedIterator(
+      {v: iter(grain.MapDataset.range(100)[v::num_shards].batch(2).map(lambda x: {"x": x})
+               .to_iter_dataset()) for v in shards}, num_shards, owned)
+
+
+def test_data_position_is_per_shard_so_another_split_of_the_shards_continues_it(tmp_path, mesh8):
+  """Written as two 'processes' (shards 0-1 and 2-3), continued by one reading all four."""
+  state = _make_state(mesh8)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=1, async_save=False)
+  first, second = _sharded_iter((0, 1), 4, (0, 1)), _sharded_iter((2, 3), 4, (2, 3))
+  for _ in range(3):
+    next(first), next(second)
+  ck.save(3, state, first)  # what process 0 writes ...
+  ck.close()
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=1, async_save=False)
+  for v in (2, 3):  # ... and process 1 (the same handler, called on its own process)
+    (tmp_path / "3" / "data" / f"shard_{v}-of-4.json").write_text(
+        __import__("json").dumps(second.shard_state(v)))
+  whole = _sharded_iter((0, 1, 2, 3), 4, (0, 1, 2, 3))
+  ck.restore(_abstract(state, mesh8), whole)
+  np.testing.assert_array_equal(next(whole)["x"], np.concatenate([next(first)["x"],
+                                                                 next(second)["x"]]))
+  ck.close()
+
+
+def test_a_data_position_for_other_shards_is_refused_naming_the_field(tmp_path, mesh8):
+  state = _make_state(mesh8)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=1, async_save=False)
+  ck.save(2, state, _sharded_iter((0, 1), 2, (0, 1)))
+  before = _dir_digest(tmp_path)
+  with pytest.raises(ValueError, match=r"data.num_shards=2, but the config has "
+                                       r"data.num_shards=4.*--config.data.num_shards=2"):
+    ck.restore(_abstract(state, mesh8), _sharded_iter((0, 1, 2, 3), 4, ()))
+  assert _dir_digest(tmp_path) == before
+  ck.close()
+
+
+def test_a_checkpoint_from_before_virtual_shards(tmp_path, mesh8):
+  """grain's per-process file: one process's restores as shard 0 of 1; two processes' are
+  refused with the reason, changing nothing."""
+  state = _make_state(mesh8)
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=2, async_save=False)
+  for step in (2, 4):
+    it = _sharded_iter((0,), 1, (0,))
+    for _ in range(step):
+      next(it)
+    ck.save(step, state, it)
+  expected = next(it)
+  ck.close()
+  data = tmp_path / "4" / "data"
+  (data / "shard_0-of-1.json").rename(data / "process_0-of-1.json")
+  ck = ckpt_lib.Checkpointer(tmp_path, save_every=1, keep=2, async_save=False)
+  fresh = _sharded_iter((0,), 1, (0,))
+  assert ck.restore(_abstract(state, mesh8), fresh)[1] == 4
+  np.testing.assert_array_equal(next(fresh)["x"], expected["x"])
+  (data / "process_0-of-1.json").rename(data / "process_1-of-2.json")
+  before = _dir_digest(tmp_path)
+  with pytest.raises(ValueError, match="written by 2 process.*before input shards were virtual"):
+    ck.restore(_abstract(state, mesh8), _sharded_iter((0,), 1, (0,)))
+  assert _dir_digest(tmp_path) == before
   ck.close()
 
 
@@ -243,15 +309,15 @@ jax.config.update("jax_platforms", "cpu")
 import numpy as np
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from tokendrop_jax.training import sharding, checkpoint
+from tokendrop_jax.training import sharding, checkpoint, host_rows
 from tokendrop_jax.training.preemption import PreemptionGuard
 
 assert sharding.maybe_initialize_distributed()
 pid = jax.process_index()
 mesh = sharding.make_mesh(-1, 1, 1)
 assert mesh.devices.size == 8
-batch = sharding.make_global_batch(
-    {"x": np.full((4, 2), pid, np.float32)}, mesh)
+batch = host_rows.from_global(
+    {"x": np.repeat(np.arange(8, dtype=np.float32)[:, None], 2, 1)}, mesh)
 total = float(jax.jit(jnp.sum)(batch["x"]))
 with PreemptionGuard(sync_every=2) as guard:
   stopped = None
@@ -302,7 +368,7 @@ def test_two_processes(tmp_path):
     line = [l for l in out.splitlines() if l.startswith("RESULT")][-1]
     results.append(json.loads(line[len("RESULT "):]))
   for r in results:
-    assert r["total"] == 8.0  # 4x2 ones from process 1.
+    assert r["total"] == 56.0  # rows 0..7, two columns each, whoever holds them
     assert r["stopped"] == 4  # Requested at 3 by one process, agreed at 4.
     assert r["step"] == 3
   assert results[0]["shard0"] == [[0.0, 1.0, 2.0, 3.0]]

@@ -61,7 +61,7 @@ def _rows(batches):
 
 def _it(docs, **kw):
   args = dict(split="train", seq_len=S, max_predictions_per_seq=10, global_batch_size=4,
-              tokenizer=SPECIAL, seed=3, process_index=0, process_count=1)
+              tokenizer=SPECIAL, seed=3, shard_index=0, num_shards=1)
   args.update(kw)
   return pipeline.make_pretrain_iterator(docs, **args)
 
@@ -88,7 +88,7 @@ def test_packing_full_sentences_no_loss(docs):
   """One ordered pass: rows are exactly [CLS] stream[a:b] (+[SEP] at doc starts) [SEP]."""
   it = pipeline.make_eval_iterator(docs, split="validation", seq_len=S,
                                    max_predictions_per_seq=10, global_batch_size=4,
-                                   tokenizer=SPECIAL, process_index=0, process_count=1)
+                                   tokenizer=SPECIAL, shard_index=0, num_shards=1)
   rows = _rows(list(it))
   stream = np.concatenate([d["ids"] for d in docs])
   lengths = np.concatenate([d["sentence_lengths"] for d in docs])
@@ -125,10 +125,10 @@ def test_shuffled_epoch_counts(docs):
   assert first_docs != sorted(first_docs)  # shuffled
 
 
-def test_two_processes_disjoint_and_cover(docs):
+def test_two_shards_disjoint_and_cover(docs):
   seen, tokens = [], []
   for p in range(2):
-    it = _it(docs, global_batch_size=2, num_epochs=1, process_index=p, process_count=2)
+    it = _it(docs, global_batch_size=2, num_epochs=1, shard_index=p, num_shards=2)
     rows = _rows(list(it))
     content = np.concatenate([r[1:-1][r[1:-1] != SPECIAL.sep_id] for r in rows])
     seen.append({int(t) - 5 for t in content if 5 <= t < 5 + N_DOCS})
@@ -213,7 +213,7 @@ def test_state_roundtrip_in_memory(docs):
 
 def test_eval_iterator_pads_and_is_deterministic(docs):
   kw = dict(seq_len=S, max_predictions_per_seq=10, global_batch_size=8, tokenizer=SPECIAL,
-            process_index=0, process_count=1)
+            shard_index=0, num_shards=1)
   a = list(pipeline.make_eval_iterator(docs, **kw))
   b = list(pipeline.make_eval_iterator(docs, **kw))
   assert len(a) == len(b) > 2
@@ -233,8 +233,8 @@ def test_eval_iterator_pads_and_is_deterministic(docs):
 def test_bad_arguments(docs, tmp_path):
   with pytest.raises(ValueError, match="seq_len must be >= 8"):
     _it(docs, seq_len=7, max_predictions_per_seq=2)
-  with pytest.raises(ValueError, match="global_batch_size 3.*process_count 2"):
-    _it(docs, global_batch_size=3, process_count=2)
+  with pytest.raises(ValueError, match="global_batch_size 3.*num_shards 2"):
+    _it(docs, global_batch_size=3, num_shards=2)
   with pytest.raises(ValueError, match="max_predictions_per_seq"):
     _it(docs, max_predictions_per_seq=S)
   with pytest.raises(ValueError, match="tokenizer"):
@@ -256,7 +256,7 @@ def corpus_dir(tmp_path_factory):
 
 def _dir_it(corpus_dir, **kw):
   args = dict(seq_len=S, max_predictions_per_seq=10, global_batch_size=4, seed=11,
-              process_index=0, process_count=1)
+              shard_index=0, num_shards=1)
   args.update(kw)
   return pipeline.make_pretrain_iterator(corpus_dir, **args)
 
@@ -290,7 +290,7 @@ def test_corpus_dir_reads_special_ids_from_meta(corpus_dir):
   batch = next(_dir_it(corpus_dir))
   assert batch["input_ids"].max() < 500 and (batch["input_ids"][:, 0] == 2).all()
   ev = list(pipeline.make_eval_iterator(corpus_dir, seq_len=S, max_predictions_per_seq=10,
-                                        global_batch_size=4, process_index=0, process_count=1))
+                                        global_batch_size=4, shard_index=0, num_shards=1))
   meta = text_builder.load_corpus_meta(corpus_dir)
   content = sum(int(((b["input_mask"] == 1) & (_originals(b) >= 5)).sum()) for b in ev)
   assert content == meta["splits"]["validation"]["tokens"] - sum(
@@ -309,7 +309,7 @@ def test_orbax_resume_exact_with_prefetch(corpus_dir, tmp_path):
 def test_worker_slice_changes_docs_and_masks(docs):
   """grain calls set_slice in each worker: it reads its slice and draws its own masks."""
   def build():
-    d = pipeline._documents(docs, process_index=0, process_count=1, shuffle=False, seed=0,
+    d = pipeline._documents(docs, shard_index=0, num_shards=1, shuffle=False, seed=0,
                             num_epochs=1, read_threads=0)
     return pipeline.PackMaskDataset(d, special=SPECIAL, seq_len=S, batch_size=1,
                                     max_predictions=10, mask_prob=0.15, seed=0, stream=0,

@@ -154,7 +154,7 @@ def test_sigterm_then_resume_is_bit_exact(uninterrupted, monkeypatch, tmp_path):
 @pytest.fixture
 def poison_step_6(monkeypatch):
   """NaN weights in the train batch of step 6 (1-based, as logged) of the next run."""
-  real, calls = glue_batches.host_batch, []
+  real, calls = glue_batches.global_batch, []
 
   def poisoned(arrays, rows, weights, *args, **kwargs):
     out = real(arrays, rows, weights, *args, **kwargs)
@@ -164,7 +164,7 @@ def poison_step_6(monkeypatch):
         out["weights"] = np.full_like(out["weights"], np.nan)
     return out
 
-  monkeypatch.setattr(glue_batches, "host_batch", poisoned)
+  monkeypatch.setattr(glue_batches, "global_batch", poisoned)
   return calls
 
 

@@ -2,17 +2,21 @@
 
 Values can match while a sharded step all-gathers the global batch; only the
 compiled HLO shows it. Every step kind of a run is compiled on 8 fake devices
-and its collectives are parsed (`training.collectives`): no drop kind may move
-an array with the global batch dimension, and none may move more bytes than
-the full step (+ the [vocab] loss-EMA reduction; ScTD kinds also run one full
-forward, so they get that forward's bytes on top).
+(data=8; fsdp=8 and 2x2x2 in the slow suite), under the logical-axis rules as
+the runner runs it, and its collectives are parsed (`training.collectives`): no
+drop kind may move an array with the global batch dimension, and none may move
+more bytes than the full step (+ the [vocab] loss-EMA reduction; ScTD kinds
+also run one full forward, so they get that forward's bytes on top). The
+fine-tuning step moves no array of the global batch either.
 """
+import flax.linen as nn
 import jax
 import pytest
 
 from tests.test_config import load
-from tokendrop_jax import synthetic
-from tokendrop_jax.training import collectives, loop, sharding
+from tokendrop_jax import config_lib, synthetic
+from tokendrop_jax.data import glue
+from tokendrop_jax.training import collectives, finetune_loop, finetune_step, loop, sharding
 
 BATCH = 24  # a size no other dimension of `tiny` has: 3 rows per device at data=8
 HLO_LINES = """
@@ -42,20 +46,31 @@ def _abstract_batch(config, mesh):
                            ("masked_lm_ids", (b, p)), ("masked_lm_weights", (b, p)))}
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["data8", "2x2x2"])
+MESHES = [pytest.param((8, 1, 1), id="data8"),
+          pytest.param((1, 8, 1), id="fsdp8", marks=pytest.mark.slow),
+          pytest.param((2, 2, 2), id="2x2x2", marks=pytest.mark.slow)]
+
+
+def _compiled_collectives(fn, mesh, rules, *args):
+  """As the runner runs a step: under the mesh and the logical-axis rules (without the
+  rules the model's activation constraints do nothing and fsdp=8 gathers the batch)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return collectives.collectives(fn.lower(*args).compile().as_text())
+
+
+@pytest.mark.parametrize("mesh", MESHES)
 @pytest.mark.parametrize("variant", ["loss_ema+sctd+schedule", "random+layerwise"])
 def test_drop_kinds_communicate_no_more_than_the_full_step(mesh, variant):
   c = load("tiny", variant)
   c.data.global_batch_size = BATCH
   c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   run = loop.build(c, synthetic.SPECIAL_IDS)
-  batch = _abstract_batch(c, run.layout.mesh)
-  with jax.set_mesh(run.layout.mesh):
-    comm = {kind.name: collectives.collectives(
-        fn.lower(run.layout.abstract, batch).compile().as_text())
-            for kind, fn in run.train_steps.items()}
-    comm["eval"] = collectives.collectives(run.eval_step.lower(
-        run.layout.abstract.params, batch).compile().as_text())
+  layout = run.layout
+  batch = _abstract_batch(c, layout.mesh)
+  comm = {kind.name: _compiled_collectives(fn, layout.mesh, layout.rules, layout.abstract, batch)
+          for kind, fn in run.train_steps.items()}
+  comm["eval"] = _compiled_collectives(run.eval_step, layout.mesh, layout.rules,
+                                       layout.abstract.params, batch)
   assert len(comm) >= 3, comm.keys()  # full, eval and at least one drop kind
   full, forward = collectives.total_bytes(comm["full"]), collectives.total_bytes(comm["eval"])
   vocab_reduction = 4 * c.model.vocab_size
@@ -65,3 +80,29 @@ def test_drop_kinds_communicate_no_more_than_the_full_step(mesh, variant):
     if name.startswith("drop"):
       bound = full + vocab_reduction + (forward if name.endswith("_sctd") else 0)
       assert collectives.total_bytes(found) <= bound, (name, collectives.total_bytes(found), bound)
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_the_fine_tuning_step_moves_no_array_of_the_global_batch(mesh):
+  c = load("glue", "sst2")
+  c.init_from = ""
+  c.model.update(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2,
+                 intermediate_size=128, max_position=64)
+  c.data.update(seq_len=64, global_batch_size=BATCH)
+  c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
+  model_cfg = config_lib.model_config(c)
+  run = finetune_loop.build(c, glue.get_task("sst2"), model_cfg, num_train=4 * BATCH)
+  layout = run.layout
+  sh = sharding.batch_sharding(layout.mesh)
+  batch = {k: jax.ShapeDtypeStruct((BATCH, 64), "int32", sharding=sh)
+           for k in finetune_step.INPUT_KEYS}
+  batch["labels"] = jax.ShapeDtypeStruct((BATCH,), "int32", sharding=sh)
+  batch["weights"] = jax.ShapeDtypeStruct((BATCH,), "float32", sharding=sh)
+  train = _compiled_collectives(run.train_step, layout.mesh, layout.rules, layout.abstract, batch)
+  inputs = {k: batch[k] for k in finetune_step.INPUT_KEYS}
+  evals = _compiled_collectives(run.eval_step, layout.mesh, layout.rules, layout.abstract.params,
+                                inputs)
+  assert collectives.total_bytes(train) > 0  # the gradient reduction at least
+  # The predictions come back replicated: [BATCH, labels] is the one array of the batch.
+  assert [x for x in train if x.has_dim(BATCH)] == []
+  assert all(x.shapes == (("f32", (BATCH, 2)),) for x in evals if x.has_dim(BATCH)), evals

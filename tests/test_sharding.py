@@ -106,18 +106,6 @@ def test_param_shardings_golden_and_state():
                                 ref["params"]["params"]["up"]["kernel"])
 
 
-def test_make_global_batch():
-  mesh = sharding.make_mesh(2, 2, 2)
-  local = {"ids": np.arange(16 * 5, dtype=np.int32).reshape(16, 5),
-           "w": np.ones((16,), np.float32)}
-  batch = sharding.make_global_batch(local, mesh)
-  assert batch["ids"].shape == (16, 5)
-  assert batch["ids"].sharding.spec == P(("data", "fsdp"))
-  assert batch["ids"].addressable_shards[0].data.shape == (4, 5)
-  np.testing.assert_array_equal(np.asarray(batch["ids"]), local["ids"])
-  assert sharding.replicated(mesh).spec == P()
-
-
 def test_maybe_initialize_distributed_triggers():
   reason = sharding._distributed_reason  # pylint: disable=protected-access
   assert reason({}) is None

@@ -1,6 +1,7 @@
 """The pretraining loop end to end: exact resume, sharding equivalence, bad input."""
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -12,7 +13,7 @@ from absl import flags
 
 from tests.test_config import load
 from tokendrop_jax import synthetic
-from tokendrop_jax.training import checkpoint, loop, sharding, step_plan
+from tokendrop_jax.training import checkpoint, host_rows, loop, step_plan
 
 flags.FLAGS.mark_as_parsed()
 
@@ -96,7 +97,7 @@ def _two_steps(config, devices, sizes):
   with jax.set_mesh(run.layout.mesh):
     state = run.init_state()
     for _ in range(2):
-      batch = sharding.make_global_batch(SHARD_BATCH, run.layout.mesh)
+      batch = host_rows.from_global(SHARD_BATCH, run.layout.mesh)
       state, m = run.train_steps[step_plan.StepKind(keep_tokens=32)](state, batch)
   return jax.device_get(state), float(m["loss"])
 
@@ -140,6 +141,29 @@ def test_incompatible_workdir_is_refused_untouched(uninterrupted):
   with pytest.raises(ValueError, match="model.hidden_size"):
     loop.train_and_evaluate(config, workdir)
   assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+
+
+def test_another_number_of_input_shards_is_refused_untouched(uninterrupted, tmp_path):
+  """Other shards would give other batches. A workdir from before virtual shards (no
+  `num_shards` in its config.json) read one stream: data.num_shards=1 continues it."""
+  root, workdir, _ = uninterrupted
+  config = tiny(root)
+  config.data.num_shards = 2
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+  with pytest.raises(ValueError, match=r"data.num_shards=2 but the run .* started with 1"):
+    loop.train_and_evaluate(config, workdir)
+  assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  with open(os.path.join(old, "config.json")) as f:
+    saved = json.load(f)
+  del saved["data"]["num_shards"]
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(saved, f)
+  assert loop.train_and_evaluate(tiny(root), old)["step"] == 40  # finished: nothing refused
+  with pytest.raises(ValueError, match=r"data.num_shards=2 but the run .* started with 1"):
+    loop.train_and_evaluate(config, old)
 
 
 def test_mesh_must_divide_devices(uninterrupted):

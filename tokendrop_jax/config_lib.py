@@ -135,7 +135,9 @@ def base_config() -> ml_collections.ConfigDict:
       mask_prob=0.15,
       global_batch_size=512,
       seed=0,                    # data order and masking
-      worker_count=0,            # grain worker processes (part of the iterator state)
+      worker_count=0,            # grain worker processes per input shard (part of its state)
+      num_shards=1,              # virtual input shards: the batch does not depend on the
+                                 # process count; a multiple of mesh.data*mesh.fsdp reads no row twice
   ))
   c.optim = _optim_section()
   c.train = _train_section(
@@ -261,8 +263,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg = _validate_shared(config)
   td, data, optim, train = config.token_drop, config.data, config.optim, config.train
   strategy = importance.get(td.strategy)
-  _positive(data, ("seq_len", "max_predictions_per_seq", "global_batch_size"), "data")
+  _positive(data, ("seq_len", "max_predictions_per_seq", "global_batch_size", "num_shards"),
+            "data")
   _positive(train, ("num_steps", "eval_every", "eval_batches"), "train")
+  if data.global_batch_size % data.num_shards:
+    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
+                     f"data.num_shards={data.num_shards} virtual input shards")
   if data.seq_len < 8:
     raise ValueError(f"data.seq_len must be at least 8, got {data.seq_len}")
   if data.seq_len > cfg.max_position:

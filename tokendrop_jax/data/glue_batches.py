@@ -71,11 +71,9 @@ def batch_rows(order: np.ndarray, index: int, batch_size: int) -> tuple[np.ndarr
   return rows, weights
 
 
-def host_batch(arrays: dict[str, np.ndarray], rows: np.ndarray, weights: np.ndarray,
-               process_index: int, process_count: int, keys=None) -> dict[str, np.ndarray]:
-  """Process `process_index`'s share of a global batch (contiguous, in process order)."""
-  local = len(rows) // process_count
-  sl = slice(process_index * local, (process_index + 1) * local)
-  out = {k: arrays[k][rows[sl]] for k in (keys or arrays)}
-  out["weights"] = weights[sl]
+def global_batch(arrays: dict[str, np.ndarray], rows: np.ndarray, weights: np.ndarray,
+                 keys=None) -> dict[str, np.ndarray]:
+  """The whole global batch (rows in order) with its weights; each process holds it."""
+  out = {k: arrays[k][rows] for k in (keys or arrays)}
+  out["weights"] = weights
   return out

@@ -1,7 +1,11 @@
 """grain input pipeline: shard, shuffle, pack full sentences, mask, batch.
 
-  documents --[process shard]--> [shuffle per epoch, repeat] --> pack + mask
-            --> batch dict of numpy arrays (this process's rows of the global batch)
+  documents --[virtual shard v of V]--> [shuffle per epoch, repeat] --> pack + mask
+            --> batch dict of numpy arrays (shard v's rows of the global batch)
+
+A virtual shard is a fixed slice of the documents with its own iterator state;
+the global batch at step s is shards 0..V-1's batch s, in shard order, whatever
+the number of processes reading them (`training/host_rows.py`).
 
 Packing is RoBERTa's FULL-SENTENCES: each row is `[CLS] s1 s2 ... [SEP]` filled
 with whole sentences; a row may run across documents with a [SEP] between
@@ -10,7 +14,7 @@ the rest of the current row and continues in the next). Masking is dynamic
 (BERT 80/10/10) and drawn from a generator seeded with (seed, stream, batch
 index), so a restored iterator reproduces the exact batches.
 
-Batch (B = global_batch_size // process_count, S = seq_len, P = max predictions):
+Batch (B = global_batch_size // num_shards, S = seq_len, P = max predictions):
   input_ids, input_mask, token_type_ids   int32 [B, S]
   masked_lm_positions, masked_lm_ids      int32 [B, P]  (padding slots: 0)
   masked_lm_weights                       float32 [B, P] (1 real prediction, 0 padding)
@@ -294,12 +298,7 @@ def _resolve(dataset_dir_or_source, split: str, tokenizer):
 
 
 def _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob,
-                process_index, process_count, num_epochs=1):
-  import jax  # pylint: disable=g-import-not-at-top
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
+                shard_index, num_shards, num_epochs=1):
   if seq_len < MIN_SEQ_LEN:
     raise ValueError(f"seq_len must be >= {MIN_SEQ_LEN}, got {seq_len}")
   if not 1 <= max_predictions_per_seq <= seq_len - 2:
@@ -309,20 +308,20 @@ def _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob,
     raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
   if num_epochs is not None and num_epochs < 1:
     raise ValueError(f"num_epochs must be None (repeat forever) or >= 1, got {num_epochs}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  if global_batch_size <= 0 or global_batch_size % process_count:
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index {shard_index} not in [0, num_shards={num_shards})")
+  if global_batch_size <= 0 or global_batch_size % num_shards:
     raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of "
-                     f"process_count {process_count}")
-  return process_index, process_count
+                     f"num_shards {num_shards}")
 
 
-def _documents(source, *, process_index, process_count, shuffle, seed, num_epochs,
+def _documents(source, *, shard_index, num_shards, shuffle, seed, num_epochs,
                read_threads) -> grain.IterDataset:
   ds = grain.MapDataset.source(source)
-  if len(ds) < process_count:
-    raise ValueError(f"{len(ds)} documents cannot be shared by {process_count} processes")
-  ds = ds[process_index::process_count]  # disjoint shards covering the split
+  if len(ds) < num_shards:
+    raise ValueError(f"{len(ds)} documents cannot be shared by {num_shards} shards "
+                     "(data.num_shards)")
+  ds = ds[shard_index::num_shards]  # disjoint shards covering the split
   if shuffle:
     ds = ds.shuffle(seed=seed)  # repeat() reshuffles every epoch (seed + epoch)
   if num_epochs != 1:
@@ -335,27 +334,29 @@ def make_pretrain_iterator(dataset_dir_or_source, *, split: str = "train", seq_l
                            max_predictions_per_seq: int, global_batch_size: int,
                            tokenizer=None, mask_prob: float = 0.15, seed: int = 0,
                            shuffle: bool = True, num_epochs: int | None = None,
-                           process_index: int | None = None, process_count: int | None = None,
-                           worker_count: int = 0, read_threads: int = 4,
+                           shard_index: int = 0, num_shards: int = 1, worker_count: int = 0,
+                           read_threads: int = 4,
                            prefetch_batches: int = 0) -> grain.DatasetIterator:
-  """Checkpointable iterator of packed, masked batches for this process.
+  """Checkpointable iterator of packed, masked batches of one virtual shard.
 
   `dataset_dir_or_source`: a directory from `build_corpus` (special ids then
   come from its metadata unless `tokenizer` is given) or a `DocumentSource`
   (then `tokenizer`, a Tokenizer or SpecialIds, is required). `num_epochs=None`
-  repeats forever; a finite stream drops its last incomplete batch. Rows per
-  batch: global_batch_size // process_count. `worker_count` > 0 runs the
+  repeats forever; a finite stream drops its last incomplete batch. The
+  iterator is virtual shard `shard_index` of `num_shards`: every
+  `num_shards`-th document, global_batch_size // num_shards rows per batch,
+  masks drawn from its own stream. `worker_count` > 0 runs the
   pipeline in grain worker processes (a different but equally exact order).
   """
-  process_index, process_count = _check_args(seq_len, max_predictions_per_seq, global_batch_size,
-                                             mask_prob, process_index, process_count, num_epochs)
+  _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob, shard_index,
+              num_shards, num_epochs)
   source, special = _resolve(dataset_dir_or_source, split, tokenizer)
-  docs = _documents(source, process_index=process_index, process_count=process_count,
+  docs = _documents(source, shard_index=shard_index, num_shards=num_shards,
                     shuffle=shuffle, seed=seed, num_epochs=num_epochs, read_threads=read_threads)
   ds = PackMaskDataset(docs, special=special, seq_len=seq_len,
-                       batch_size=global_batch_size // process_count,
+                       batch_size=global_batch_size // num_shards,
                        max_predictions=max_predictions_per_seq, mask_prob=mask_prob, seed=seed,
-                       stream=process_index, drop_remainder=True)
+                       stream=shard_index, drop_remainder=True)
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   elif prefetch_batches > 0:
@@ -365,23 +366,23 @@ def make_pretrain_iterator(dataset_dir_or_source, *, split: str = "train", seq_l
 
 def make_eval_iterator(dataset_dir_or_source, *, split: str = "validation", seq_len: int,
                        max_predictions_per_seq: int, global_batch_size: int, tokenizer=None,
-                       mask_prob: float = 0.15, seed: int = 0, process_index: int | None = None,
-                       process_count: int | None = None, num_batches: int | None = None,
+                       mask_prob: float = 0.15, seed: int = 0, shard_index: int = 0,
+                       num_shards: int = 1, num_batches: int | None = None,
                        read_threads: int = 4) -> grain.DatasetIterator:
   """One deterministic pass over `split` (no shuffle, fixed masking by `seed`).
 
   Nothing is dropped: the last batch is padded with all-padding rows
   (input_mask 0, masked_lm_weights 0). With `num_batches`, exactly that many
   batches come out (all-padding batches after the data ends, the rest of the
-  data unread): pass the same number on every process to keep hosts in step.
+  data unread): pass the same number to every shard to keep them in step.
   """
-  process_index, process_count = _check_args(seq_len, max_predictions_per_seq, global_batch_size,
-                                             mask_prob, process_index, process_count)
+  _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob, shard_index,
+              num_shards)
   source, special = _resolve(dataset_dir_or_source, split, tokenizer)
-  docs = _documents(source, process_index=process_index, process_count=process_count,
+  docs = _documents(source, shard_index=shard_index, num_shards=num_shards,
                     shuffle=False, seed=seed, num_epochs=1, read_threads=read_threads)
   ds = PackMaskDataset(docs, special=special, seq_len=seq_len,
-                       batch_size=global_batch_size // process_count,
+                       batch_size=global_batch_size // num_shards,
                        max_predictions=max_predictions_per_seq, mask_prob=mask_prob, seed=seed,
-                       stream=process_index, drop_remainder=False, num_batches=num_batches)
+                       stream=shard_index, drop_remainder=False, num_batches=num_batches)
   return iter(ds)

@@ -110,6 +110,18 @@ def layer_norm(cfg: BertConfig, name: Optional[str] = None) -> nn.LayerNorm:
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), name=name)
 
 
+def lookup(embed: nn.Embed, ids: Array, vocab_axis: Optional[str]) -> Array:
+  """`embed(ids)` [*ids.shape, hidden], with the table's `embed` axis gathered first.
+
+  That is FSDP's all-gather of a weight before its use. Left to itself, XLA may
+  instead all-gather the ids of the global batch to look them up in the
+  fsdp-sharded table, so each device would embed every row.
+  """
+  (table,) = embed.promote_dtype(embed.embedding, dtype=embed.dtype, inexact=False)
+  table = nn.with_logical_constraint(table, (vocab_axis, None))  # [vocab, hidden]
+  return jnp.take(table, ids, axis=0)
+
+
 class Embeddings(nn.Module):
   cfg: BertConfig
 
@@ -125,8 +137,8 @@ class Embeddings(nn.Module):
 
   def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
     seq_len = input_ids.shape[1]
-    x = (self.word(input_ids) + self.position(jnp.arange(seq_len))[None]
-         + self.token_type(token_type_ids))  # [batch, seq, hidden]
+    x = (lookup(self.word, input_ids, "vocab") + self.position(jnp.arange(seq_len))[None]
+         + lookup(self.token_type, token_type_ids, None))  # [batch, seq, hidden]
     x = self.layer_norm(x.astype(self.cfg.dtype))
     return dropout(self, x, self.cfg.dropout_rate, deterministic)
 
@@ -296,10 +308,12 @@ class BertForSequenceClassification(nn.Module):
                deterministic: bool = True) -> Array:
     cfg = self.cfg
     x = BertEncoder(cfg, name="bert")(input_ids, input_mask, token_type_ids, None, deterministic)
+    cls = nn.with_logical_constraint(x[:, 0], ("batch", "embed"))  # [batch, hidden], rows stay local
     pooled = nn.tanh(nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                               kernel_init=_init(cfg, ("embed", "mlp")),
                               bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-                              name="pooler")(x[:, 0]))
+                              name="pooler")(cls))
+    pooled = nn.with_logical_constraint(pooled, ("batch", "mlp"))
     pooled = dropout(self, pooled, cfg.dropout_rate, deterministic)
     logits = nn.Dense(self.num_labels, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       kernel_init=_init(cfg, ("mlp", None)),

@@ -1,7 +1,8 @@
 """Orbax checkpoints: train state + data-iterator state, for exact resume.
 
 Layout: ``<directory>/<step>/{state,data}``; ``directory`` is normally
-``WORKDIR/checkpoints``. Restoring takes an abstract state whose leaves carry
+``WORKDIR/checkpoints``; ``data`` holds one position per virtual input shard
+(`data_state`), so any number of processes can continue it. Restoring takes an abstract state whose leaves carry
 the *target* shardings, so a checkpoint written on 8 devices restores on 1 or
 4. Every save records a content fingerprint of the state (one uint32 per leaf,
 computed on device); a restore that does not reproduce it, or that cannot read
@@ -16,12 +17,12 @@ import time
 from typing import Any, Iterator, Mapping
 
 import flax.linen as nn
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tokendrop_jax.training import data_state
 from tokendrop_jax.training.fingerprint import fingerprint, flat, verify
 
 _FORMAT = 1
@@ -106,7 +107,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": data_state.ShardStateHandler()})
 
   # -- saving ---------------------------------------------------------------
 
@@ -128,7 +129,7 @@ class Checkpointer:
       return False
     items = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+      items["data"] = data_state.ShardStateSave(data_iter)
     meta = {"format": _FORMAT, "host_state": dict(host_state or {})}
     if self.verify:
       meta["fingerprint"] = fingerprint(state)
@@ -215,7 +216,7 @@ class Checkpointer:
     """Restores (state, step) onto the shardings in `abstract_state`.
 
     `abstract_state`: pytree of jax.ShapeDtypeStruct with `.sharding` set.
-    `data_iter` (a fresh grain iterator) is moved to the saved position in
+    `data_iter` (a fresh `ShardedIterator`) is moved to the saved position in
     place. With step=None the latest readable step is used: unreadable or
     corrupt steps are logged, renamed to `<step>.corrupt` once an older step
     restored, and skipped. Raises ValueError (changing nothing) if the
@@ -242,6 +243,8 @@ class Checkpointer:
         self._report_bad(s, where, err, bad)
         continue
       check_compatible(saved, expected, where)  # ValueError propagates.
+      if data_iter is not None:
+        data_state.check_layout(self.directory / str(s) / "data", data_iter, where)
       state, err = _on_every_process(
           lambda: self._restore_step(s, abstract_state, data_iter, where), "restore")
       if err is not None:
@@ -271,7 +274,7 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       if (self.directory / str(step) / "data").exists():
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        items["data"] = data_state.ShardStateRestore(data_iter)
       else:
         logging.warning("%s has no data-iterator state; the iterator starts "
                         "from its beginning.", where)

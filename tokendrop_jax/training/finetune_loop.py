@@ -23,7 +23,7 @@ from tokendrop_jax.data import glue
 from tokendrop_jax.data import glue_batches as batches_lib
 from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification
 from tokendrop_jax.training import checkpoint, finetune_step, metrics as metrics_lib, optim
-from tokendrop_jax.training import pretrained, runner, sharding
+from tokendrop_jax.training import host_rows, pretrained, runner, sharding
 from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import workdir as workdir_lib
 
@@ -96,11 +96,6 @@ def build(config, spec: glue.TaskSpec, model_cfg: BertConfig, num_train: int,
              num_steps, data.eval_batch_size or data.global_batch_size)
 
 
-def _host_batch(arrays, rows, weights, keys=None):
-  return batches_lib.host_batch(arrays, rows, weights, jax.process_index(), jax.process_count(),
-                                keys)
-
-
 def predict_logits(run: Run, params, arrays: dict[str, np.ndarray]) -> np.ndarray:
   """Full-model logits [N, num_labels] of every row of `arrays`, on the host."""
   n, b = len(arrays["input_ids"]), run.eval_batch_size
@@ -108,9 +103,9 @@ def predict_logits(run: Run, params, arrays: dict[str, np.ndarray]) -> np.ndarra
   with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
     for start in range(0, n, b):
       rows, weights = batches_lib.batch_rows(np.arange(start, min(start + b, n)), 0, b)
-      batch = _host_batch(arrays, rows, weights, keys=finetune_step.INPUT_KEYS)
+      batch = batches_lib.global_batch(arrays, rows, weights, keys=finetune_step.INPUT_KEYS)
       del batch["weights"]
-      logits = run.eval_step(params, sharding.make_global_batch(batch, run.layout.mesh))
+      logits = run.eval_step(params, host_rows.from_global(batch, run.layout.mesh))
       out.append(np.asarray(jax.device_get(logits))[:int(weights.sum())])
   return np.concatenate(out)
 
@@ -147,8 +142,12 @@ def results_from_metrics(metrics_path: str, spec: glue.TaskSpec) -> dict:
           "last": epochs[-1] if epochs else None, "epochs": epochs}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Fine-tunes (resuming from `workdir`'s latest checkpoint) -> summary dict."""
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+  """Fine-tunes (resuming from `workdir`'s latest checkpoint) -> summary dict.
+
+  `devices`: the mesh's devices in mesh order (default all); the results do
+  not depend on their order or on the number of processes.
+  """
   config_lib.validate(config)
   spec = glue.get_task(config.task)
   workdir = workdir_lib.create(workdir)
@@ -157,7 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   init = pretrained.resolve_init(config)
   data = batches_lib.load_data(config.data, spec, init.tokenizer)
   n_train = len(data.train["input_ids"])
-  run = build(config, spec, init.model_cfg, n_train)
+  run = build(config, spec, init.model_cfg, n_train, devices)
   workdir_lib.write_config(config, workdir)
 
   train = config.train
@@ -194,7 +193,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       orders.clear()
       orders[epoch] = batches_lib.epoch_order(config.data.seed, epoch, n_train)
     rows, weights = batches_lib.batch_rows(orders[epoch], index, bsz)
-    return sharding.make_global_batch(_host_batch(data.train, rows, weights), run.layout.mesh)
+    return host_rows.from_global(batches_lib.global_batch(data.train, rows, weights),
+                                 run.layout.mesh)
 
   def do_eval(step, state):
     nonlocal last_eval

@@ -13,6 +13,8 @@ from jax.experimental import multihost_utils
 
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.data.shards import ShardedIterator
+from tokendrop_jax.training import host_rows
 from tokendrop_jax.training import workdir as workdir_lib
 
 TOKENIZER_TRAINING_SENTENCES = 2_000_000
@@ -101,19 +103,24 @@ def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
   return dataset_dir, tokenizer_lib.Tokenizer(tok_path)
 
 
-def train_iterator(config, dataset_dir: str):
+def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
+  """The training batches of this process's virtual shards (`plan.shards`)."""
   data = config.data
-  return pipeline.make_pretrain_iterator(
+  threads = max(1, 4 // len(plan.shards))  # one process reads all shards on one host
+  return ShardedIterator({v: pipeline.make_pretrain_iterator(
       dataset_dir, split=text_builder.TRAIN, seq_len=data.seq_len,
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
-      worker_count=data.worker_count)
+      shard_index=v, num_shards=plan.num_shards, worker_count=data.worker_count,
+      read_threads=threads) for v in plan.shards}, plan.num_shards, plan.owned)
 
 
-def eval_iterator(config, dataset_dir: str):
+def eval_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
+  """`train.eval_batches` fixed validation batches of this process's virtual shards."""
   data = config.data
-  return pipeline.make_eval_iterator(
+  return ShardedIterator({v: pipeline.make_eval_iterator(
       dataset_dir, split=text_builder.VALIDATION, seq_len=data.seq_len,
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
-      num_batches=config.train.eval_batches)
+      shard_index=v, num_shards=plan.num_shards, num_batches=config.train.eval_batches,
+      read_threads=max(1, 4 // len(plan.shards))) for v in plan.shards}, plan.num_shards, plan.owned)

@@ -15,14 +15,15 @@ from tokendrop_jax import config_lib, flops, importance
 from tokendrop_jax.data import text_builder
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import checkpoint, inputs, metrics as metrics_lib, optim, plots
-from tokendrop_jax.training import runner, sharding
+from tokendrop_jax.training import host_rows, runner, sharding
 from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import step as step_lib
 from tokendrop_jax.training import step_plan
 from tokendrop_jax.training import workdir as workdir_lib
 
 # Changing these between a stop and a resume would silently change the run.
-RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq")
+RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq", "data.num_shards")
+RESUME_ADDED = {"data.num_shards": 1}  # workdirs from before virtual shards read one stream
 
 
 @dataclasses.dataclass
@@ -72,12 +73,12 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
   return Run(config, model, layout, lambda: init(rng), train_steps, eval_step)
 
 
-def evaluate(run: Run, params, batches) -> dict[str, float]:
-  """Full-model MLM loss and accuracy over `batches` (host iterable)."""
+def evaluate(run: Run, params, batches, plan: host_rows.ShardPlan) -> dict[str, float]:
+  """Full-model MLM loss and accuracy over `batches` (this process's shards of each)."""
   totals = None
   with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
     for batch in batches:
-      sums = run.eval_step(params, sharding.make_global_batch(batch, run.layout.mesh))
+      sums = run.eval_step(params, host_rows.assemble_local(batch, plan, run.layout.mesh))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   weight = max(float(totals["weight_sum"]), 1.0)
@@ -94,7 +95,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   config_lib.validate(config)
   sharding.make_checked_mesh(config, devices)  # before building a corpus that may take hours
   workdir = workdir_lib.create(workdir)
-  workdir_lib.check_resume(config, workdir, RESUME_FIELDS)
+  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED)
   is_main = jax.process_index() == 0
   dataset_dir, tok = inputs.prepare(config, workdir)
   counts = (text_builder.load_token_counts(dataset_dir)
@@ -102,7 +103,9 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   run = build(config, tok.special_ids, counts, devices=devices)
   workdir_lib.write_config(config, workdir)
 
-  train_iter = inputs.train_iterator(config, dataset_dir)
+  plan = host_rows.plan(run.layout.mesh, config.data.global_batch_size, config.data.num_shards)
+  host_rows.log_plan(plan, run.layout.mesh, config.data.global_batch_size)
+  train_iter = inputs.train_iterator(config, dataset_dir, plan)
   train = config.train
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir),
                                  save_every=train.checkpoint_every, keep=train.keep_checkpoints,
@@ -130,7 +133,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
 
   def do_eval(step, state):
     nonlocal last_eval
-    last_eval = evaluate(run, state.params, inputs.eval_iterator(config, dataset_dir))
+    last_eval = evaluate(run, state.params, inputs.eval_iterator(config, dataset_dir, plan), plan)
     writer.write_eval(step, last_eval)
     if is_main:
       print(f"eval step {step}: full-model loss {last_eval['loss']:.4f}, "
@@ -150,7 +153,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
       num_steps=train.num_steps, log_every=train.log_every,
       checkpoint_every=train.checkpoint_every, nan_policy=train.nan_policy,
       tokens_per_step=data.global_batch_size * data.seq_len, step_fn=step_fn,
-      batch=lambda step: sharding.make_global_batch(next(train_iter), run.layout.mesh),
+      batch=lambda step: host_rows.assemble_local(next(train_iter), plan, run.layout.mesh),
       eval_due=lambda step: step % train.eval_every == 0 or step == train.num_steps,
       evaluate=do_eval, data_iter=train_iter, extra_scalars=mfu)
   with checkpoint.closing(ckpt, writer):  # also on error, without hiding it

@@ -70,14 +70,16 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
 
 
 def check_batch(mesh: Mesh, field: str, size: int, microbatches: int = 1) -> None:
-  """ValueError naming `field` unless `size` splits over the batch shards and processes."""
+  """ValueError naming `field` unless `size` splits over the batch shards.
+
+  The number of processes does not matter: each reads the rows its devices
+  hold (`host_rows`).
+  """
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if size % (shards * microbatches):
     accum = f" (x optim.grad_accum_steps={microbatches})" if microbatches > 1 else ""
     raise ValueError(f"{field}={size} must divide into mesh.data*mesh.fsdp={shards} "
                      f"shards{accum}")
-  if size % jax.process_count():
-    raise ValueError(f"{field}={size} must divide into {jax.process_count()} processes")
 
 
 def make_checked_mesh(config, devices=None) -> Mesh:
@@ -86,6 +88,9 @@ def make_checked_mesh(config, devices=None) -> Mesh:
   data = config.data
   check_batch(mesh, "data.global_batch_size", data.global_batch_size,
               config.optim.grad_accum_steps)
+  if data.get("num_shards") and data.global_batch_size % data.num_shards:
+    raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
+                     f"data.num_shards={data.num_shards} virtual input shards")
   if data.get("eval_batch_size"):
     check_batch(mesh, "data.eval_batch_size", data.eval_batch_size)
   return mesh
@@ -154,18 +159,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
-
-
-def make_global_batch(local_batch: Mapping[str, np.ndarray],
-                      mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles per-process host batches into global arrays on the mesh.
-
-  Each process passes its own rows (global batch / process count); the global
-  batch dimension is their concatenation in process order.
-  """
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
 
 
 # Env vars that mean "this is one of several processes". JAX itself reads

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jax
 import ml_collections
@@ -127,17 +127,19 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def check_resume(config, workdir, fields: Iterable[str]) -> None:
+def check_resume(config, workdir, fields: Iterable[str],
+                 added: Mapping[str, Any] | None = None) -> None:
   """Refuses to resume a run started with other values of `fields`.
 
   `fields` are dotted names; a section name ('model') covers all its fields.
+  `added`: fields newer than some workdirs, with the value their runs had.
   Only a workdir with a checkpoint is checked: before one exists, nothing
   would be resumed and any config may start there.
   """
   source = path(workdir, CONFIG_FILE)
   if not (epath.Path(source).exists() and checkpoint_steps(workdir)):
     return
-  saved = _flat(read_json(source))
+  saved = {**dict(added or {}), **_flat(read_json(source))}
   new = _flat(json.loads(config.to_json_best_effort()))
   for field in fields:
     keys = sorted(k for k in set(saved) | set(new) if k == field or k.startswith(field + "."))
