@@ -7,6 +7,8 @@ Times, interleaved on one synthetic batch (median of --steps after --warmup):
   full               the plain model
   drop               the paper (loss_ema, keep_tokens)
   drop_sctd          a ScTD step: drop + the full model's [CLS] target forward
+  drop_sctd_paper    the authors' ScTD step: + the full model's forward and backward
+  drop_random_ties   drop with exact score ties broken at random (a second sort key)
   drop_layerwise     random-LTD: a random subset per middle layer (random)
   drop_random        the paper's split with random scores (layer-wise's baseline)
   keep_<k>           each stage of the default 4-stage keep schedule
@@ -47,6 +49,12 @@ def main(argv):
       "drop": (drop, bench.step_flops(td.keep_tokens)),
       "drop_sctd": (dataclasses.replace(drop, consistency_weight=1.0),
                     bench.step_flops(td.keep_tokens, consistency=True)),
+      "drop_sctd_paper": (dataclasses.replace(drop, consistency_weight=0.05,
+                                              consistency_form="paper"),
+                          bench.step_flops(td.keep_tokens, consistency=True,
+                                           consistency_backward=True)),
+      "drop_random_ties": (dataclasses.replace(drop, random_ties=True),
+                           bench.step_flops(td.keep_tokens)),
       "drop_random": (dataclasses.replace(drop, strategy="random"), bench.step_flops(td.keep_tokens)),
       "drop_layerwise": (dataclasses.replace(drop, strategy="random", layerwise=True),
                          bench.step_flops(td.keep_tokens, layerwise=True)),
@@ -73,6 +81,9 @@ def main(argv):
                 "flops_ratio": per_step["drop"]["flops_ratio"]},
       f"sctd_every_{every}": {
           key: ((every - 1) * per_step["drop"][key] + per_step["drop_sctd"][key]) / every
+          for key in ("measured_ratio", "flops_ratio")},
+      f"sctd_paper_every_{every}": {
+          key: ((every - 1) * per_step["drop"][key] + per_step["drop_sctd_paper"][key]) / every
           for key in ("measured_ratio", "flops_ratio")},
       "layerwise": {key: per_step["drop_layerwise"][key] for key in ("measured_ratio", "flops_ratio")},
       "schedule": {key: sum(c * per_step[name][key] for name, c in counts.items()) / n

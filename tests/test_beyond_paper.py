@@ -46,12 +46,21 @@ def test_variant_options_set_the_fields():
     ("keep_schedule_stages", -2, "loss_ema"),
     ("keep_schedule_fraction", 0.0, "loss_ema"),
     ("consistency_weight", 1.0, "none"),
+    ("consistency_form", "fairseq", "loss_ema+sctd"),
 ])
 def test_bad_options_name_the_field(field, value, arg):
   c = load("tiny", arg)
   c.token_drop[field] = value
   with pytest.raises(ValueError, match=f"token_drop.{field}"):
     config_lib.validate(c)
+
+
+def test_sctd_paper_is_the_authors_settings_and_excludes_sctd():
+  td = load("tiny", "loss_ema+sctd_paper").token_drop
+  assert (td.consistency_weight, td.consistency_form, td.consistency_every) == (0.05, "paper", 10)
+  assert load("tiny", "loss_ema+sctd").token_drop.consistency_form == "head"
+  with pytest.raises(ValueError, match="choose one of sctd and sctd_paper"):
+    load("tiny", "loss_ema+sctd+sctd_paper")
 
 
 # --- keep-ratio schedule ----------------------------------------------------------------------
@@ -155,6 +164,17 @@ def test_layerwise_flops_drop_the_cross_layer():
   assert paper - layerwise == expected
 
 
+
+def test_sctd_flops_count_the_full_pass_once_or_with_its_backward():
+  cfg = BertConfig()
+  drop = flops.train_step_flops(cfg, 8, 512, 76, 256)
+  target = flops.train_step_flops(cfg, 8, 512, 76, 256, consistency=True)
+  paper = flops.train_step_flops(cfg, 8, 512, 76, 256, consistency=True,
+                                 consistency_backward=True)
+  full_forward = 8 * flops.forward_flops(cfg, 512, 1)
+  assert target - drop == full_forward and paper - drop == 3 * full_forward
+
+
 # --- the train step with the options ----------------------------------------------------------
 
 def _setup(keep, cfg=CFG, grad_accum_steps=1, **options):
@@ -209,6 +229,65 @@ def test_consistency_term_changes_the_update_when_dropping():
   s_plain, _ = _two_steps(plain, state)
   s_sctd, _ = _two_steps(sctd, state)
   assert max(np.abs(a - b).max() for a, b in zip(_leaves(s_plain), _leaves(s_sctd))) > 1e-3
+
+
+def test_sctd_paper_kl_is_zero_and_the_update_unchanged_when_nothing_is_dropped():
+  state, plain = _setup(S, WIDE)
+  _, sctd = _setup(S, WIDE, consistency_weight=0.05, consistency_form="paper")
+  s_plain, m_plain = _two_steps(plain, state)
+  s_sctd, m_sctd = _two_steps(sctd, state)
+  assert abs(float(m_sctd["consistency_kl"])) < 1e-6
+  np.testing.assert_allclose(m_sctd["grad_norm"], m_plain["grad_norm"], rtol=1e-6)
+  for a, b in zip(_leaves(s_plain), _leaves(s_sctd)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_sctd_paper_compares_two_layers_and_changes_the_update_when_dropping():
+  state, plain = _setup(K, WIDE)
+  _, sctd = _setup(K, WIDE, consistency_weight=0.05, consistency_form="paper")
+  _, m_sctd = jax.jit(sctd)(state, BATCH)
+  assert float(m_sctd["consistency_kl"]) > 1e-4
+  s_plain, _ = _two_steps(plain, state)
+  s_sctd, _ = _two_steps(sctd, state)
+  assert max(np.abs(a - b).max() for a, b in zip(_leaves(s_plain), _leaves(s_sctd))) > 1e-4
+  # The [CLS] states compared are those of the last two layers, in both passes.
+  model = BertForPretraining(WIDE)
+  args = (BATCH["input_ids"], BATCH["input_mask"], BATCH["token_type_ids"],
+          BATCH["masked_lm_positions"])
+  x = model.apply({"params": state.params}, *args[:3], method=lambda m, *a: m.bert(*a))
+  _, cls = model.apply({"params": state.params}, *args, cls_layers=2)
+  assert cls.shape == (2, B, WIDE.hidden_size)
+  np.testing.assert_allclose(cls[1], x[:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("form,reaches", [("paper", True), ("head", False)])
+def test_the_gradient_reaches_the_full_pass_only_in_sctd_paper(form, reaches):
+  state, _ = _setup(K, WIDE)
+  settings = step_lib.DropSettings(strategy="loss_ema", keep_tokens=K,
+                                   special_ids=synthetic.SPECIAL_IDS, consistency_weight=1.0,
+                                   consistency_form=form)
+  loss_fn = step_lib.make_loss_fn(BertForPretraining(WIDE), settings)
+  keep_idx = token_drop.select_kept(jax.random.normal(jax.random.PRNGKey(3), (B, S)),
+                                    BATCH["input_ids"], BATCH["input_mask"],
+                                    synthetic.SPECIAL_IDS, K)
+  grad_full = jax.jit(jax.grad(lambda full: loss_fn(
+      state.params, BATCH, keep_idx, jax.random.PRNGKey(1), 1.0, full)[0]))(state.params)
+  norm = float(optax_global_norm(grad_full))
+  assert (norm > 1e-3) if reaches else (norm == 0.0), norm
+
+
+def optax_global_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def test_random_ties_change_what_the_first_steps_keep():
+  """At init every id has the same EMA: leftmost-first and random ties keep other tokens."""
+  state, plain = _setup(K)
+  _, ties = _setup(K, random_ties=True)
+  _, m_plain = jax.jit(plain)(state, BATCH)
+  _, m_ties = jax.jit(ties)(state, BATCH)
+  assert np.isfinite(float(m_ties["loss"]))
+  assert abs(float(m_ties["loss"]) - float(m_plain["loss"])) > 1e-5
 
 
 def test_consistency_with_accumulation_equals_one_big_batch():

@@ -187,3 +187,31 @@ def test_sort_selection_equals_top_k_ties_included():
     _, want = jax.lax.top_k(token_drop.selection_scores(scores, ids, mask, specials), keep)
     np.testing.assert_array_equal(got, np.sort(np.asarray(want), -1))
     assert got.dtype == jnp.int32
+
+
+def test_random_ties_break_only_exact_ties_at_random():
+  """Equal scores (every id at the initial EMA): leftmost-first keeps the head of each row;
+  random ties keep a random subset, still every special and never padding, and a score
+  that is higher still wins."""
+  b, s, keep = 4, 32, 12
+  ids = jnp.full((b, s), 9, jnp.int32).at[:, 0].set(2).at[:, 31].set(3)
+  mask = jnp.ones((b, s), jnp.int32).at[3, 24:].set(0)
+  scores = jnp.zeros((b, s)).at[:, 20].set(1.0)  # one token more important than the rest
+  specials = (0, 1, 2, 3, 4)
+  leftmost = np.asarray(token_drop.select_kept(scores, ids, mask, specials, keep))
+  assert leftmost[0].tolist() == [0] + list(range(1, 10)) + [20, 31]
+  a = np.asarray(token_drop.select_kept(scores, ids, mask, specials, keep, jax.random.key(0)))
+  again = token_drop.select_kept(scores, ids, mask, specials, keep, jax.random.key(0))
+  other = np.asarray(token_drop.select_kept(scores, ids, mask, specials, keep, jax.random.key(1)))
+  np.testing.assert_array_equal(a, again)  # a function of the key
+  assert not np.array_equal(a, other) and not np.array_equal(a, leftmost)
+  for row, kept in enumerate(a):
+    assert len(set(kept.tolist())) == keep and list(kept) == sorted(kept)
+    assert 0 in kept and 20 in kept  # [CLS] and the higher score
+    assert (31 in kept) == (row != 3)  # [SEP], except where it is padding
+    assert all(mask[row, p] for p in kept)
+  # Without ties the random key changes nothing.
+  distinct = jax.random.normal(jax.random.key(5), (b, s))
+  np.testing.assert_array_equal(
+      token_drop.select_kept(distinct, ids, mask, specials, keep),
+      token_drop.select_kept(distinct, ids, mask, specials, keep, jax.random.key(2)))

@@ -22,10 +22,13 @@ from tokendrop_jax.model.bert import BertConfig
 
 # Options beyond the paper, appended as `strategy+option[+option]` (e.g. `random+layerwise`).
 OPTIONS = {
-    "sctd": dict(consistency_weight=1.0),           # ScTD [CLS] consistency every 10 steps
+    "sctd": dict(consistency_weight=1.0, consistency_form="head"),  # our ScTD variant
+    "sctd_paper": dict(consistency_weight=0.05, consistency_form="paper"),  # the authors' ScTD
     "schedule": dict(keep_schedule_stages=4),       # keep rises in 4 static stages, then full
     "layerwise": dict(layerwise=True),              # random-LTD subsets per middle layer
 }
+
+CONSISTENCY_FORMS = ("head", "paper")
 
 # Model fields a fine-tuning run sets for itself; the others (sizes) come from
 # the pretraining run it starts from.
@@ -113,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Beyond the paper; all off by default. See training/step_plan.py.
       consistency_weight=0.0,    # ScTD: weight of KL(full [CLS] || dropped [CLS]); 0 = off
       consistency_every=10,      # ... added on every n-th drop step
+      consistency_form="head",   # "head": MLM head at [CLS], last layer, full pass a fixed target;
+                                 # "paper": raw [CLS] states of the last two layers, both passes
+      random_ties=False,         # break exact score ties at random instead of leftmost-first
       keep_schedule_stages=0,    # >1: keep rises from keep_tokens toward seq_len in n stages
       keep_schedule_fraction=0.9,  # ... over this fraction of the steps, then full sequences
       layerwise=False,           # random-LTD: an independent random subset per middle layer
@@ -189,6 +195,8 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
       raise ValueError(f"unknown config variant {strategy!r}; expected one of "
                        f"{importance.names()}")
     config.token_drop.strategy = strategy
+    if {"sctd", "sctd_paper"} <= set(options):
+      raise ValueError(f"config variant {arg!r}: choose one of sctd and sctd_paper")
     for option in options:
       if option not in OPTIONS:
         raise ValueError(f"unknown config option {option!r} in {arg!r}; expected one of "
@@ -300,6 +308,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not isinstance(td.consistency_every, int) or td.consistency_every < 1:
     raise ValueError(f"token_drop.consistency_every must be a positive int, got "
                      f"{td.consistency_every!r}")
+  if td.consistency_form not in CONSISTENCY_FORMS:
+    raise ValueError(f"token_drop.consistency_form must be one of {CONSISTENCY_FORMS}, got "
+                     f"{td.consistency_form!r}")
   if not isinstance(td.keep_schedule_stages, int) or td.keep_schedule_stages < 0:
     raise ValueError(f"token_drop.keep_schedule_stages must be an int >= 0, got "
                      f"{td.keep_schedule_stages!r}")

@@ -46,14 +46,16 @@ def forward_flops(cfg: BertConfig, seq_len: int, num_predictions: int,
 
 def train_step_flops(cfg: BertConfig, batch_size: int, seq_len: int, num_predictions: int,
                      keep_tokens: int | None = None, layerwise: bool = False,
-                     consistency: bool = False) -> int:
+                     consistency: bool = False, consistency_backward: bool = False) -> int:
   """FLOPs of one training step (forward + backward) for the whole global batch.
 
-  `consistency`: ScTD's extra full-model forward (a stop-gradient target: no backward).
+  `consistency`: ScTD's extra full-model forward (a stop-gradient target: no
+  backward); with `consistency_backward` (ScTD as its authors define it) the
+  gradient flows through it too, tripling its cost.
   """
   step = 3 * batch_size * forward_flops(cfg, seq_len, num_predictions, keep_tokens, layerwise)
   if consistency:
-    step += batch_size * forward_flops(cfg, seq_len, 1)
+    step += (3 if consistency_backward else 1) * batch_size * forward_flops(cfg, seq_len, 1)
   return step
 
 

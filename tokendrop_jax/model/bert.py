@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -227,31 +227,56 @@ class BertEncoder(nn.Module):
     self.layers = [layer_cls(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
 
   def __call__(self, input_ids: Array, input_mask: Array, token_type_ids: Array,
-               keep_idx: Optional[Array] = None, deterministic: bool = True) -> Array:
+               keep_idx: Optional[Array] = None, deterministic: bool = True,
+               cls_layers: int = 0):
+    """-> x [batch, seq, hidden]; with `cls_layers` = n > 0, (x, cls [n, batch, hidden]):
+    the [CLS] (position 0) output of each of the last n layers (ScTD as its authors define
+    it compares them between the full and the token-dropping pass)."""
+    last = self.cfg.num_layers - 1
+    cls: list[Array] = []
+
+    def record(i: int, h0: Array) -> None:  # h0 [batch, hidden]: layer i's output at position 0
+      if i > last - cls_layers:
+        cls.append(h0)
+
+    def out(x):
+      return (x, jnp.stack(cls)) if cls_layers else x
+
     x = self.embeddings(input_ids, token_type_ids, deterministic)  # [batch, seq, hidden]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     if keep_idx is None:
-      for layer in self.layers:
+      for i, layer in enumerate(self.layers):
         x = layer(x, x, input_mask, deterministic)
-      return x
-    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
-    for layer in self.layers[:s]:
+        record(i, x[:, 0])
+      return out(x)
+    s = self.cfg.split_layer
+    for i, layer in enumerate(self.layers[:s]):
       x = layer(x, x, input_mask, deterministic)
+      record(i, x[:, 0])
     if keep_idx.ndim == 3:
-      return self._layerwise(x, input_mask, keep_idx, deterministic)
-    # x: layer s-1's output for all tokens; dropped tokens carry it to the last layer.
-    kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
-    kept = self.layers[s](token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
-    for layer in self.layers[s + 1:last]:
-      kept = layer(kept, kept, kept_mask, deterministic)  # [batch, keep, hidden]
-    x = token_drop.scatter_tokens(x, keep_idx, kept)
-    return self.layers[last](x, x, input_mask, deterministic)
+      x = self._layerwise(x, input_mask, keep_idx, deterministic, record)
+    else:
+      # x: layer s-1's output for all tokens; dropped tokens carry it to the last layer.
+      kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
+      # Position 0, if kept, is the first kept token (kept positions ascend).
+      first_kept = (keep_idx[:, :1] == 0)  # [batch, 1]
+      kept = self.layers[s](token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
+      record(s, jnp.where(first_kept, kept[:, 0], x[:, 0]))
+      for i, layer in enumerate(self.layers[s + 1:last], s + 1):
+        kept = layer(kept, kept, kept_mask, deterministic)  # [batch, keep, hidden]
+        record(i, jnp.where(first_kept, kept[:, 0], x[:, 0]))
+      x = token_drop.scatter_tokens(x, keep_idx, kept)
+    x = self.layers[last](x, x, input_mask, deterministic)
+    record(last, x[:, 0])
+    return out(x)
 
-  def _layerwise(self, x: Array, input_mask: Array, keep_idx: Array, deterministic: bool) -> Array:
+  def _layerwise(self, x: Array, input_mask: Array, keep_idx: Array, deterministic: bool,
+                 record: Callable[[int, Array], None]) -> Array:
     """Random-LTD: middle layer s+j runs on its own subset keep_idx[j] [batch, keep].
 
     The tokens a layer skips carry their input past it unchanged; unlike the
     paper's split there is no cross layer (a kept token attends to kept tokens).
+    Returns the input of the last layer.
     """
     s, last = self.cfg.split_layer, self.cfg.num_layers - 1
     if keep_idx.shape[0] != last - s:
@@ -261,7 +286,8 @@ class BertEncoder(nn.Module):
       kept = token_drop.gather_tokens(x, keep_idx[j])  # [batch, keep, hidden]
       kept = layer(kept, kept, token_drop.gather_tokens(input_mask, keep_idx[j]), deterministic)
       x = token_drop.scatter_tokens(x, keep_idx[j], kept)
-    return self.layers[last](x, x, input_mask, deterministic)
+      record(s + j, x[:, 0])
+    return x
 
 
 class MlmHead(nn.Module):
@@ -292,10 +318,13 @@ class BertForPretraining(nn.Module):
 
   def __call__(self, input_ids: Array, input_mask: Array, token_type_ids: Array,
                masked_lm_positions: Array, keep_idx: Optional[Array] = None,
-               deterministic: bool = True) -> Array:
-    x = self.bert(input_ids, input_mask, token_type_ids, keep_idx, deterministic)
+               deterministic: bool = True, cls_layers: int = 0):
+    """-> logits [batch, P, vocab]; with `cls_layers`, (logits, cls [n, batch, hidden])."""
+    x = self.bert(input_ids, input_mask, token_type_ids, keep_idx, deterministic, cls_layers)
+    x, cls = x if cls_layers else (x, None)
     x = token_drop.gather_tokens(x, masked_lm_positions)  # [batch, P, hidden]
-    return self.mlm(x, self.bert.embeddings)  # [batch, P, vocab]
+    logits = self.mlm(x, self.bert.embeddings)  # [batch, P, vocab]
+    return (logits, cls) if cls_layers else logits
 
 
 class BertForSequenceClassification(nn.Module):

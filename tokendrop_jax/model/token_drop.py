@@ -37,7 +37,7 @@ def selection_scores(scores: Array, input_ids: Array, input_mask: Array,
 
 
 def select_kept(scores: Array, input_ids: Array, input_mask: Array,
-                special_ids: Sequence[int], keep: int) -> Array:
+                special_ids: Sequence[int], keep: int, tie_rng: Array | None = None) -> Array:
   """Positions of the `keep` most important tokens per row, in position order.
 
   Args:
@@ -47,15 +47,22 @@ def select_kept(scores: Array, input_ids: Array, input_mask: Array,
     special_ids: ids always kept (e.g. CLS, SEP, MASK, UNK); padding is a mask,
       not an id, so it is dropped first even if PAD is listed here.
     keep: static number of kept tokens.
+    tie_rng: None: ties go to the lower position, as with `lax.top_k` (at the
+      start of training every id has the same EMA, so the tail of every row is
+      dropped). A PRNG key: exact ties are broken at random (a second sort key).
   Returns:
-    int32 [batch, keep], sorted ascending within each row. Ties go to the lower
-    position, as with `lax.top_k`.
+    int32 [batch, keep], sorted ascending within each row.
   """
   if not 0 < keep <= scores.shape[1]:
     raise ValueError(f"keep_tokens must be in [1, {scores.shape[1]}], got {keep}")
   scores = selection_scores(scores, input_ids, input_mask, special_ids)
   positions = jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
-  _, idx = jax.lax.sort((-scores, positions), dimension=1, is_stable=True, num_keys=1)
+  if tie_rng is None:
+    _, idx = jax.lax.sort((-scores, positions), dimension=1, is_stable=True, num_keys=1)
+  else:
+    ties = jax.random.uniform(tie_rng, scores.shape)  # [batch, seq], orders equal scores
+    _, _, idx = jax.lax.sort((-scores, ties, positions), dimension=1, is_stable=True,
+                             num_keys=2)
   return jnp.sort(idx[:, :keep], axis=-1)
 
 

@@ -59,7 +59,8 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
     settings = step_lib.DropSettings(
         strategy=td.strategy, keep_tokens=kind.keep_tokens, special_ids=tuple(special_ids),
         ema_beta=td.ema_beta, layerwise=td.layerwise,
-        consistency_weight=td.consistency_weight if kind.consistency else 0.0)
+        consistency_weight=td.consistency_weight if kind.consistency else 0.0,
+        consistency_form=td.consistency_form, random_ties=td.random_ties)
     fn = step_lib.make_train_step(model, optimizer, schedule, settings,
                                   config.optim.grad_accum_steps,
                                   skip_nonfinite=config.train.nan_policy == "skip")
@@ -125,7 +126,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   step_flops = {
       kind: flops.train_step_flops(cfg, data.global_batch_size, data.seq_len,
                                    data.max_predictions_per_seq, kind.keep_tokens,
-                                   config.token_drop.layerwise, kind.consistency)
+                                   config.token_drop.layerwise, kind.consistency,
+                                   config.token_drop.consistency_form == "paper")
       for kind in run.train_steps}
   peak = flops.peak_flops_per_device(jax.devices()[0].device_kind,
                                      train.peak_flops_per_device or None)

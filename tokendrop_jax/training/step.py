@@ -34,9 +34,16 @@ class DropSettings:
   layerwise: one random subset per middle layer (random-LTD) instead of one
     for the whole middle block; needs a strategy whose scores are fresh
     draws (`Strategy.per_draw`, e.g. "random").
-  consistency_weight: > 0 adds ScTD's KL term: the full model's [CLS] output
-    distribution (a stop-gradient target, same dropout masks) against the
-    token-dropping model's. 0 = the paper's step.
+  consistency_weight: > 0 adds ScTD's KL term between a full-model pass and
+    the token-dropping pass (both with the same dropout masks). 0 = the
+    paper's step.
+  consistency_form: "head" (our variant): the MLM head's distribution at
+    [CLS] of the last layer, the full pass a stop-gradient target, the term
+    weighted per sequence. "paper" (the authors' fairseq code): softmax of the
+    raw [CLS] hidden states of each of the last two layers, gradients through
+    both passes, the batch's sum normalised like the MLM loss (per masked token).
+  random_ties: break exact ties between scores at random (seeded by the
+    step's rng) instead of keeping the leftmost positions.
   """
   strategy: str = "none"
   keep_tokens: Optional[int] = None
@@ -44,6 +51,8 @@ class DropSettings:
   ema_beta: float = 0.995
   layerwise: bool = False
   consistency_weight: float = 0.0
+  consistency_form: str = "head"
+  random_ties: bool = False
 
   @property
   def drops(self) -> bool:
@@ -62,8 +71,9 @@ def _keep_indices(settings: DropSettings, importance: jax.Array, batch: Batch,
 
   def select(r):
     scores = imp.get(settings.strategy).scores(importance, batch["input_ids"], r)
+    tie_rng = jax.random.fold_in(r, 1) if settings.random_ties else None
     return token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
-                                  settings.special_ids, settings.keep_tokens)
+                                  settings.special_ids, settings.keep_tokens, tie_rng)
 
   if settings.layerwise:
     return jax.vmap(select)(jax.random.split(rng, middle_layers))
@@ -76,9 +86,55 @@ def keep_if_finite(finite: jax.Array, new, old):
 
 
 def cls_kl(target_logits: jax.Array, logits: jax.Array) -> jax.Array:
-  """KL(softmax(target) || softmax(logits)) per row: [batch, vocab] x2 -> [batch]."""
-  target = jax.nn.log_softmax(target_logits)
-  return jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(logits)), axis=-1)
+  """KL(softmax(target) || softmax(logits)) per row: [..., n] x2 -> [...]."""
+  target = jax.nn.log_softmax(target_logits.astype(jnp.float32))
+  return jnp.sum(jnp.exp(target) * (target - jax.nn.log_softmax(logits.astype(jnp.float32))),
+                 axis=-1)
+
+
+PAPER_CLS_LAYERS = 2  # ScTD's authors compare the last two layers' [CLS] states
+
+
+def make_loss_fn(model, settings: DropSettings) -> Callable:
+  """`loss_fn(params, batch, keep_idx, dropout_rng, kl_scale, full_params=None)`
+  -> (weighted MLM sum + kl_scale * KL summed over the batch, (per_slot, correct, kl)).
+
+  `full_params` (default `params`) feed ScTD's full-model pass, so a test can
+  see whether the gradient reaches that pass.
+  """
+  consistency = settings.drops and settings.consistency_weight > 0
+  paper = settings.consistency_form == "paper"
+
+  def apply(params, batch, positions, keep_idx, dropout_rng, cls_layers=0):
+    return model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
+                       batch["token_type_ids"], positions, keep_idx,
+                       deterministic=False, rngs={"dropout": dropout_rng}, cls_layers=cls_layers)
+
+  def loss_fn(params, batch, keep_idx, dropout_rng, kl_scale, full_params=None):
+    full_params = params if full_params is None else full_params
+    positions = batch["masked_lm_positions"]  # [batch, P]
+    kl = jnp.zeros((), jnp.float32)
+    if consistency and paper:
+      logits, cls = apply(params, batch, positions, keep_idx, dropout_rng, PAPER_CLS_LAYERS)
+      _, full_cls = apply(full_params, batch, positions[:, :1], None, dropout_rng,
+                          PAPER_CLS_LAYERS)  # [2, batch, hidden] each; gradients flow in both
+      kl = cls_kl(full_cls, cls).sum()
+    elif consistency:  # [CLS] (position 0) rides along with the masked positions
+      positions = jnp.concatenate([jnp.zeros_like(positions[:, :1]), positions], axis=1)
+      logits = apply(params, batch, positions, keep_idx, dropout_rng)  # [batch, 1+P, vocab]
+      full_cls = apply(full_params, batch, positions[:, :1], None, dropout_rng)[:, 0]
+      kl = cls_kl(jax.lax.stop_gradient(full_cls), logits[:, 0]).sum()
+      logits = logits[:, 1:]
+    else:
+      logits = apply(params, batch, positions, keep_idx, dropout_rng)  # [batch, P, vocab]
+    per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_lm_ids"])
+    correct = (jnp.argmax(logits, -1) == batch["masked_lm_ids"]).astype(jnp.float32)
+    # The gradient is of the weighted *sum*; the step divides by the global
+    # weight, so microbatches of an accumulated step add up to the full batch.
+    mlm_sum = (per_slot * batch["masked_lm_weights"]).sum()
+    return mlm_sum + kl_scale * kl, (per_slot, correct, kl)
+
+  return loss_fn
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -94,29 +150,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
   consistency = settings.drops and settings.consistency_weight > 0
   update_importance = imp.get(settings.strategy).update
   middle_layers = model.cfg.num_layers - 1 - model.cfg.split_layer
-
-  def apply(params, batch, positions, keep_idx, dropout_rng):
-    return model.apply({"params": params}, batch["input_ids"], batch["input_mask"],
-                       batch["token_type_ids"], positions, keep_idx,
-                       deterministic=False, rngs={"dropout": dropout_rng})
-
-  def loss_fn(params, batch, keep_idx, dropout_rng, kl_scale):
-    positions = batch["masked_lm_positions"]  # [batch, P]
-    if consistency:  # [CLS] (position 0) rides along with the masked positions
-      positions = jnp.concatenate([jnp.zeros_like(positions[:, :1]), positions], axis=1)
-    logits = apply(params, batch, positions, keep_idx, dropout_rng)  # [batch, (1+)P, vocab]
-    kl = jnp.zeros((), jnp.float32)
-    if consistency:
-      full_cls = apply(params, batch, positions[:, :1], None, dropout_rng)[:, 0]  # [batch, vocab]
-      kl = cls_kl(jax.lax.stop_gradient(full_cls), logits[:, 0]).sum()
-      logits = logits[:, 1:]
-    per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, batch["masked_lm_ids"])
-    correct = (jnp.argmax(logits, -1) == batch["masked_lm_ids"]).astype(jnp.float32)
-    # The gradient is of the weighted *sum*; the step divides by the global
-    # weight, so microbatches of an accumulated step add up to the full batch.
-    # kl_scale makes the KL term `weight * mean over sequences` after that division.
-    mlm_sum = (per_slot * batch["masked_lm_weights"]).sum()
-    return mlm_sum + kl_scale * kl, (per_slot, correct, kl)
+  loss_fn = make_loss_fn(model, settings)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -130,7 +164,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
     weights = batch["masked_lm_weights"]  # [batch, P]
     total_weight = jnp.maximum(weights.sum(), 1.0)
     num_seqs = weights.shape[0]
-    kl_scale = settings.consistency_weight * total_weight / num_seqs
+    # After the division by the total weight: "head", weight * mean over sequences;
+    # "paper", weight * sum over sequences / masked tokens (fairseq's normalisation).
+    kl_scale = settings.consistency_weight * (
+        1.0 if settings.consistency_form == "paper" else total_weight / num_seqs)
     if grad_accum_steps == 1:
       grads, (per_slot, correct, kl) = microbatch_grads(state.params, state.importance, batch,
                                                         rng, kl_scale)
