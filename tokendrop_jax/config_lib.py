@@ -135,7 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
       demo_corpus=False,         # build the built-in stdlib-docs corpus in the workdir
       tokenizer_model="",        # an existing SentencePiece .model; else trained into the workdir
       tokenizer_type="unigram",
-      dataset_dir="",            # where the ArrayRecord dataset goes; default WORKDIR/data
+      dataset_dir="",            # where the ArrayRecord dataset goes (default WORKDIR/data), or a
+                                 # directory made by `python -m tokendrop_jax.prepare`, used as is
       seq_len=512,
       max_predictions_per_seq=76,
       mask_prob=0.15,

@@ -14,18 +14,27 @@ either is complete or does not exist. Beside the TFDS files it holds
 `token_counts.npy` (int64[vocab], train split, for the `frequency` strategy),
 `corpus_meta.json` (vocab size, special ids, sizes, source fingerprint) and a
 copy of the tokenizer as `tokenizer.model`.
+
+Tokenizing is the slow part of a large build. With `workers > 1` chunks of
+documents are tokenized in a pool of processes while this one reads the
+source and writes the records in source order, so the dataset is the same,
+byte for byte, whatever the number of workers.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -41,6 +50,9 @@ _FORMAT_VERSION = 1
 _ENCODE_CHUNK = 8192  # sentences per sentencepiece batch call
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
+
+# progress(split, documents_written, tokens_written), called after each chunk.
+Progress = Callable[[str, int, int], None]
 
 
 # ---------------------------------------------------------------- sources ---
@@ -125,9 +137,11 @@ class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Token ids and sentence lengths per document."}
 
   def __init__(self, *, source: TextFiles | TfdsText, tokenizer: tokenizer_lib.Tokenizer,
-               **kwargs):
+               workers: int = 1, progress: Progress | None = None, **kwargs):
     self._source = source
     self._tokenizer = tokenizer
+    self._workers = workers
+    self._progress = progress
     self.token_counts = np.zeros((tokenizer.vocab_size,), np.int64)
     self.split_sizes: dict[str, dict[str, int]] = {}
     super().__init__(**kwargs)
@@ -143,6 +157,13 @@ class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,  # keep source order; the input pipeline shuffles
     )
 
+  # TFDS prints these to stdout; here they would name the temporary directory.
+  def _log_download_bytes(self) -> None:
+    logging.info("Building %s in %s", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Built %s in %s", self.name, self.data_dir)
+
   def _split_generators(self, dl_manager):
     del dl_manager
     return {TRAIN: self._generate_examples(TRAIN),
@@ -150,20 +171,18 @@ class TokendropTextCorpus(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     n_docs = n_tokens = n_empty = n_special = 0
-    tok = self._tokenizer
-    special = np.array([tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id])
-    for docs in _chunks(self._source.documents(split), _ENCODE_CHUNK):
-      encoded = tokenize_documents(self._tokenizer, docs)
-      n_empty += len(docs) - len(encoded)
-      for ids, lengths in encoded:
-        if np.isin(ids, special).all():  # e.g. only unknown characters: nothing to learn
-          n_special += 1
-          continue
-        if split == TRAIN:
-          self.token_counts += count_token_ids([ids], self._tokenizer.vocab_size)
+    chunks = _chunks(self._source.documents(split), _ENCODE_CHUNK)
+    for chunk in encode_chunks(self._tokenizer, chunks, self._workers):
+      n_empty += chunk.empty
+      n_special += chunk.special_only
+      if split == TRAIN:
+        self.token_counts += chunk.counts
+      for ids, lengths in chunk.docs:
         yield n_docs, {"ids": ids, "sentence_lengths": lengths}
         n_docs += 1
         n_tokens += len(ids)
+      if self._progress:
+        self._progress(split, n_docs, n_tokens)
     if not n_docs:
       raise ValueError(f"empty corpus: split {split!r} of {self._source.describe()} has no "
                        "tokens")
@@ -187,34 +206,104 @@ def _chunks(docs: Iterable[list[str]], max_sentences: int) -> Iterator[list[list
     yield chunk
 
 
-def tokenize_documents(tok: tokenizer_lib.Tokenizer, docs: Sequence[Sequence[str]]
-                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+def tokenize_documents(tok: tokenizer_lib.Tokenizer, docs: Sequence[Sequence[str]],
+                       num_threads: int = -1) -> list[tuple[np.ndarray, np.ndarray]]:
   """Documents (lists of sentences) -> [(ids int32[n], sentence_lengths int32[k])].
 
   One batched sentencepiece call for all sentences; sentences that encode to no
   token are dropped, and so are documents left empty.
   """
   flat = [s for d in docs for s in d]
-  encoded = tok.encode_batch(flat)
+  encoded = tok.encode_batch(flat, num_threads=num_threads)
+  # All ids in one array, built in C (a generator over every id would run in Python).
+  lengths = np.fromiter(map(len, encoded), np.int32, len(encoded))
+  all_ids = np.fromiter(itertools.chain.from_iterable(encoded), np.int32, int(lengths.sum()))
+  starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
   out, i = [], 0
   for d in docs:
-    pieces = [e for e in encoded[i:i + len(d)] if e]
+    doc_lengths = lengths[i:i + len(d)]
+    doc_lengths = doc_lengths[doc_lengths > 0]
+    if doc_lengths.size:
+      out.append((all_ids[starts[i]:starts[i + len(d)]].copy(), doc_lengths))
     i += len(d)
-    if pieces:
-      lengths = np.fromiter((len(p) for p in pieces), np.int32, len(pieces))
-      ids = np.fromiter((t for p in pieces for t in p), np.int32, int(lengths.sum()))
-      out.append((ids, lengths))
   return out
+
+
+@dataclasses.dataclass
+class EncodedChunk:
+  """The documents of one chunk as stored, and what was left out of them."""
+  docs: list[tuple[np.ndarray, np.ndarray]]  # (ids, sentence_lengths), source order
+  empty: int          # documents that encoded to no token
+  special_only: int   # documents of special ids only (e.g. only unknown characters)
+  counts: np.ndarray  # int64[vocab]: token-id counts of `docs`
+
+
+def encode_chunk(tok: tokenizer_lib.Tokenizer, docs: Sequence[Sequence[str]],
+                 num_threads: int = -1) -> EncodedChunk:
+  """`tokenize_documents`, less the documents of special ids only, with their counts."""
+  encoded = tokenize_documents(tok, docs, num_threads)
+  special = np.asarray(tok.special_ids)
+  kept = [(ids, lengths) for ids, lengths in encoded if not np.isin(ids, special).all()]
+  all_ids = [np.concatenate([ids for ids, _ in kept])] if kept else []
+  return EncodedChunk(kept, len(docs) - len(encoded), len(encoded) - len(kept),
+                      count_token_ids(all_ids, tok.vocab_size))
+
+
+_worker_tokenizer: tokenizer_lib.Tokenizer | None = None
+
+
+def _init_worker(tok: tokenizer_lib.Tokenizer) -> None:
+  global _worker_tokenizer
+  _worker_tokenizer = tok
+
+
+def _encode_in_worker(docs: list[list[str]]) -> EncodedChunk:
+  return encode_chunk(_worker_tokenizer, docs, num_threads=1)  # the pool is the parallelism
+
+
+def encode_chunks(tok: tokenizer_lib.Tokenizer, chunks: Iterable[list[list[str]]],
+                  workers: int = 1) -> Iterator[EncodedChunk]:
+  """`encode_chunk` of each chunk, in order; with `workers > 1` in a process pool.
+
+  At most 2 * workers chunks are in flight, so memory stays bounded on a corpus
+  of any size. A source of a single chunk is encoded here (a pool would only
+  cost its start-up). Workers are spawned, not forked: this process may hold
+  threads (JAX, sentencepiece) that a fork would copy in an undefined state.
+  """
+  chunks = iter(chunks)
+  head = list(itertools.islice(chunks, 2))
+  if workers <= 1 or len(head) < 2:
+    for docs in itertools.chain(head, chunks):
+      yield encode_chunk(tok, docs)
+    return
+  pool = concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+      initargs=(tok,))
+  try:
+    pending = collections.deque()
+    for docs in itertools.chain(head, chunks):
+      pending.append(pool.submit(_encode_in_worker, docs))
+      if len(pending) >= 2 * workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------- build/load ---
 def build_corpus(train_files: Sequence[str] | str, valid_files: Sequence[str] | str,
                  tokenizer: tokenizer_lib.Tokenizer | str, data_dir: str, *,
-                 name: str | None = None) -> str:
+                 name: str | None = None, workers: int = 1, progress: Progress | None = None,
+                 extra_meta: dict | None = None) -> str:
   """Tokenizes text files into `data_dir/<name>` (reused if already built) -> its path.
 
   `name` defaults to `corpus-<fingerprint>` of the files (path, size, mtime) and
   the tokenizer, so a changed input builds a new dataset instead of reusing.
+  `workers`: processes that tokenize (the output does not depend on it; a
+  script passing more than 1 needs an `if __name__ == "__main__"` guard, as
+  for any spawned pool). `progress`: called after each chunk. `extra_meta`:
+  more entries for corpus_meta.json.
   """
   source = TextFiles(train=tuple(tokenizer_lib.expand_files(train_files, "train_files")),
                      validation=tuple(tokenizer_lib.expand_files(valid_files, "valid_files")))
@@ -223,20 +312,24 @@ def build_corpus(train_files: Sequence[str] | str, valid_files: Sequence[str] | 
       tokenizer_lib._check_nonempty(list(files))  # pylint: disable=protected-access
     except ValueError as e:
       raise ValueError(f"{split} split: {e}") from None
-  return _build(source, tokenizer, data_dir, name)
+  return _build(source, tokenizer, data_dir, name, workers=workers, progress=progress,
+                extra_meta=extra_meta)
 
 
 def build_corpus_from_tfds(tfds_name: str, text_field: str,
                            tokenizer: tokenizer_lib.Tokenizer | str, data_dir: str, *,
                            train_split: str = "train", valid_split: str = "validation",
-                           tfds_data_dir: str | None = None, name: str | None = None) -> str:
+                           tfds_data_dir: str | None = None, name: str | None = None,
+                           workers: int = 1, progress: Progress | None = None,
+                           extra_meta: dict | None = None) -> str:
   """Like `build_corpus`, from an ArrayRecord TFDS dataset, e.g.
 
     build_corpus_from_tfds('wikipedia/20230601.en', 'text', tok, dir,
                            train_split='train[:99%]', valid_split='train[99%:]')
   """
   source = TfdsText(tfds_name, text_field, train_split, valid_split, tfds_data_dir)
-  return _build(source, tokenizer, data_dir, name)
+  return _build(source, tokenizer, data_dir, name, workers=workers, progress=progress,
+                extra_meta=extra_meta)
 
 
 def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
@@ -247,7 +340,8 @@ def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
   return h.hexdigest()
 
 
-def _build(source, tokenizer, data_dir: str, name: str | None) -> str:
+def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int = 1,
+           progress: Progress | None = None, extra_meta: dict | None = None) -> str:
   tok = tokenizer if isinstance(tokenizer, tokenizer_lib.Tokenizer) else tokenizer_lib.Tokenizer(
       tokenizer)
   fingerprint = _fingerprint(source, tok)
@@ -262,8 +356,8 @@ def _build(source, tokenizer, data_dir: str, name: str | None) -> str:
   os.makedirs(data_dir, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=data_dir, prefix=f".tmp-{name}-")
   try:
-    builder = TokendropTextCorpus(source=source, tokenizer=tok, data_dir=tmp,
-                                  file_format="array_record")
+    builder = TokendropTextCorpus(source=source, tokenizer=tok, workers=workers,
+                                  progress=progress, data_dir=tmp, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     out = builder.data_dir  # tmp/<builder name>/<version>
@@ -278,6 +372,7 @@ def _build(source, tokenizer, data_dir: str, name: str | None) -> str:
         "splits": builder.split_sizes,
         "source": source.describe(),
         "tokenizer": os.path.abspath(tok.model_path),
+        **(extra_meta or {}),
     }
     with open(os.path.join(out, META_FILE), "w") as f:
       json.dump(meta, f, indent=2)

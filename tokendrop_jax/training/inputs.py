@@ -1,14 +1,22 @@
 """A run's inputs: the corpus, the tokenizer and the ArrayRecord dataset.
 
-Everything is built once into the workdir (or `data.dataset_dir`) and reused on
-restart; on a pod, process 0 builds and the others wait at a barrier.
+Best prepared once before a launch (`python -m tokendrop_jax.prepare`): a run
+whose `data.dataset_dir` is a prepared dataset (it holds corpus_meta.json,
+written last) reads it and its tokenizer and builds nothing. Otherwise
+everything is built into the workdir (or under `data.dataset_dir`) and reused
+on restart. On a pod only process 0 builds; the others wait for it and read
+what it built, and if their disk does not hold it (per-host disks) they stop
+with what to do instead of building a dataset of their own.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 import jax
+import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder
@@ -18,28 +26,27 @@ from tokendrop_jax.training import host_rows
 from tokendrop_jax.training import workdir as workdir_lib
 
 TOKENIZER_TRAINING_SENTENCES = 2_000_000
+_MAX_SHARED_BYTES = 8192  # the JSON of the paths process 0 hands to the others
 
 
-def _demo_files(workdir: str) -> tuple[str, str]:
+# ------------------------------------------------------------------ corpus ---
+def _demo_files(corpus_dir: str) -> tuple[str, str]:
   """The built-in corpus, written once (rewriting would change its fingerprint)."""
-  out_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
-  train, valid = os.path.join(out_dir, "train.txt"), os.path.join(out_dir, "valid.txt")
+  train, valid = os.path.join(corpus_dir, "train.txt"), os.path.join(corpus_dir, "valid.txt")
   if not (workdir_lib.exists(train) and workdir_lib.exists(valid)):
-    train, valid = demo_corpus.write_demo_corpus(out_dir)
+    train, valid = demo_corpus.write_demo_corpus(corpus_dir)
   return train, valid
 
 
-def _tfds_sample_file(data, workdir: str) -> str:
+def _tfds_sample_file(data, corpus_dir: str) -> str:
   """Sentences of the TFDS train split as a text file, to train the tokenizer on."""
-  path = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR, "tfds_tokenizer_sample.txt")
+  path = os.path.join(corpus_dir, "tfds_tokenizer_sample.txt")
   if workdir_lib.exists(path):
     return path
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  source = text_builder.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
-                                 data.tfds_valid_split, data.tfds_data_dir or None)
+  os.makedirs(corpus_dir, exist_ok=True)
   n, tmp = 0, path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    for doc in source.documents(text_builder.TRAIN):
+    for doc in tfds_source(data).documents(text_builder.TRAIN):
       f.write("\n".join(doc) + "\n\n")
       n += len(doc)
       if n >= TOKENIZER_TRAINING_SENTENCES:
@@ -48,58 +55,177 @@ def _tfds_sample_file(data, workdir: str) -> str:
   return path
 
 
-def _build(config, workdir: str) -> tuple[str, str]:
-  data, vocab_size = config.data, config.model.vocab_size
-  if data.demo_corpus:
-    train_files, valid_files = _demo_files(workdir)
-  elif data.train_files:
-    if not data.valid_files:
-      raise ValueError("data.valid_files must be set when data.train_files is")
-    train_files, valid_files = data.train_files.split(","), data.valid_files.split(",")
-    for field, files in (("data.train_files", train_files), ("data.valid_files", valid_files)):
-      tokenizer_lib.expand_files(files, field)  # a missing file, named by its field
-  elif not data.tfds_name:
-    raise ValueError("no corpus: set data.train_files/data.valid_files, data.tfds_name, "
-                     "or data.demo_corpus=True")
+def tfds_source(data) -> text_builder.TfdsText:
+  return text_builder.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
+                               data.tfds_valid_split, data.tfds_data_dir or None)
 
-  tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
+
+def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
+  """(train files, validation files) of the corpus the config names; None for TFDS.
+
+  `data.tfds_name` wins, then `data.demo_corpus` (written into `corpus_dir`),
+  then `data.train_files`/`data.valid_files`.
+  """
+  if data.tfds_name:
+    return None
+  if data.demo_corpus:
+    train, valid = _demo_files(corpus_dir)
+    return [train], [valid]
+  if not data.train_files:
+    raise ValueError("no corpus: set data.train_files/data.valid_files, data.tfds_name, "
+                     "or data.demo_corpus=True, or point data.dataset_dir at a directory "
+                     "prepared by `python -m tokendrop_jax.prepare`")
+  if not data.valid_files:
+    raise ValueError("data.valid_files must be set when data.train_files is")
+  files = data.train_files.split(","), data.valid_files.split(",")
+  for field, patterns in zip(("data.train_files", "data.valid_files"), files):
+    tokenizer_lib.expand_files(patterns, field)  # a missing file, named by its field
+  return files
+
+
+def ensure_tokenizer(config, tok_path: str, files, corpus_dir: str) -> tokenizer_lib.Tokenizer:
+  """`tok_path`: a copy of `data.tokenizer_model`, or one trained on the corpus (kept
+  if already there); its size must be `model.vocab_size`."""
+  data, vocab_size = config.data, config.model.vocab_size
   if data.tokenizer_model:
     if not os.path.exists(data.tokenizer_model):
       raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
     if not workdir_lib.exists(tok_path):
       workdir_lib.atomic_copy(data.tokenizer_model, tok_path)
   elif not workdir_lib.exists(tok_path):
-    files = train_files if not data.tfds_name else [_tfds_sample_file(data, workdir)]
-    logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, files)
-    tokenizer_lib.train_tokenizer(files, vocab_size, tok_path[:-len(".model")],
+    sample = files[0] if files else [_tfds_sample_file(data, corpus_dir)]
+    logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
+    tokenizer_lib.train_tokenizer(sample, vocab_size, tok_path[:-len(".model")],
                                   model_type=data.tokenizer_type)
   tok = tokenizer_lib.Tokenizer(tok_path)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"model.vocab_size={vocab_size} but the tokenizer {tok_path} has "
                      f"{tok.vocab_size} pieces")
+  return tok
 
-  data_dir = data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
-  if data.tfds_name:
-    dataset_dir = text_builder.build_corpus_from_tfds(
+
+def build_dataset(data, files, tok, data_dir: str, **options) -> str:
+  """The ArrayRecord dataset of the corpus under `data_dir` -> its directory.
+
+  `options` go to `text_builder.build_corpus` (name, workers, progress, extra_meta).
+  """
+  if files is None:
+    return text_builder.build_corpus_from_tfds(
         data.tfds_name, data.tfds_text_field, tok, data_dir, train_split=data.tfds_train_split,
-        valid_split=data.tfds_valid_split, tfds_data_dir=data.tfds_data_dir or None)
-  else:
-    dataset_dir = text_builder.build_corpus(train_files, valid_files, tok, data_dir)
+        valid_split=data.tfds_valid_split, tfds_data_dir=data.tfds_data_dir or None, **options)
+  return text_builder.build_corpus(files[0], files[1], tok, data_dir, **options)
+
+
+def _build(config, workdir: str) -> tuple[str, str]:
+  corpus_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
+  files = text_files(config.data, corpus_dir)
+  tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
+  tok = ensure_tokenizer(config, tok_path, files, corpus_dir)
+  data_dir = config.data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
+  return build_dataset(config.data, files, tok, data_dir), tok_path
+
+
+# ---------------------------------------------------------------- prepared ---
+def is_prepared(dataset_dir: str) -> bool:
+  """Whether `dataset_dir` is a finished dataset (its corpus_meta.json is written last)."""
+  return bool(dataset_dir) and workdir_lib.exists(dataset_dir, text_builder.META_FILE)
+
+
+def _same_file(a: str, b: str) -> bool:
+  return epath.Path(a).read_bytes() == epath.Path(b).read_bytes()
+
+
+def use_prepared(config, workdir: str) -> tuple[str, str]:
+  """Checks the prepared `data.dataset_dir` against the config and the workdir and
+  copies its tokenizer into the workdir -> (dataset_dir, its tokenizer)."""
+  data, vocab_size = config.data, config.model.vocab_size
+  dataset_dir = workdir_lib.resolve(data.dataset_dir)
+  tok_path = workdir_lib.path(dataset_dir, workdir_lib.TOKENIZER_FILE)
+  if not workdir_lib.exists(tok_path):
+    raise FileNotFoundError(f"data.dataset_dir={dataset_dir} has no {workdir_lib.TOKENIZER_FILE}: "
+                            "not a directory prepared by `python -m tokendrop_jax.prepare`")
+  if data.tokenizer_model and not _same_file(data.tokenizer_model, tok_path):
+    raise ValueError(f"data.tokenizer_model={data.tokenizer_model} is not the tokenizer of the "
+                     f"prepared data.dataset_dir ({tok_path}); the dataset was tokenized with "
+                     "the latter: unset data.tokenizer_model, or prepare a dataset with it")
+  tok = tokenizer_lib.Tokenizer(tok_path)
+  if tok.vocab_size != vocab_size:
+    raise ValueError(f"model.vocab_size={vocab_size} but the tokenizer of the prepared "
+                     f"data.dataset_dir, {tok_path}, has {tok.vocab_size} pieces")
+  in_workdir = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
+  if not workdir_lib.exists(in_workdir):
+    workdir_lib.atomic_copy(tok_path, in_workdir)
+  elif not _same_file(in_workdir, tok_path):
+    raise ValueError(f"{in_workdir} is not the tokenizer of data.dataset_dir ({tok_path}): the "
+                     f"run in {workdir} was started with another tokenizer; use another "
+                     "--workdir or the dataset it was started with")
+  logging.info("Using the prepared dataset %s (nothing to build)", dataset_dir)
   return dataset_dir, tok_path
 
 
+# -------------------------------------------------------------- processes ---
+def _share(payload: dict | None) -> dict:
+  """Process 0's `payload` (small JSON), on every process; waits for process 0."""
+  buf = np.zeros((_MAX_SHARED_BYTES,), np.int32)
+  if payload is not None:
+    raw = json.dumps(payload).encode("utf-8")  # never holds a NUL byte
+    if len(raw) > _MAX_SHARED_BYTES:
+      raise ValueError(f"too long to share between processes: {payload}")
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf, is_source=payload is not None))
+  return json.loads(bytes(buf[buf > 0].astype(np.uint8)).decode("utf-8"))
+
+
+def inputs_here(found: tuple[str, str], process_index: int, process_count: int,
+                exists=workdir_lib.exists) -> tuple[str, str]:
+  """(dataset_dir, tokenizer path) as this process reads what process 0 found or built.
+
+  Process 0 reads its own. Another reads the dataset's copy of the tokenizer, and
+  fails, saying what to do, if it cannot see the dataset (hosts with their own
+  disks): it never builds one itself.
+  """
+  dataset_dir, tok_path = found
+  if process_index == 0:
+    return dataset_dir, tok_path
+  if not exists(dataset_dir, text_builder.META_FILE):
+    raise FileNotFoundError(
+        f"process {process_index} of {process_count} cannot read the dataset process 0 uses, "
+        f"{dataset_dir} (no {text_builder.META_FILE} there): the hosts do not share that disk. "
+        "Prepare the inputs once, before the launch, where every host can read them: "
+        "`python -m tokendrop_jax.prepare --config=<the same config> --output=<a shared path>` "
+        "(or copy the prepared directory to the same path on every host), then launch with "
+        "--config.data.dataset_dir=<that path>")
+  return dataset_dir, workdir_lib.path(dataset_dir, workdir_lib.TOKENIZER_FILE)
+
+
+def _find_or_build(config, workdir: str) -> tuple[str, str]:
+  if is_prepared(config.data.dataset_dir):
+    return use_prepared(config, workdir)
+  return _build(config, workdir)
+
+
 def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
-  """Builds (or finds) the tokenizer and dataset -> (dataset_dir, tokenizer)."""
+  """Finds (prepared) or builds the tokenizer and dataset -> (dataset_dir, tokenizer).
+
+  On a pod, process 0 does it and hands the paths, or its error, to the others,
+  so that a bad input stops every process instead of leaving them waiting.
+  """
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
-  result = None
-  if jax.process_index() == 0:
-    result = _build(config, workdir)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("tokendrop_jax:inputs_ready")
-    if result is None:
-      result = _build(config, workdir)  # finds what process 0 built
-  dataset_dir, tok_path = result
+  index, count = jax.process_index(), jax.process_count()
+  payload = None
+  if index == 0:
+    try:
+      payload = {"found": list(_find_or_build(config, workdir))}
+    except Exception as e:  # pylint: disable=broad-except
+      if count > 1:
+        _share({"error": f"{type(e).__name__}: {e}"[:2000]})
+      raise
+  if count > 1:
+    payload = _share(payload)  # the only collective here: process 0 joins it either way
+  if "error" in payload:
+    raise ValueError(f"process 0 could not prepare the inputs: {payload['error']}")
+  dataset_dir, tok_path = inputs_here(tuple(payload["found"]), index, count)
   return dataset_dir, tokenizer_lib.Tokenizer(tok_path)
 
 

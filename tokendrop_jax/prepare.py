@@ -1,0 +1,312 @@
+"""Prepare a pretraining run's inputs once, before the launch: tokenizer + dataset.
+
+  python -m tokendrop_jax.prepare --config=configs/bert_base.py --output=DIR \
+      [--workers=N] [--config.data.train_files=... --config.data.valid_files=...]
+  python -m tokendrop_jax.train --config=configs/bert_base.py --workdir=RUN \
+      --config.data.dataset_dir=DIR
+
+Why: a train main that builds its own inputs does it on process 0 while every
+other host of a pod waits, and hosts with their own disks then have nothing to
+read. Prepared once, on a path every host reads (or copied to each host), the
+dataset lets every launch start at once, and tokenizing runs in a process
+pool (`--workers`, one chunk of documents per task) with the same bytes out as
+a serial build.
+
+DIR is a `text_builder` dataset: ArrayRecord files, token_counts.npy,
+tokenizer.model and corpus_meta.json, which also records what DIR was
+prepared from. It is built in a staging directory beside DIR
+(`.tmp-<name>-prepare-<host>-<pid>`) and renamed to DIR at the end, so DIR is
+complete or absent. A rerun with the same sources and tokenizer does nothing;
+with others it refuses, naming what differs, and changes nothing. The staging
+directory of a killed run is removed by the next run on that host.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+META_KEY = "prepared"  # the entry of corpus_meta.json this main adds
+_STAGING = "-prepare-"
+
+
+# ------------------------------------------------------------------ recipe ---
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _stamps(patterns, field: str) -> dict[str, list[int]]:
+  """{absolute path: [size, mtime_ns]} of the files a config field names."""
+  from tokendrop_jax.data import tokenizer as tokenizer_lib
+  out = {}
+  for p in tokenizer_lib.expand_files(patterns, field):
+    st = os.stat(p)
+    out[os.path.abspath(p)] = [st.st_size, st.st_mtime_ns]
+  return out
+
+
+def recipe(config) -> dict:
+  """What the dataset is made from, by config field; cheap (no tokenizing).
+
+  Files count as changed when their size or modification time changes.
+  """
+  from tokendrop_jax.training import inputs
+  data = config.data
+  out = {"model.vocab_size": config.model.vocab_size}
+  if data.tokenizer_model:
+    if not os.path.isfile(data.tokenizer_model):
+      raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
+    out["tokenizer"] = f"data.tokenizer_model with sha256 {_sha256(data.tokenizer_model)}"
+  else:
+    out["tokenizer"] = f"trained, data.tokenizer_type={data.tokenizer_type!r}"
+  if data.tfds_name:
+    for k in ("tfds_name", "tfds_text_field", "tfds_train_split", "tfds_valid_split",
+              "tfds_data_dir"):
+      out[f"data.{k}"] = data[k]
+  elif data.demo_corpus:
+    out["data.demo_corpus"] = True
+  else:
+    train, valid = inputs.text_files(data, corpus_dir="")
+    out["data.train_files"] = _stamps(train, "data.train_files")
+    out["data.valid_files"] = _stamps(valid, "data.valid_files")
+  return out
+
+
+def _show(value) -> str:
+  if value is None:
+    return "not set"
+  if isinstance(value, dict):
+    return ", ".join(value)
+  if isinstance(value, str):
+    return value or "''"
+  return repr(value)
+
+
+def differences(then: dict, now: dict) -> list[str]:
+  """One line per field whose value differs, naming the field."""
+  out = []
+  for key in sorted(set(then) | set(now)):
+    a, b = then.get(key), now.get(key)
+    if a == b:
+      continue
+    if isinstance(a, dict) and isinstance(b, dict):
+      parts = []
+      for label, paths in (("new", [p for p in b if p not in a]),
+                           ("gone", [p for p in a if p not in b]),
+                           ("changed since", [p for p in b if p in a and a[p] != b[p]])):
+        if paths:
+          parts.append(f"{label}: {', '.join(paths)}")
+      out.append(f"{key}: {'; '.join(parts)}")
+    else:
+      out.append(f"{key}: {_show(b)} now, {_show(a)} when it was prepared")
+  return out
+
+
+# ----------------------------------------------------------------- staging ---
+def _say(line: str) -> None:
+  print(line, flush=True)  # in order with the progress lines on stderr
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _staging_prefix(output: str) -> str:
+  return os.path.join(os.path.dirname(output), f".tmp-{os.path.basename(output)}{_STAGING}")
+
+
+def clean_leftovers(output: str, say=_say) -> None:
+  """Removes the staging directories of killed runs of this host; names others."""
+  prefix, host = _staging_prefix(output), socket.gethostname()
+  parent = os.path.dirname(output)
+  if not os.path.isdir(parent):
+    return
+  for name in sorted(os.listdir(parent)):
+    path = os.path.join(parent, name)
+    if not path.startswith(prefix):
+      continue
+    owner, _, pid = path[len(prefix):].rpartition("-")
+    if owner == host and pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+      shutil.rmtree(path, ignore_errors=True)
+      say(f"removed {path}, left by an interrupted run")
+    else:
+      say(f"ignoring {path}: a run on {owner or '?'} (process {pid}) may still be writing it")
+
+
+# ------------------------------------------------------------------ output ---
+class Progress:
+  """Documents and tokens written so far, on stderr: one `\\r` line on a terminal,
+  a line every 30 s in a log."""
+
+  def __init__(self, stream=None):
+    self._stream = stream or sys.stderr
+    self._tty = self._stream.isatty()
+    self._every = 0.5 if self._tty else 30.0
+    self._split, self._line, self._last = None, "", 0.0
+    self._t0 = self._prev = time.monotonic()  # split start, previous call
+
+  def __call__(self, split: str, documents: int, tokens: int) -> None:
+    now = time.monotonic()
+    if split != self._split:
+      self.done()
+      self._split, self._t0 = split, self._prev
+    self._prev = now
+    rate = documents / max(now - self._t0, 1e-9)
+    self._line = f"{split}: {documents:,} documents, {tokens:,} tokens ({rate:,.0f} documents/s)"
+    if now - self._last >= self._every:
+      self._last = now
+      self._stream.write(("\r" if self._tty else "") + self._line + ("" if self._tty else "\n"))
+      self._stream.flush()
+
+  def done(self) -> None:
+    """Ends the current split's line with its final counts."""
+    if self._line:
+      self._stream.write(("\r" if self._tty else "") + self._line + "\n")
+      self._stream.flush()
+    self._line = ""
+
+
+def report(result: dict) -> list[str]:
+  """What was built (or found), and the flag that points the train main at it."""
+  lines = [f"{result['output']}: {result['status']}",
+           f"  tokenizer   {result['tokenizer']} ({result['vocab_size']} pieces)"]
+  for split, sizes in result["splits"].items():
+    lines.append(f"  {split:<11} {sizes['documents']:>12,} documents {sizes['tokens']:>15,} tokens")
+  lines.append(f"launch with: --config.data.dataset_dir={result['output']}")
+  return lines
+
+
+def _result(output: str, status: str) -> dict:
+  from tokendrop_jax.data import text_builder
+  meta = text_builder.load_corpus_meta(output)
+  return {"output": output, "status": status, "splits": meta["splits"],
+          "vocab_size": meta["vocab_size"],
+          "tokenizer": os.path.join(output, text_builder.TOKENIZER_FILE)}
+
+
+# ----------------------------------------------------------------- prepare ---
+def _check_existing(output: str, now: dict) -> dict | None:
+  """The result if `output` is already prepared from `now`; refuses other inputs."""
+  from tokendrop_jax.data import text_builder
+  from tokendrop_jax.training import inputs
+  if not inputs.is_prepared(output):
+    if os.path.isdir(output) and not os.listdir(output):
+      os.rmdir(output)  # an empty directory holds nothing to keep
+    elif os.path.exists(output):
+      raise ValueError(f"--output={output} exists and is not a prepared dataset (no "
+                       f"{text_builder.META_FILE}); choose another --output or remove it")
+    return None
+  then = text_builder.load_corpus_meta(output).get(META_KEY, {}).get("recipe")
+  if then is None:
+    raise ValueError(f"--output={output} is a dataset that tokendrop_jax.prepare did not make "
+                     "(its corpus_meta.json does not say what it was made from); pass it as "
+                     "--config.data.dataset_dir as it is, or choose another --output")
+  tok_sha = _sha256(os.path.join(output, text_builder.TOKENIZER_FILE))
+  if now["tokenizer"] == f"data.tokenizer_model with sha256 {tok_sha}":
+    now = {**now, "tokenizer": then["tokenizer"]}  # the very tokenizer DIR was built with
+  diffs = differences(then, now)
+  if diffs:
+    raise ValueError(f"--output={output} was prepared from other inputs; nothing was changed. "
+                     "What differs:\n  " + "\n  ".join(diffs) +
+                     "\nChoose another --output, or remove it to prepare it again.")
+  return _result(output, "already prepared from the same sources and tokenizer: nothing to do")
+
+
+def _build(config, output: str, staging: str, workers: int, now: dict, say) -> dict:
+  from tokendrop_jax.data import text_builder
+  from tokendrop_jax.training import inputs
+  data, t0 = config.data, time.monotonic()
+  corpus_dir = os.path.join(staging, "corpus")
+  files = inputs.text_files(data, corpus_dir)
+  how = "copying" if data.tokenizer_model else "training"
+  say(f"{how} the {config.model.vocab_size}-piece tokenizer ...")
+  tok = inputs.ensure_tokenizer(config, os.path.join(staging, text_builder.TOKENIZER_FILE),
+                                files, corpus_dir)
+  t_tok = time.monotonic() - t0
+  say(f"tokenizing with {workers} worker(s) ...")
+  progress = Progress()
+  meta = {META_KEY: {"recipe": now, "host": socket.gethostname(), "workers": workers},
+          "tokenizer": os.path.join(output, text_builder.TOKENIZER_FILE)}  # not the staging one
+  built = inputs.build_dataset(data, files, tok, staging, name=os.path.basename(output),
+                               workers=workers, progress=progress, extra_meta=meta)
+  progress.done()
+  try:
+    os.rename(built, output)  # the commit point
+  except OSError:
+    if not inputs.is_prepared(output):
+      raise
+    return _check_existing(output, now)  # a concurrent run finished first: same inputs, or refuse
+  total = time.monotonic() - t0
+  return _result(output, f"prepared in {total:.1f} s (tokenizer {t_tok:.1f} s, dataset "
+                         f"{total - t_tok:.1f} s, {workers} worker(s))")
+
+
+def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
+  """Prepares `output` from `config.data` (once) -> what is there: output,
+  tokenizer, vocab_size, splits {split: {documents, tokens}}, status."""
+  from tokendrop_jax import config_lib
+  if config_lib.is_glue(config):
+    raise ValueError("tokendrop_jax.prepare is for pretraining configs; fine-tuning reads "
+                     "its TSV or TFDS files directly")
+  config_lib.validate(config)
+  if not output:
+    raise ValueError("--output: required")
+  if "://" in output:
+    raise ValueError(f"--output={output}: prepare into a directory of a file system (a local "
+                     "disk, NFS, a mounted bucket), then copy it or mount it on every host")
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  output, workers = os.path.abspath(output), max(1, workers or os.cpu_count() or 1)
+  now = recipe(config)
+  found = _check_existing(output, now)
+  if found:
+    return found
+  clean_leftovers(output, say)
+  staging = _staging_prefix(output) + f"{socket.gethostname()}-{os.getpid()}"
+  os.makedirs(staging, exist_ok=True)
+  try:
+    return _build(config, output, staging, workers, now, say)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def define_flags() -> None:
+  """The main's flags, defined only when it runs (importing this module defines none,
+  so it can share a process with the train main)."""
+  config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
+  flags.DEFINE_string("output", None, "The directory to prepare (created; must not be "
+                      "another dataset).")
+  flags.DEFINE_integer("workers", os.cpu_count() or 1,
+                       "Processes that tokenize (1: no pool). The output does not depend on it.")
+  flags.mark_flags_as_required(["config", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from tokendrop_jax import cli
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  result = cli.run_or_exit(lambda: prepare(f.config, f.output, f.workers))
+  print("\n".join(report(result)))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
