@@ -14,29 +14,14 @@ from __future__ import annotations
 import jax
 
 from tests.test_config import load
+from tests.test_finetune import random_init_config, set_fields
 from tokendrop_jax.training import finetune_loop, loop, preemption
 
 
-def set_fields(c, fields):
-  for dotted, value in (fields or {}).items():
-    *sections, name = dotted.split(".")
-    node = c
-    for section in sections:
-      node = node[section]
-    node[name] = value
-  return c
-
-
 def finetune_config(tokenizer, files, fields=None):
-  """The random-init synthetic-task config of test_finetune (kept small)."""
-  c = load("glue", "sst2")
-  c.init_from = ""
-  c.model.update(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2,
-                 intermediate_size=64, max_position=32)
-  c.data.update(tokenizer_model=tokenizer, seq_len=16, global_batch_size=16, **files)
-  c.optim.learning_rate = 2e-3
-  c.train.update(num_epochs=1, log_every=2, checkpoint_every=100, async_checkpoint=False)
-  return set_fields(c, fields)
+  """test_finetune's random-init synthetic-task config, one epoch."""
+  return random_init_config(tokenizer, files,
+                            {"train.num_epochs": 1, "train.log_every": 2, **(fields or {})})
 
 
 def run_job(job: dict) -> dict:
