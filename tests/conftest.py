@@ -7,3 +7,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+
+# gcsfs reads this when first imported: it would ask a gRPC endpoint for each
+# bucket's type, which the tests' HTTP emulator (tests/gcs_emulator.py) lacks.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

@@ -22,8 +22,10 @@ from typing import Any, Mapping
 import numpy as np
 from absl import app, flags, logging
 
+from tokendrop_jax import files
 from tokendrop_jax.model.bert import BertConfig
 
+EXPORT_META_FILE = "tokendrop_export.json"  # written last: the folder is complete
 SPACE = "\u2581"  # SentencePiece's escaped whitespace
 
 
@@ -275,10 +277,17 @@ def _write_folder(d: str, params, cfg: BertConfig, proto: bytes, meta: dict) -> 
   _write_json(os.path.join(d, "config.json"), hf_config(cfg))
   for name, obj in hf_tokenizer_files(proto, cfg.max_position).items():
     _write_json(os.path.join(d, name), obj)
-  _write_json(os.path.join(d, "tokendrop_export.json"), meta)
+  _write_json(os.path.join(d, EXPORT_META_FILE), meta)
 
 
 def _check_output(output: str, overwrite: bool) -> None:
+  if files.is_remote(output):
+    if files.isfile(output):
+      raise FileExistsError(f"--output {output} exists and is not a folder; choose another path.")
+    if files.listdir(output) and not overwrite:
+      raise FileExistsError(f"--output {output} already exists and is not empty; "
+                            "pass --overwrite to replace it.")
+    return
   if os.path.lexists(output):
     if not os.path.isdir(output) or os.path.islink(output):
       raise FileExistsError(f"--output {output} exists and is not a directory; "
@@ -293,7 +302,10 @@ def export(workdir: str, output: str, step: int | None = None,
   """Writes the HF folder for `workdir`'s checkpoint (latest or `step`) -> output.
 
   The folder is written beside `output` and renamed into place, so a failed
-  export never leaves a half-written folder (nor loses an old one).
+  export never leaves a half-written folder (nor loses an old one). A bucket
+  `output` (gs://...) is written locally and uploaded, tokendrop_export.json
+  last; with --overwrite, files of the old folder that the new one lacks are
+  removed after the upload.
   """
   # Imported here so that `--help` and the pure functions need no orbax/jax.
   from tokendrop_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -301,7 +313,7 @@ def export(workdir: str, output: str, step: int | None = None,
   from tokendrop_jax.training import pretrained  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
-  output = os.path.abspath(os.fspath(output))
+  output = files.resolve(output)
   _check_output(output, overwrite)  # Fail before the (slow) restore.
   workdir_lib.read_config(workdir)  # Names a missing workdir or config first.
   tok = Tokenizer(workdir_lib.tokenizer_path(workdir))
@@ -314,6 +326,8 @@ def export(workdir: str, output: str, step: int | None = None,
   meta = {"workdir": workdir_lib.resolve(workdir), "step": step,
           "config_name": config.get("name", ""),
           "token_drop_strategy": config.get("token_drop", {}).get("strategy", "")}
+  if files.is_remote(output):
+    return _export_to_bucket(output, overwrite, params, cfg, tok, meta, workdir, step)
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.tmp-")
@@ -339,6 +353,21 @@ def export(workdir: str, output: str, step: int | None = None,
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  logging.info("Exported step %d of %s to %s.", step, workdir, output)
+  return output
+
+
+def _export_to_bucket(output, overwrite, params, cfg, tok, meta, workdir, step) -> str:
+  tmp = tempfile.mkdtemp(prefix="tokendrop-export-")
+  try:
+    _write_folder(tmp, params, cfg, tok.serialized_model_proto(), meta)
+    _check_output(output, overwrite)  # Still true after the restore?
+    old = set(files.listdir(output))
+    files.publish_dir(tmp, output, last=EXPORT_META_FILE)
+    for name in old - set(os.listdir(tmp)):
+      files.rmtree(files.join(output, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   logging.info("Exported step %d of %s to %s.", step, workdir, output)
   return output
 

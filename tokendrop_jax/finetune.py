@@ -12,11 +12,12 @@ data.predict_file, predictions.tsv. Restarting with the same DIR resumes exactly
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from tokendrop_jax import files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/glue.py:<task>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and metrics go.")
@@ -34,7 +35,7 @@ def main(argv):
   import jax
   if jax.process_index() == 0 and "results" in summary:
     r = summary["results"]
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = files.resolve(_WORKDIR.value)
     print(f"done at step {summary['step']}: best dev {r['best']}, last dev {r['last']}")
     print(f"outputs in {workdir}: results.json, metrics.jsonl, tensorboard/, checkpoints/"
           + (", predictions.tsv" if "predictions" in summary else ""))

@@ -16,7 +16,9 @@ DIR is a `text_builder` dataset: ArrayRecord files, token_counts.npy,
 tokenizer.model and corpus_meta.json, which also records what DIR was
 prepared from. It is built in a staging directory beside DIR
 (`.tmp-<name>-prepare-<host>-<pid>`) and renamed to DIR at the end, so DIR is
-complete or absent. A rerun with the same sources and tokenizer does nothing;
+complete or absent. DIR may be a bucket (gs://...): the staging directory is
+then in the local temp directory and is uploaded with corpus_meta.json last,
+and readers take DIR as prepared only once that file is there. A rerun with the same sources and tokenizer does nothing;
 with others it refuses, naming what differs, and changes nothing. The staging
 directory of a killed run is removed by the next run on that host.
 """
@@ -27,10 +29,13 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from tokendrop_jax import files
 
 META_KEY = "prepared"  # the entry of corpus_meta.json this main adds
 _STAGING = "-prepare-"
@@ -39,7 +44,7 @@ _STAGING = "-prepare-"
 # ------------------------------------------------------------------ recipe ---
 def _sha256(path: str) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with files.open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
@@ -50,8 +55,7 @@ def _stamps(patterns, field: str) -> dict[str, list[int]]:
   from tokendrop_jax.data import tokenizer as tokenizer_lib
   out = {}
   for p in tokenizer_lib.expand_files(patterns, field):
-    st = os.stat(p)
-    out[os.path.abspath(p)] = [st.st_size, st.st_mtime_ns]
+    out[files.resolve(p)] = files.size_and_mtime(p)
   return out
 
 
@@ -64,7 +68,7 @@ def recipe(config) -> dict:
   data = config.data
   out = {"model.vocab_size": config.model.vocab_size}
   if data.tokenizer_model:
-    if not os.path.isfile(data.tokenizer_model):
+    if not files.isfile(data.tokenizer_model):
       raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
     out["tokenizer"] = f"data.tokenizer_model with sha256 {_sha256(data.tokenizer_model)}"
   else:
@@ -128,13 +132,16 @@ def _alive(pid: int) -> bool:
 
 
 def _staging_prefix(output: str) -> str:
-  return os.path.join(os.path.dirname(output), f".tmp-{os.path.basename(output)}{_STAGING}")
+  """Beside a local DIR (the final rename stays on one disk); for a bucket, in the
+  local temp directory (it is uploaded from there)."""
+  parent = tempfile.gettempdir() if files.is_remote(output) else os.path.dirname(output)
+  return os.path.join(parent, f".tmp-{files.basename(output)}{_STAGING}")
 
 
 def clean_leftovers(output: str, say=_say) -> None:
   """Removes the staging directories of killed runs of this host; names others."""
   prefix, host = _staging_prefix(output), socket.gethostname()
-  parent = os.path.dirname(output)
+  parent = os.path.dirname(prefix)
   if not os.path.isdir(parent):
     return
   for name in sorted(os.listdir(parent)):
@@ -197,7 +204,7 @@ def _result(output: str, status: str) -> dict:
   meta = text_builder.load_corpus_meta(output)
   return {"output": output, "status": status, "splits": meta["splits"],
           "vocab_size": meta["vocab_size"],
-          "tokenizer": os.path.join(output, text_builder.TOKENIZER_FILE)}
+          "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}
 
 
 # ----------------------------------------------------------------- prepare ---
@@ -206,9 +213,9 @@ def _check_existing(output: str, now: dict) -> dict | None:
   from tokendrop_jax.data import text_builder
   from tokendrop_jax.training import inputs
   if not inputs.is_prepared(output):
-    if os.path.isdir(output) and not os.listdir(output):
-      os.rmdir(output)  # an empty directory holds nothing to keep
-    elif os.path.exists(output):
+    if files.isdir(output) and not files.listdir(output):
+      files.rmtree(output)  # an empty directory holds nothing to keep
+    elif files.exists(output):
       raise ValueError(f"--output={output} exists and is not a prepared dataset (no "
                        f"{text_builder.META_FILE}); choose another --output or remove it")
     return None
@@ -217,7 +224,7 @@ def _check_existing(output: str, now: dict) -> dict | None:
     raise ValueError(f"--output={output} is a dataset that tokendrop_jax.prepare did not make "
                      "(its corpus_meta.json does not say what it was made from); pass it as "
                      "--config.data.dataset_dir as it is, or choose another --output")
-  tok_sha = _sha256(os.path.join(output, text_builder.TOKENIZER_FILE))
+  tok_sha = _sha256(files.join(output, text_builder.TOKENIZER_FILE))
   if now["tokenizer"] == f"data.tokenizer_model with sha256 {tok_sha}":
     now = {**now, "tokenizer": then["tokenizer"]}  # the very tokenizer DIR was built with
   diffs = differences(then, now)
@@ -233,21 +240,23 @@ def _build(config, output: str, staging: str, workers: int, now: dict, say) -> d
   from tokendrop_jax.training import inputs
   data, t0 = config.data, time.monotonic()
   corpus_dir = os.path.join(staging, "corpus")
-  files = inputs.text_files(data, corpus_dir)
+  sources = inputs.text_files(data, corpus_dir)
   how = "copying" if data.tokenizer_model else "training"
   say(f"{how} the {config.model.vocab_size}-piece tokenizer ...")
   tok = inputs.ensure_tokenizer(config, os.path.join(staging, text_builder.TOKENIZER_FILE),
-                                files, corpus_dir)
+                                sources, corpus_dir)
   t_tok = time.monotonic() - t0
   say(f"tokenizing with {workers} worker(s) ...")
   progress = Progress()
   meta = {META_KEY: {"recipe": now, "host": socket.gethostname(), "workers": workers},
-          "tokenizer": os.path.join(output, text_builder.TOKENIZER_FILE)}  # not the staging one
-  built = inputs.build_dataset(data, files, tok, staging, name=os.path.basename(output),
+          "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}  # not the staging one
+  built = inputs.build_dataset(data, sources, tok, staging, name=files.basename(output),
                                workers=workers, progress=progress, extra_meta=meta)
   progress.done()
+  if files.is_remote(output):
+    say(f"uploading to {output} ...")
   try:
-    os.rename(built, output)  # the commit point
+    files.publish_dir(built, output, last=text_builder.META_FILE)  # the commit point
   except OSError:
     if not inputs.is_prepared(output):
       raise
@@ -267,12 +276,9 @@ def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
   config_lib.validate(config)
   if not output:
     raise ValueError("--output: required")
-  if "://" in output:
-    raise ValueError(f"--output={output}: prepare into a directory of a file system (a local "
-                     "disk, NFS, a mounted bucket), then copy it or mount it on every host")
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
-  output, workers = os.path.abspath(output), max(1, workers or os.cpu_count() or 1)
+  output, workers = files.resolve(output), max(1, workers or os.cpu_count() or 1)
   now = recipe(config)
   found = _check_existing(output, now)
   if found:

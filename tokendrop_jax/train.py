@@ -9,10 +9,11 @@ the tokenizer and the dataset; restarting with the same WORKDIR resumes.
 """
 from __future__ import annotations
 
-import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from tokendrop_jax import files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
@@ -28,7 +29,7 @@ def main(argv):
   summary = cli.run_or_exit(lambda: loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
   import jax
   if jax.process_index() == 0:
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = files.resolve(_WORKDIR.value)
     line = f"done: step {summary['step']}, {summary['train_time_s']:.0f} s of training"
     if "eval/loss" in summary:
       line += (f", full-model eval loss {summary['eval/loss']:.3f}, "

@@ -24,7 +24,8 @@ import shlex
 import subprocess
 import sys
 import sysconfig
-import tempfile
+
+from tokendrop_jax import files
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
 _WORD = re.compile(r"[A-Za-z]{2,}")
@@ -82,9 +83,9 @@ def _all_documents():
   except ImportError:  # some distributions strip pydoc_data
     pass
   stdlib = sysconfig.get_paths()["stdlib"]
-  for root, dirs, files in os.walk(stdlib):
+  for root, dirs, names in os.walk(stdlib):
     dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-    for name in sorted(files):
+    for name in sorted(names):
       if name.endswith(".py"):
         yield _module_document(os.path.join(root, name))
 
@@ -120,24 +121,20 @@ def _documents_here(max_bytes: int) -> list[list[str]]:
 
 
 def _write_docs(path: str, docs: list[list[str]]) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    f.write("\n\n".join("\n".join(doc) for doc in docs) + "\n")
-  os.replace(tmp, path)
+  files.atomic_write(path, "\n\n".join("\n".join(doc) for doc in docs) + "\n")
 
 
 def write_demo_corpus(out_dir: str, max_bytes: int = 1_600_000,
                       valid_every: int = 20) -> tuple[str, str]:
-  """Writes `train.txt` and `valid.txt` under `out_dir` -> (train_path, valid_path)."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes `train.txt` and `valid.txt` under `out_dir` (local or gs://) ->
+  (train_path, valid_path)."""
   docs = demo_documents(max_bytes)
   if len(docs) < 2:
     raise RuntimeError("found no standard-library text to build the demo corpus from")
   valid = [d for i, d in enumerate(docs) if i % valid_every == valid_every - 1]
   train = [d for i, d in enumerate(docs) if i % valid_every != valid_every - 1]
-  train_path = os.path.join(out_dir, "train.txt")
-  valid_path = os.path.join(out_dir, "valid.txt")
+  train_path = files.join(out_dir, "train.txt")
+  valid_path = files.join(out_dir, "valid.txt")
   _write_docs(train_path, train)
   _write_docs(valid_path, valid)
   return train_path, valid_path
@@ -153,6 +150,6 @@ if __name__ == "__main__":
     del argv
     train, valid = write_demo_corpus(flags.FLAGS.out_dir, flags.FLAGS.max_bytes)
     for p in (train, valid):
-      print(f"{p}: {os.path.getsize(p):,} bytes")
+      print(f"{p}: {files.size_and_mtime(p)[0]:,} bytes")
 
   app.run(_main)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 import sys
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from tokendrop_jax import files
 
 # GLUE's TSVs hold sentences longer than csv's default 128 KiB field limit.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -129,10 +131,10 @@ def read_tsv(path: str, spec: TaskSpec, *, require_labels: bool = True) -> Examp
   With `require_labels=False` (prediction inputs) a label column is optional
   and ignored. Errors name the file, and the line for bad rows.
   """
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     raise FileNotFoundError(f"GLUE {spec.name} file not found: {path}")
-  with open(path, encoding="utf-8", newline="") as f:
-    rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  text = files.read_bytes(path).decode("utf-8")  # whole: a bucket's file has no newline=""
+  rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
   if not rows:
     raise ValueError(f"{path}: empty file; expected a header line with columns "
                      f"{_expected(spec, require_labels)}")

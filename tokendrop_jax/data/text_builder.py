@@ -10,7 +10,10 @@ ends). Each stored example is one document:
 
 `build_corpus` / `build_corpus_from_tfds` write everything into a temporary
 directory beside the target and rename it at the end, so a dataset directory
-either is complete or does not exist. Beside the TFDS files it holds
+either is complete or does not exist. A target in a bucket (gs://) is built in
+a local temporary directory and uploaded with corpus_meta.json last; readers
+take a dataset as finished only once that file is there, and read a bucket's
+dataset from a local copy (`files.local_copy`: ArrayRecord reads local files). Beside the TFDS files it holds
 `token_counts.npy` (int64[vocab], train split, for the `frequency` strategy),
 `corpus_meta.json` (vocab size, special ids, sizes, source fingerprint) and a
 copy of the tokenizer as `tokenizer.model`.
@@ -39,6 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tokendrop_jax import files
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.importance import count_token_ids
 
@@ -58,7 +62,7 @@ Progress = Callable[[str, int, int], None]
 # ---------------------------------------------------------------- sources ---
 @dataclasses.dataclass(frozen=True)
 class TextFiles:
-  """Local text files: one sentence per line, a blank line between documents."""
+  """Text files (local or gs://): one sentence per line, a blank line between documents."""
   train: tuple[str, ...]
   validation: tuple[str, ...]
 
@@ -79,8 +83,8 @@ class TextFiles:
     return {"kind": "text_files", "train": list(self.train), "validation": list(self.validation)}
 
   def fingerprint_items(self) -> list:
-    return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns)
-            for p in self.train + ("|",) + self.validation if p != "|"] + [len(self.train)]
+    return [(files.resolve(p), *files.size_and_mtime(p))
+            for p in self.train + self.validation] + [len(self.train)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,9 +311,9 @@ def build_corpus(train_files: Sequence[str] | str, valid_files: Sequence[str] | 
   """
   source = TextFiles(train=tuple(tokenizer_lib.expand_files(train_files, "train_files")),
                      validation=tuple(tokenizer_lib.expand_files(valid_files, "valid_files")))
-  for split, files in ((TRAIN, source.train), (VALIDATION, source.validation)):
+  for split, paths in ((TRAIN, source.train), (VALIDATION, source.validation)):
     try:
-      tokenizer_lib._check_nonempty(list(files))  # pylint: disable=protected-access
+      tokenizer_lib._check_nonempty(list(paths))  # pylint: disable=protected-access
     except ValueError as e:
       raise ValueError(f"{split} split: {e}") from None
   return _build(source, tokenizer, data_dir, name, workers=workers, progress=progress,
@@ -346,15 +350,17 @@ def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int =
       tokenizer)
   fingerprint = _fingerprint(source, tok)
   name = name or f"corpus-{fingerprint[:12]}"
-  final = os.path.join(os.path.abspath(data_dir), name)
-  if os.path.exists(final):
+  final = files.join(files.resolve(data_dir), name)
+  if files.exists(final):
     meta = load_corpus_meta(final)
     if meta.get("fingerprint") != fingerprint:
       raise ValueError(f"{final} exists but was built from other inputs or another tokenizer; "
                        "remove it or pick another name")
     return final
-  os.makedirs(data_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=data_dir, prefix=f".tmp-{name}-")
+  remote = files.is_remote(final)
+  if not remote:
+    os.makedirs(data_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=None if remote else data_dir, prefix=f".tmp-{name}-")
   try:
     builder = TokendropTextCorpus(source=source, tokenizer=tok, workers=workers,
                                   progress=progress, data_dir=tmp, file_format="array_record")
@@ -362,7 +368,8 @@ def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int =
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     out = builder.data_dir  # tmp/<builder name>/<version>
     np.save(os.path.join(out, COUNTS_FILE), builder.token_counts)
-    shutil.copyfile(tok.model_path, os.path.join(out, TOKENIZER_FILE))
+    with open(os.path.join(out, TOKENIZER_FILE), "wb") as f:
+      f.write(files.read_bytes(tok.model_path))
     meta = {
         "format_version": _FORMAT_VERSION,
         "fingerprint": fingerprint,
@@ -371,15 +378,15 @@ def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int =
                         "sep_id": tok.sep_id, "mask_id": tok.mask_id},
         "splits": builder.split_sizes,
         "source": source.describe(),
-        "tokenizer": os.path.abspath(tok.model_path),
+        "tokenizer": files.resolve(tok.model_path),
         **(extra_meta or {}),
     }
     with open(os.path.join(out, META_FILE), "w") as f:
       json.dump(meta, f, indent=2)
     try:
-      os.rename(out, final)  # the commit point
+      files.publish_dir(out, final, last=META_FILE)  # the commit point
     except OSError:
-      if not os.path.exists(os.path.join(final, META_FILE)):
+      if not files.exists(files.join(final, META_FILE)):
         raise
       # Lost a race with a concurrent build of the same inputs: theirs is complete.
   finally:
@@ -388,35 +395,41 @@ def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int =
 
 
 def load_corpus_meta(dataset_dir: str) -> dict:
-  path = os.path.join(dataset_dir, META_FILE)
-  if not os.path.isfile(path):
+  path = files.join(dataset_dir, META_FILE)
+  if not files.isfile(path):
     raise FileNotFoundError(f"{dataset_dir} is not a corpus built by build_corpus "
                             f"(no {META_FILE})")
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def load_token_counts(dataset_dir: str) -> np.ndarray:
   """Token-id counts of the train split -> int64[vocab]."""
-  path = os.path.join(dataset_dir, COUNTS_FILE)
-  if not os.path.isfile(path):
+  path = files.join(dataset_dir, COUNTS_FILE)
+  if not files.isfile(path):
     raise FileNotFoundError(f"no {COUNTS_FILE} in {dataset_dir}; build it with build_corpus")
-  return np.load(path)
+  with files.open(path, "rb") as f:
+    return np.load(f)
+
+
+def local_dataset(dataset_dir: str) -> str:
+  """`dataset_dir`, or for a bucket its local copy (made once per host)."""
+  load_corpus_meta(dataset_dir)
+  return files.local_copy(dataset_dir, META_FILE)
 
 
 def open_split(dataset_dir: str, split: str):
   """Random-access source of documents {'ids', 'sentence_lengths'} of one split."""
-  load_corpus_meta(dataset_dir)
+  dataset_dir = local_dataset(dataset_dir)
   builder = tfds.builder_from_directory(dataset_dir)
   if split not in builder.info.splits:
     raise ValueError(f"{dataset_dir} has no split {split!r}; it has {list(builder.info.splits)}")
   info = builder.info.splits[split]
-  files = [os.path.join(dataset_dir, f) for f in info.filenames]
-  missing = [f for f in files if not os.path.isfile(f)]
+  paths = [os.path.join(dataset_dir, f) for f in info.filenames]
+  missing = [f for f in paths if not os.path.isfile(f)]
   if missing:
     raise FileNotFoundError(f"split {split!r} of {dataset_dir}: missing shard file(s) {missing}; "
                             "the dataset is incomplete: remove the directory to rebuild it")
-  return NamedSource(builder.as_data_source(split), split, files, list(info.shard_lengths))
+  return NamedSource(builder.as_data_source(split), split, paths, list(info.shard_lengths))
 
 
 class NamedSource:

@@ -14,45 +14,47 @@ from a `Tokenizer` (or the corpus metadata), never from literals.
 """
 from __future__ import annotations
 
-import glob
 import gzip
 import io
 import os
-import tempfile
 from typing import Iterator, Sequence
 
 import sentencepiece as spm
+
+from tokendrop_jax import files
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # index == id
 
 
 def expand_files(patterns: Sequence[str] | str, what: str = "input_files") -> list[str]:
-  """Expands paths/globs in order; a pattern that matches nothing is an error."""
+  """Expands paths/globs (local or gs://) in order; a pattern that matches nothing
+  is an error."""
   if isinstance(patterns, (str, os.PathLike)):
     patterns = [patterns]
-  files = []
+  out = []
   for p in patterns:
     p = os.fspath(p)
-    matches = sorted(glob.glob(p)) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
+    matches = files.glob(p) if files.has_magic(p) else ([p] if files.exists(p) else [])
     if not matches:
       raise FileNotFoundError(f"{what}: no file matches {p!r}")
     for m in matches:
-      if os.path.isdir(m):
+      if files.isdir(m):
         raise IsADirectoryError(f"{what}: {m!r} is a directory, expected a text file")
-    files.extend(matches)
-  if not files:
+    out.extend(matches)
+  if not out:
     raise ValueError(f"{what}: no input files given")
-  return files
+  return out
 
 
 def read_lines(path: str) -> Iterator[str]:
-  """Lines of a .txt or .txt.gz file without the newline; names the file on bad UTF-8."""
-  opener = gzip.open if path.endswith(".gz") else open
+  """Lines of a .txt or .txt.gz file (local or gs://) without the newline; names the
+  file on bad UTF-8."""
   lineno = 0
   try:
-    with opener(path, "rb") as f:  # decoded per line, so errors carry the line number
-      for lineno, raw in enumerate(f, 1):
+    with files.open(path, "rb") as raw_file:
+      f = gzip.GzipFile(fileobj=raw_file) if path.endswith(".gz") else raw_file
+      for lineno, raw in enumerate(f, 1):  # decoded per line: errors carry the line number
         yield raw.decode("utf-8").rstrip("\r\n")
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not valid UTF-8 at line {lineno}: {e}") from None
@@ -60,9 +62,9 @@ def read_lines(path: str) -> Iterator[str]:
     raise ValueError(f"{path}: cannot read: {e}") from None
 
 
-def _training_sentences(files: list[str], errors: list[Exception]) -> Iterator[str]:
+def _training_sentences(paths: list[str], errors: list[Exception]) -> Iterator[str]:
   try:
-    for path in files:
+    for path in paths:
       for line in read_lines(path):
         if line.strip():
           yield line
@@ -71,13 +73,13 @@ def _training_sentences(files: list[str], errors: list[Exception]) -> Iterator[s
     raise
 
 
-def _check_nonempty(files: list[str]) -> None:
+def _check_nonempty(paths: list[str]) -> None:
   """Fails early (before SentencePiece's own opaque error) on an empty corpus."""
-  for path in files:
+  for path in paths:
     for line in read_lines(path):
       if line.strip():
         return
-  raise ValueError(f"empty corpus: no non-blank line in {files}")
+  raise ValueError(f"empty corpus: no non-blank line in {paths}")
 
 
 def train_tokenizer(input_files: Sequence[str] | str, vocab_size: int, model_prefix: str,
@@ -94,19 +96,19 @@ def train_tokenizer(input_files: Sequence[str] | str, vocab_size: int, model_pre
     raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
   if vocab_size <= len(SPECIAL_PIECES) + 1:
     raise ValueError(f"vocab_size must be > {len(SPECIAL_PIECES) + 1}, got {vocab_size}")
-  files = expand_files(input_files)
-  _check_nonempty(files)
+  paths = expand_files(input_files)
+  _check_nonempty(paths)
   model = io.BytesIO()
   errors = []
   try:
-    _train(_training_sentences(files, errors), model, vocab_size, model_type,
+    _train(_training_sentences(paths, errors), model, vocab_size, model_type,
            character_coverage, max_sentences, seed_sentencepiece_size, num_threads)
   except RuntimeError:
     if errors:
       raise errors[0] from None
     raise
   path = model_prefix + ".model"
-  _atomic_write(path, model.getvalue())
+  files.atomic_write(path, model.getvalue())
   Tokenizer(path)  # fails loudly if the specials did not land at their ids
   return path
 
@@ -132,29 +134,14 @@ def _train(sentences, model, vocab_size, model_type, character_coverage, max_sen
   )
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 class Tokenizer:
   """A loaded SentencePiece model whose special ids are checked on load."""
 
   def __init__(self, model_path: str):
     self.model_path = os.fspath(model_path)
-    if not os.path.isfile(self.model_path):
+    if not files.isfile(self.model_path):
       raise FileNotFoundError(f"tokenizer model not found: {self.model_path!r}")
-    with open(self.model_path, "rb") as f:
-      self._load(f.read())
+    self._load(files.read_bytes(self.model_path))
 
   def _load(self, proto: bytes) -> None:
     sp = spm.SentencePieceProcessor()

@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tokendrop_jax import files
 from tokendrop_jax.training import data_state
 from tokendrop_jax.training.fingerprint import fingerprint, flat, verify
 
@@ -92,7 +93,7 @@ class Checkpointer:
       raise ValueError(f"checkpoint.save_every={save_every} must be > 0.")
     if keep < 0:
       raise ValueError(f"checkpoint.keep={keep} must be >= 0 (0 keeps all).")
-    self.directory = epath.Path(directory)
+    self.directory = epath.Path(files.resolve(directory))
     self.save_every = save_every
     self.verify = verify
     self._in_flight: int | None = None  # step of the last save started
@@ -322,12 +323,12 @@ def _on_every_process(fn, what: str):
 
 def save_params(path, params, *, overwrite: bool = False) -> str:
   """Writes params (boxes removed) to `path` with orbax; all processes call it."""
-  path = epath.Path(path)
+  path = epath.Path(files.resolve(path))  # not .absolute(): it mangles gs:// URLs
   if path.exists() and not overwrite:
     raise FileExistsError(
         f"{path} already exists; pass overwrite=True to replace it.")
   ckptr = ocp.StandardCheckpointer()
-  ckptr.save(path.absolute(), nn.meta.unbox(params), force=overwrite)
+  ckptr.save(path, nn.meta.unbox(params), force=overwrite)
   ckptr.wait_until_finished()
   ckptr.close()
   return str(path)
@@ -339,7 +340,7 @@ def load_params(path, abstract=None):
   `abstract`: pytree of ShapeDtypeStruct with target shardings (shapes are
   checked); None restores every array onto the first local device.
   """
-  path = epath.Path(path).absolute()
+  path = epath.Path(files.resolve(path))
   if not path.exists():
     raise FileNotFoundError(f"No params export at {path}.")
   ckptr = ocp.StandardCheckpointer()

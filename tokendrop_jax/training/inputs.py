@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import jax
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from tokendrop_jax import files
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data.shards import ShardedIterator
@@ -32,7 +32,7 @@ _MAX_SHARED_BYTES = 8192  # the JSON of the paths process 0 hands to the others
 # ------------------------------------------------------------------ corpus ---
 def _demo_files(corpus_dir: str) -> tuple[str, str]:
   """The built-in corpus, written once (rewriting would change its fingerprint)."""
-  train, valid = os.path.join(corpus_dir, "train.txt"), os.path.join(corpus_dir, "valid.txt")
+  train, valid = files.join(corpus_dir, "train.txt"), files.join(corpus_dir, "valid.txt")
   if not (workdir_lib.exists(train) and workdir_lib.exists(valid)):
     train, valid = demo_corpus.write_demo_corpus(corpus_dir)
   return train, valid
@@ -40,18 +40,18 @@ def _demo_files(corpus_dir: str) -> tuple[str, str]:
 
 def _tfds_sample_file(data, corpus_dir: str) -> str:
   """Sentences of the TFDS train split as a text file, to train the tokenizer on."""
-  path = os.path.join(corpus_dir, "tfds_tokenizer_sample.txt")
+  path = files.join(corpus_dir, "tfds_tokenizer_sample.txt")
   if workdir_lib.exists(path):
     return path
-  os.makedirs(corpus_dir, exist_ok=True)
+  files.makedirs(corpus_dir)
   n, tmp = 0, path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with files.open(tmp, "w") as f:
     for doc in tfds_source(data).documents(text_builder.TRAIN):
       f.write("\n".join(doc) + "\n\n")
       n += len(doc)
       if n >= TOKENIZER_TRAINING_SENTENCES:
         break
-  os.replace(tmp, path)
+  epath.Path(tmp).replace(path)
   return path
 
 
@@ -77,23 +77,23 @@ def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
                      "prepared by `python -m tokendrop_jax.prepare`")
   if not data.valid_files:
     raise ValueError("data.valid_files must be set when data.train_files is")
-  files = data.train_files.split(","), data.valid_files.split(",")
-  for field, patterns in zip(("data.train_files", "data.valid_files"), files):
+  sources = data.train_files.split(","), data.valid_files.split(",")
+  for field, patterns in zip(("data.train_files", "data.valid_files"), sources):
     tokenizer_lib.expand_files(patterns, field)  # a missing file, named by its field
-  return files
+  return sources
 
 
-def ensure_tokenizer(config, tok_path: str, files, corpus_dir: str) -> tokenizer_lib.Tokenizer:
+def ensure_tokenizer(config, tok_path: str, sources, corpus_dir: str) -> tokenizer_lib.Tokenizer:
   """`tok_path`: a copy of `data.tokenizer_model`, or one trained on the corpus (kept
   if already there); its size must be `model.vocab_size`."""
   data, vocab_size = config.data, config.model.vocab_size
   if data.tokenizer_model:
-    if not os.path.exists(data.tokenizer_model):
+    if not files.exists(data.tokenizer_model):
       raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
     if not workdir_lib.exists(tok_path):
       workdir_lib.atomic_copy(data.tokenizer_model, tok_path)
   elif not workdir_lib.exists(tok_path):
-    sample = files[0] if files else [_tfds_sample_file(data, corpus_dir)]
+    sample = sources[0] if sources else [_tfds_sample_file(data, corpus_dir)]
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
     tokenizer_lib.train_tokenizer(sample, vocab_size, tok_path[:-len(".model")],
                                   model_type=data.tokenizer_type)
@@ -104,25 +104,25 @@ def ensure_tokenizer(config, tok_path: str, files, corpus_dir: str) -> tokenizer
   return tok
 
 
-def build_dataset(data, files, tok, data_dir: str, **options) -> str:
+def build_dataset(data, sources, tok, data_dir: str, **options) -> str:
   """The ArrayRecord dataset of the corpus under `data_dir` -> its directory.
 
   `options` go to `text_builder.build_corpus` (name, workers, progress, extra_meta).
   """
-  if files is None:
+  if sources is None:
     return text_builder.build_corpus_from_tfds(
         data.tfds_name, data.tfds_text_field, tok, data_dir, train_split=data.tfds_train_split,
         valid_split=data.tfds_valid_split, tfds_data_dir=data.tfds_data_dir or None, **options)
-  return text_builder.build_corpus(files[0], files[1], tok, data_dir, **options)
+  return text_builder.build_corpus(sources[0], sources[1], tok, data_dir, **options)
 
 
 def _build(config, workdir: str) -> tuple[str, str]:
   corpus_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
-  files = text_files(config.data, corpus_dir)
+  sources = text_files(config.data, corpus_dir)
   tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
-  tok = ensure_tokenizer(config, tok_path, files, corpus_dir)
+  tok = ensure_tokenizer(config, tok_path, sources, corpus_dir)
   data_dir = config.data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
-  return build_dataset(config.data, files, tok, data_dir), tok_path
+  return build_dataset(config.data, sources, tok, data_dir), tok_path
 
 
 # ---------------------------------------------------------------- prepared ---
@@ -205,7 +205,7 @@ def _find_or_build(config, workdir: str) -> tuple[str, str]:
 
 
 def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
-  """Finds (prepared) or builds the tokenizer and dataset -> (dataset_dir, tokenizer).
+  """Finds (prepared) or builds the tokenizer and dataset -> (local dataset_dir, tokenizer).
 
   On a pod, process 0 does it and hands the paths, or its error, to the others,
   so that a bad input stops every process instead of leaving them waiting.
@@ -226,7 +226,8 @@ def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
   if "error" in payload:
     raise ValueError(f"process 0 could not prepare the inputs: {payload['error']}")
   dataset_dir, tok_path = inputs_here(tuple(payload["found"]), index, count)
-  return dataset_dir, tokenizer_lib.Tokenizer(tok_path)
+  # A bucket's dataset is read from a copy on this host's disk (ArrayRecord reads local files).
+  return text_builder.local_dataset(dataset_dir), tokenizer_lib.Tokenizer(tok_path)
 
 
 def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:

@@ -2,6 +2,8 @@
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per logged step
 with a ``step`` key, a ``wall_time`` (unix seconds) unless given, and floats.
+In a bucket workdir both are written to a local mirror and uploaded after each
+record (`files.Mirror`): an object store has no append.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from tokendrop_jax import files
 from tokendrop_jax.training import workdir as workdir_lib
 
 
@@ -25,7 +28,7 @@ def _to_float(v) -> float:
 def read_metrics(path) -> list[dict]:
   """Records of a metrics.jsonl file; a torn last line (crash) is skipped."""
   rows = []
-  with open(path) as f:
+  with files.open(path) as f:
     for line in f:
       line = line.strip()
       if not line:
@@ -70,15 +73,17 @@ class MetricsWriter:
     self.path = workdir_lib.path(workdir, workdir_lib.METRICS_FILE)
     self._file = None
     self._tb = None
+    self._mirror = None
     if not self.is_main:
       return
-    os.makedirs(workdir, exist_ok=True)
+    self._mirror = files.Mirror(workdir, names=(workdir_lib.METRICS_FILE,))
+    local = self._mirror.path(workdir_lib.METRICS_FILE)
     if resume_step is not None:
-      truncate_after(self.path, resume_step)
-    self._file = open(self.path, "a")
+      truncate_after(local, resume_step)
+    self._file = open(local, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
-      self._tb = SummaryWriter(workdir_lib.path(workdir, workdir_lib.TENSORBOARD_DIR))
+      self._tb = SummaryWriter(self._mirror.path(workdir_lib.TENSORBOARD_DIR))
 
   def write(self, step: int, scalars: Mapping[str, Any],
             prefix: str = "") -> None:
@@ -97,6 +102,7 @@ class MetricsWriter:
         if k not in ("step", "wall_time"):
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
+    self._mirror.sync()
 
   def write_eval(self, step: int, scalars: Mapping[str, Any]) -> None:
     self.write(step, scalars, prefix="eval/")
@@ -108,6 +114,9 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._mirror is not None:
+      self._mirror.close()
+      self._mirror = None
 
   def __enter__(self):
     return self

@@ -1,10 +1,11 @@
 """Plots of metrics.jsonl files: one run's curves, or several runs compared (PNG)."""
 from __future__ import annotations
 
+import io
 import math
-import os
 from typing import Mapping, Sequence
 
+from tokendrop_jax import files
 from tokendrop_jax.training.metrics import read_metrics
 
 _EXTRA_PANELS = ("mlm_accuracy", "learning_rate", "grad_norm", "tokens_per_s",
@@ -43,12 +44,17 @@ def plot_metrics(metrics_jsonl_path, out_png,
     if ax.lines:
       ax.legend(loc="best", fontsize=8)
   axes[-1, 0].set_xlabel("step")
-  fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(
-      metrics_jsonl_path))) or "metrics")
+  fig.suptitle(files.basename(files.dirname(files.resolve(metrics_jsonl_path))) or "metrics")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=110)
+  return _save(fig, plt, out_png)
+
+
+def _save(fig, plt, out_png) -> str:
+  """Writes the figure as PNG to `out_png` (local or a bucket), atomically."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
+  files.atomic_write(out_png, buf.getvalue())
   return str(out_png)
 
 
@@ -82,7 +88,4 @@ def plot_runs(runs: Mapping[str, str], out_png, x: str = "step",
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-  fig.savefig(out_png, dpi=110)
-  plt.close(fig)
-  return str(out_png)
+  return _save(fig, plt, out_png)

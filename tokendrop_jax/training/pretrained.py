@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_lib, files
 from tokendrop_jax.data.tokenizer import Tokenizer
 from tokendrop_jax.model.bert import BertConfig
 from tokendrop_jax.training import fingerprint
@@ -58,7 +58,7 @@ def restore_params(step_dir) -> dict[str, Any]:
   from the saved metadata of `params`: only the params' arrays are read (the
   optimizer state's small metadata files are, its arrays are not).
   """
-  step_dir = epath.Path(step_dir)
+  step_dir = epath.Path(files.resolve(step_dir))  # not .absolute(): it mangles gs:// URLs
   state_dir = step_dir / STATE_ITEM
   if not state_dir.exists():
     raise LayoutError(
@@ -66,7 +66,7 @@ def restore_params(step_dir) -> dict[str, Any]:
         "pretraining checkpoint.")
   handler = ocp.PyTreeCheckpointHandler()
   try:
-    meta = handler.metadata(state_dir.absolute())
+    meta = handler.metadata(state_dir)
     tree = getattr(meta, "tree", meta)
     if not isinstance(tree, dict) or "params" not in tree:
       raise LayoutError(
@@ -75,7 +75,7 @@ def restore_params(step_dir) -> dict[str, Any]:
     saved = tree["params"]
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-    out = handler.restore(state_dir.absolute(), args=ocp.args.PyTreeRestore(
+    out = handler.restore(state_dir, args=ocp.args.PyTreeRestore(
         item={"params": target}, restore_args={"params": restore_args},
         partial_restore=True))
   finally:

@@ -11,9 +11,9 @@
 
 Every writer and reader (the loops, the input preparation, `pretrained`,
 export) names these files through here. A file another process or a later
-run may read is written atomically (temp + rename), so a crash never leaves
-half of one behind. Paths go through `etils.epath`, so the same calls serve a
-local folder and (with its file-system package) a bucket.
+run may read is written atomically, so a crash never leaves half of one
+behind. Bytes move through `tokendrop_jax.files`, so the same calls serve a
+local folder and a bucket (gs://...).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from typing import Any, Iterable, Mapping
 import jax
 import ml_collections
 from etils import epath
+
+from tokendrop_jax import files
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -38,49 +40,26 @@ RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.tsv"
 
 
-def resolve(workdir) -> str:
-  """An absolute local path (orbax needs one), or a URL (gs://...) unchanged."""
-  workdir = os.fspath(workdir)
-  return workdir if "://" in workdir else os.path.abspath(workdir)
+resolve = files.resolve          # an absolute local path, or a URL (gs://...) unchanged
+atomic_write = files.atomic_write
+atomic_copy = files.copy_file
+write_json = files.write_json
+read_json = files.read_json
 
 
 def path(workdir, *names: str) -> str:
-  return os.path.join(os.fspath(workdir), *names)
+  return files.join(workdir, *names)
 
 
 def create(workdir) -> str:
   """Resolves and creates `workdir` -> its resolved path."""
   workdir = resolve(workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  files.makedirs(workdir)
   return workdir
 
 
 def exists(workdir, *names: str) -> bool:
-  return epath.Path(path(workdir, *names)).exists()
-
-
-def atomic_write(target: str, data: str | bytes) -> None:
-  """Writes `data` to `target` through a temp file and a rename."""
-  target = epath.Path(target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-  if isinstance(data, bytes):
-    tmp.write_bytes(data)
-  else:
-    tmp.write_text(data, encoding="utf-8")
-  tmp.replace(target)
-
-
-def atomic_copy(src: str, target: str) -> None:
-  atomic_write(target, epath.Path(src).read_bytes())
-
-
-def write_json(target: str, obj: Any) -> None:
-  atomic_write(target, json.dumps(obj, indent=2))
-
-
-def read_json(source: str) -> Any:
-  return json.loads(epath.Path(source).read_text(encoding="utf-8"))
+  return files.exists(path(workdir, *names))
 
 
 # ---------------------------------------------------------------------------
