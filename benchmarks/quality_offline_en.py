@@ -1,24 +1,40 @@
 """Quality at equal time and at equal steps: full baseline vs token-drop strategies.
 
   .venv/bin/python benchmarks/quality_offline_en.py --corpus_dir=../shared/data/offline_en \
-      [--strategies=none,loss_ema,frequency,random] [--num_steps=1000] \
+      [--strategies=none,loss_ema,frequency,random] [--pretrain_seeds=0] [--num_steps=1000] \
       [--sst2_dir=../shared/data/sst2 --sst2_train_examples=8000 --sst2_seeds=0,1,2]
 
 Pretrains `configs/small.py` (6 layers, hidden 256, seq 256, keep 128) once per
-strategy on the offline corpus (train.txt.gz; validation = valid.txt.gz), the
-same number of steps each, evaluating the **full** model on the validation
-split every `--eval_every` steps. Training time excludes evaluation. Then:
-  - plots of validation loss vs training time and vs step (one curve per strategy);
+strategy and pretraining seed on the offline corpus (train.txt.gz; validation =
+valid.txt.gz), the same number of steps each, evaluating the **full** model on
+the validation split every `--eval_every` steps. Training time excludes
+evaluation. Then:
+  - plots of validation loss vs training time and vs step (one curve per run);
   - a table at equal steps (the last eval) and at equal wall-clock (every run's
     loss interpolated at the shortest run's total training time);
   - optionally fine-tunes each on SST-2 with identical settings (`--sst2_dir`),
     once per seed (`--sst2_seeds`), and reports each encoder's mean dev accuracy
-    and its paired difference from the baseline (same seed, same data order).
-Runs resume: re-running skips finished pretraining and fine-tuning runs.
+    and its paired difference from `none` pretrained with the same seed (same
+    fine-tuning seed, same data order);
+  - `summary`: per strategy, the spread of those figures over pretraining seeds
+    and the paired SST-2 difference from `none` with a standard error over both
+    levels (pretraining seed, fine-tuning seed); see `summarize`.
+
+A strategy is a `configs/small.py` variant, `strategy[+option...]`, plus
+`+random_ties` (token_drop.random_ties). Pretraining seed k sets train.seed (init,
+dropout) and data.seed (data order, masking; the validation masks too) to k. A run is
+named `<strategy>` for seed 0 and `<strategy>@seed<k>` otherwise, as is its workdir.
+
+Runs are done in order, seeds outermost (`--pretrain_seeds` in the order given),
+and the JSON is rewritten after each pretraining run and each fine-tuning run
+finishes, merged with what it already holds: a run it holds complete is skipped,
+an unfinished one resumes from its checkpoints (the project's exact resume), so
+an interrupted command, rerun, goes on where it stopped.
 Writes benchmarks/results/quality_offline_en.{json,png}.
 """
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import math
@@ -31,7 +47,10 @@ _CORPUS = flags.DEFINE_string("corpus_dir", "../shared/data/offline_en", "train/
 _STRATEGIES = flags.DEFINE_list(
     "strategies", ["none", "loss_ema", "frequency", "random"],
     "Config variants of configs/small.py: a strategy, optionally with options beyond the paper "
-    "(e.g. loss_ema+sctd, random+layerwise, loss_ema+schedule).")
+    "(e.g. loss_ema+sctd, random+layerwise, loss_ema+schedule, loss_ema+random_ties).")
+_PRETRAIN_SEEDS = flags.DEFINE_list(
+    "pretrain_seeds", ["0"], "Pretraining seeds (train.seed and data.seed), run in this order, "
+    "each over all --strategies; seed 0's runs keep the unsuffixed names.")
 _STEPS = flags.DEFINE_integer("num_steps", 1000, "Pretraining steps per strategy.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Global batch (16: ~20-30 min per run on 2 cores).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Full-model eval interval.")
@@ -40,8 +59,7 @@ _SST2 = flags.DEFINE_string("sst2_dir", "", "GLUE SST-2 dir (train.tsv, dev.tsv)
 _SST2_EPOCHS = flags.DEFINE_integer("sst2_epochs", 1, "Fine-tuning epochs.")
 _SST2_SEEDS = flags.DEFINE_list(
     "sst2_seeds", ["0"], "Fine-tuning seeds (classifier init, dropout, data order): every "
-    "encoder is fine-tuned once per seed, seeds outermost, so an interrupted run still "
-    "covers every encoder for the seeds it finished.")
+    "encoder is fine-tuned once per seed, right after its pretraining.")
 _SST2_EXAMPLES = flags.DEFINE_integer(
     "sst2_train_examples", 0, "Fine-tune on this many training examples (a fixed random "
     "sample, the same for every run); 0 = all 67k (~25 min per run for `small` on 2 cores).")
@@ -51,6 +69,13 @@ _REPORT_ONLY = flags.DEFINE_bool(
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/quality_offline_en.json", "JSON path.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = "none"
+# Top-level settings every run in one JSON shares; a command with others is refused.
+SHARED_SETTINGS = ("num_steps", "batch_size", "warmup_steps", "eval_every",
+                   "sst2_train_examples", "sst2_epochs")
+# Fields of a run's config.json that a resume must find unchanged (beyond loop's own).
+RESUME_FIELDS = ("token_drop", "train.seed", "train.num_steps", "data.seed",
+                 "data.global_batch_size", "optim")
 
 
 def _load(path, arg):
@@ -58,6 +83,38 @@ def _load(path, arg):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+# ---------------------------------------------------------------------------
+# Names.
+
+
+def run_name(strategy: str, seed: int) -> str:
+  """Seed 0 keeps the single-seed runs' name (and workdir)."""
+  return strategy if seed == 0 else f"{strategy}@seed{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+  strategy, _, seed = name.partition("@seed")
+  return strategy, int(seed) if seed else 0
+
+
+def pretrain_config(strategy: str, seed: int):
+  """configs/small.py:<strategy> with pretraining seed `seed`; `+random_ties` is ours
+  unless config_lib knows it."""
+  from tokendrop_jax import config_lib
+  parts = strategy.split("+")
+  ties = "random_ties" in parts[1:] and "random_ties" not in config_lib.OPTIONS
+  config = _load("configs/small.py", "+".join(p for p in parts if not (ties and p == "random_ties")))
+  if ties:
+    config.token_drop.random_ties = True
+  config.train.seed = seed
+  config.data.seed = seed
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Measurements of one run.
 
 
 def curves(workdir):
@@ -106,127 +163,337 @@ def sst2_dir(workdir: str, seed: int) -> str:
   return workdir + "_sst2" + suffix + (f"_seed{seed}" if seed else "")
 
 
-def finetune_sst2(runs):
-  """Fine-tunes every encoder on SST-2 once per seed; adds the dev accuracies to `runs`.
+def finetune_config(workdir: str, train_file: str, seed: int):
+  ft = _load("configs/glue.py", "sst2")
+  ft.init_from = workdir
+  ft.data.update(train_file=train_file, eval_file=os.path.join(_SST2.value, "dev.tsv"),
+                 seq_len=64, seed=seed)
+  ft.optim.learning_rate = 1e-4
+  ft.train.update(num_epochs=_SST2_EPOCHS.value, seed=seed, log_every=200)
+  return ft
 
-  Paired differences: for each seed, an encoder's accuracy minus the first
-  strategy's (the baseline) under the same seed, so the classifier init,
-  dropout and data order are shared and only the encoder differs. Means and
-  differences use only the seeds that every encoder finished.
+
+def accuracies(r: dict) -> dict[int, float]:
+  """A run's SST-2 dev accuracy by fine-tuning seed (JSON keys are strings)."""
+  return {int(k): v for k, v in r.get("sst2_dev_accuracy_by_seed", {}).items()}
+
+
+# ---------------------------------------------------------------------------
+# Statistics (pure: the JSON's runs in, numbers out).
+
+
+def _sd(x):
+  return float(np.std(x, ddof=1)) if len(x) > 1 else None
+
+
+def _se(x):
+  return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None
+
+
+def _spread(by_seed: dict) -> dict:
+  x = np.asarray(list(by_seed.values()), dtype=np.float64)
+  return {"mean": float(x.mean()), "sd": _sd(x), "se": _se(x), "min": float(x.min()),
+          "max": float(x.max()), "n": len(x), "by_seed": dict(by_seed)}
+
+
+def add_run_figures(runs: dict) -> dict:
+  """Adds each run's equal-step/equal-time losses and SST-2 figures; returns the budgets.
+
+  Equal time: every run's loss at the shortest total training time among all the
+  runs (measured, and on the quiet clock). SST-2: mean and sd over the run's
+  fine-tuning seeds, and the paired difference from `none` with the same
+  pretraining seed over the fine-tuning seeds both finished.
   """
-  from tokendrop_jax.training import finetune_loop
-  train_file = sst2_train_file(_WORKDIR.value)
-  for seed in map(int, _SST2_SEEDS.value):
-    for r in runs.values():
-      ft = _load("configs/glue.py", "sst2")
-      ft.init_from = r["workdir"]
-      ft.data.update(train_file=train_file, eval_file=os.path.join(_SST2.value, "dev.tsv"),
-                     seq_len=64, seed=seed)
-      ft.optim.learning_rate = 1e-4
-      ft.train.update(num_epochs=_SST2_EPOCHS.value, seed=seed, log_every=200)
-      ft_dir = sst2_dir(r["workdir"], seed)
-      results_path = os.path.join(ft_dir, "results.json")
-      if not os.path.exists(results_path) and not _REPORT_ONLY.value:
-        finetune_loop.train_and_evaluate(ft, ft_dir)
-      if os.path.exists(results_path):
-        with open(results_path) as f:
-          r.setdefault("sst2_dev_accuracy_by_seed", {})[seed] = json.load(f)["best"]["accuracy"]
-  # Statistics over the seeds every encoder finished, so all means share their seeds.
-  by_seed = [r.get("sst2_dev_accuracy_by_seed", {}) for r in runs.values()]
-  seeds = sorted(set.intersection(*(set(a) for a in by_seed)))
-  if not seeds:
-    return
-  base = by_seed[0]
-  for r, accs in zip(runs.values(), by_seed):
+  done = [r for r in runs.values() if r.get("curve")]
+  budgets = {}
+  if done:
+    budgets = {"equal_time_budget_s": min(r["curve"][-1][1] for r in done),
+               "equal_quiet_time_budget_s": min(r["curve"][-1][3] for r in done)}
+  for r in done:
+    steps, times, losses, quiet_clock = map(np.asarray, zip(*r["curve"]))
+    r["equal_steps_loss"] = float(losses[-1])
+    r["equal_time_loss"] = float(np.interp(budgets["equal_time_budget_s"], times, losses))
+    r["equal_quiet_time_loss"] = float(
+        np.interp(budgets["equal_quiet_time_budget_s"], quiet_clock, losses))
+    r["total_train_time_s"] = float(times[-1])
+    r["total_quiet_clock_s"] = float(quiet_clock[-1])
+  for r in runs.values():
+    for key in ("sst2_seeds", "sst2_dev_accuracy", "sst2_dev_accuracy_std", "sst2_paired_diff",
+                "sst2_paired_diff_sem"):
+      r.pop(key, None)
+    accs = accuracies(r)
+    if not accs:
+      continue
+    seeds = sorted(accs)
     a = np.asarray([accs[k] for k in seeds])
-    d = a - np.asarray([base[k] for k in seeds])
-    r["sst2_seeds"] = seeds
-    r["sst2_dev_accuracy"] = float(a.mean())
-    r["sst2_dev_accuracy_std"] = float(a.std(ddof=1)) if len(seeds) > 1 else None
-    r["sst2_paired_diff"] = float(d.mean())
-    r["sst2_paired_diff_sem"] = float(d.std(ddof=1) / np.sqrt(len(seeds))) if len(seeds) > 1 else None
+    r.update(sst2_seeds=seeds, sst2_dev_accuracy=float(a.mean()), sst2_dev_accuracy_std=_sd(a))
+    base = runs.get(run_name(BASELINE, r["pretrain_seed"]))
+    common = sorted(set(accs) & set(accuracies(base))) if base else []
+    if common:
+      d = np.asarray([accs[k] - accuracies(base)[k] for k in common])
+      r.update(sst2_paired_diff=float(d.mean()), sst2_paired_diff_sem=_se(d))
+  return budgets
+
+
+def summarize(runs: dict, baseline: str = BASELINE) -> dict:
+  """Per strategy, its figures over pretraining seeds (runs as `add_run_figures` left them).
+
+  - Validation loss at equal steps and at equal quiet time: mean, sd, min, max over
+    the pretraining seeds; and the difference from `baseline` with the same
+    pretraining seed (mean, sd, se = sd / sqrt(n)).
+  - SST-2 dev accuracy: the paired difference from `baseline`, paired on
+    (pretraining seed, fine-tuning seed). `mean` is the mean over all pairs; per
+    pretraining seed, the mean over its fine-tuning seeds (`by_seed`). `se` is the
+    sd of those per-seed means over sqrt(number of pretraining seeds): it holds
+    both levels of noise, since each per-seed mean carries its fine-tuning noise
+    (None below 2 pretraining seeds). `se_within`: the fine-tuning noise alone,
+    sqrt(sum of per-seed squared standard errors) / number of pretraining seeds.
+  """
+  by_strategy: dict[str, dict[int, dict]] = {}
+  for r in runs.values():
+    by_strategy.setdefault(r["strategy"], {})[r["pretrain_seed"]] = r
+  base = by_strategy.get(baseline, {})
+  out = {}
+  for strategy, seeds in by_strategy.items():
+    s = {"pretrain_seeds": sorted(seeds)}
+    for key in ("equal_steps_loss", "equal_quiet_time_loss"):
+      values = {k: r[key] for k, r in sorted(seeds.items()) if key in r}
+      if values:
+        s[key] = _spread(values)
+      diffs = {k: v - base[k][key] for k, v in values.items() if key in base.get(k, {})}
+      if diffs and strategy != baseline:
+        s[key + "_diff"] = _spread(diffs)
+    accs = {k: accuracies(r) for k, r in sorted(seeds.items()) if accuracies(r)}
+    if accs:
+      s["sst2_dev_accuracy"] = _spread({k: float(np.mean(list(a.values()))) for k, a in accs.items()})
+    pairs = {}
+    for k, a in accs.items():
+      b = accuracies(base.get(k, {}))
+      common = sorted(set(a) & set(b))
+      if common:
+        pairs[k] = np.asarray([a[j] - b[j] for j in common])
+    if pairs and strategy != baseline:
+      means = np.asarray([d.mean() for d in pairs.values()])
+      within = [_se(d) for d in pairs.values()]
+      s["sst2_paired_diff"] = {
+          "mean": float(np.concatenate(list(pairs.values())).mean()),
+          "se": _se(means),
+          "se_within": (float(np.sqrt(sum(w * w for w in within))) / len(within)
+                        if None not in within else None),
+          "n_pretrain_seeds": len(pairs),
+          "n_pairs": int(sum(len(d) for d in pairs.values())),
+          "by_seed": {k: {"mean": float(d.mean()), "se": _se(d), "n": len(d)}
+                      for k, d in pairs.items()}}
+    out[strategy] = s
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The JSON.
+
+
+def load_results(path: str, settings: dict) -> dict:
+  """The JSON so far (runs named, with strategy and pretraining seed), or a new one.
+
+  Refuses a JSON made with other shared settings: its runs would not compare.
+  """
+  if not os.path.exists(path):
+    return {**settings, "runs": {}}
+  with open(path) as f:
+    results = json.load(f)
+  for key in SHARED_SETTINGS:
+    if key in results and results[key] != settings[key]:
+      raise ValueError(f"{path} holds runs with {key}={results[key]!r}, this command has "
+                       f"{settings[key]!r}: pass the same settings, or another --output")
+  for name, r in results["runs"].items():
+    strategy, seed = parse_run_name(name)
+    r.setdefault("strategy", strategy)
+    r.setdefault("pretrain_seed", seed)
+  results.update({k: v for k, v in settings.items() if k != "sst2_seeds"})
+  results["sst2_seeds"] = sorted(set(results.get("sst2_seeds", [])) | set(settings["sst2_seeds"]))
+  return results
+
+
+def write(results: dict, path: str) -> None:
+  """Recomputes every derived figure, then writes the JSON (atomically) and the plot."""
+  runs = results["runs"]
+  results.update(add_run_figures(runs))
+  results["summary"] = summarize(runs)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(path + ".tmp", path)
+  if any(r.get("curve") for r in runs.values()):
+    plot(runs, os.path.splitext(path)[0] + ".png")
+  print(f"wrote {path}", flush=True)
+
+
+def same_losses(a: list, b: list, tol: float = 1e-3) -> bool:
+  """Whether two curves have the same eval steps and losses (a retrained run)."""
+  return [p[0] for p in a] == [p[0] for p in b] and all(
+      abs(p[2] - q[2]) <= tol for p, q in zip(a, b))
+
+
+def is_complete(r: dict | None, sst2_seeds: list[int]) -> bool:
+  return bool(r and r.get("curve")) and (not _SST2.value or set(sst2_seeds) <= set(accuracies(r)))
+
+
+# ---------------------------------------------------------------------------
+
+
+def code_version() -> str:
+  """The commit of the tokendrop_jax this command runs ('+dirty': with uncommitted
+  changes), or the COMMIT file beside a copy made with `git archive`."""
+  import subprocess
+  import tokendrop_jax
+  top = os.path.dirname(os.path.dirname(os.path.abspath(tokendrop_jax.__file__)))
+  if os.path.exists(os.path.join(top, "COMMIT")):
+    with open(os.path.join(top, "COMMIT")) as f:
+      return f.read().strip()
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", top, *a], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "tokendrop_jax")
+                                       else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
 
 
 def warmup_steps():
   return _WARMUP.value if _WARMUP.value >= 0 else _STEPS.value // 10
 
 
+def pretrain(strategy: str, seed: int, workdir: str) -> bool:
+  """Pretrains (or resumes) the run in `workdir`; False when --report_only leaves it."""
+  from tokendrop_jax.training import loop
+  from tokendrop_jax.training import workdir as workdir_lib
+  if os.path.exists(os.path.join(workdir, "summary.json")):
+    return True
+  if _REPORT_ONLY.value:
+    return False
+  config = pretrain_config(strategy, seed)
+  shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
+  config.data.update(train_files=os.path.join(_CORPUS.value, "train.txt.gz"),
+                     valid_files=os.path.join(_CORPUS.value, "valid.txt.gz"),
+                     dataset_dir=os.path.join(_WORKDIR.value, "data"),
+                     tokenizer_model=shared_tok if os.path.exists(shared_tok) else "")
+  config.data.global_batch_size = _BATCH.value
+  config.optim.warmup_steps = warmup_steps()
+  config.train.update(num_steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
+                      log_every=math.gcd(_EVAL_EVERY.value, 10), checkpoint_every=_EVAL_EVERY.value)
+  if os.path.isdir(workdir):  # a resume must find the run's strategy, seeds and schedule
+    workdir_lib.check_resume(config, workdir, RESUME_FIELDS)
+  loop.train_and_evaluate(config, workdir)
+  if not os.path.exists(shared_tok):  # every run uses the first run's tokenizer
+    with open(os.path.join(workdir, "tokenizer.model"), "rb") as src, open(shared_tok, "wb") as dst:
+      dst.write(src.read())
+  return True
+
+
 def main(argv):
   del argv
-  from tokendrop_jax import benchmark
-  from tokendrop_jax.training import loop
-
+  # Import the training code now, so that the whole command runs one version of it.
+  from tokendrop_jax.training import finetune_loop
+  for module in ("loop", "metrics", "workdir", "finetune_step", "step"):
+    importlib.import_module(f"tokendrop_jax.training.{module}")
+  code = code_version()
+  print(f"tokendrop_jax: {code}", flush=True)
+  sst2_seeds = list(map(int, _SST2_SEEDS.value))
+  settings = {"num_steps": _STEPS.value, "sst2_train_examples": _SST2_EXAMPLES.value or "all",
+              "sst2_epochs": _SST2_EPOCHS.value, "sst2_seeds": sst2_seeds,
+              "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
+              "eval_every": _EVAL_EVERY.value}
+  results = load_results(_OUTPUT.value, settings)
+  runs = results["runs"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  runs = {}
-  for strategy in _STRATEGIES.value:
-    config = _load("configs/small.py", strategy)
-    config.data.update(train_files=os.path.join(_CORPUS.value, "train.txt.gz"),
-                       valid_files=os.path.join(_CORPUS.value, "valid.txt.gz"),
-                       dataset_dir=os.path.join(_WORKDIR.value, "data"),
-                       tokenizer_model=os.path.join(_WORKDIR.value, "tokenizer.model")
-                       if os.path.exists(os.path.join(_WORKDIR.value, "tokenizer.model")) else "")
-    config.data.global_batch_size = _BATCH.value
-    config.optim.warmup_steps = warmup_steps()
-    config.train.update(num_steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                        log_every=math.gcd(_EVAL_EVERY.value, 10), checkpoint_every=_EVAL_EVERY.value)
-    workdir = os.path.join(_WORKDIR.value, strategy)
-    if not os.path.exists(os.path.join(workdir, "summary.json")):
-      if _REPORT_ONLY.value:
-        print(f"{strategy}: no finished run in {workdir}; skipped")
+  train_file = sst2_train_file(_WORKDIR.value) if _SST2.value else ""
+  plan = [(s, int(k)) for k in _PRETRAIN_SEEDS.value for s in _STRATEGIES.value]
+  print("runs, in order: " + ", ".join(
+      run_name(s, k) + (" (done)" if is_complete(runs.get(run_name(s, k)), sst2_seeds) else "")
+      for s, k in plan), flush=True)
+  for strategy, seed in plan:
+    name = run_name(strategy, seed)
+    if is_complete(runs.get(name), sst2_seeds):
+      continue
+    wd = os.path.join(_WORKDIR.value, name)
+    had_summary = os.path.exists(os.path.join(wd, "summary.json"))
+    if not pretrain(strategy, seed, wd):
+      print(f"{name}: no finished run in {wd}; skipped", flush=True)
+      continue
+    r, curve = runs.get(name, {}), curves(wd)
+    if r.get("curve") and not had_summary and not same_losses(r["curve"], curve):
+      # Pretrained again (its workdir was gone) and not to the same losses: the
+      # fine-tuning results the JSON holds are another encoder's.
+      print(f"{name}: retrained to other losses than the JSON's; its SST-2 results are "
+            "dropped and measured again", flush=True)
+      r.pop("sst2_dev_accuracy_by_seed", None)
+    if not had_summary:  # pretrained by this command
+      r["code"] = code
+    r.update(workdir=wd, strategy=strategy, pretrain_seed=seed, curve=curve,
+             pretrained_utc=datetime.datetime.fromtimestamp(
+                 os.path.getmtime(os.path.join(wd, "summary.json")),
+                 datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"))
+    runs[name] = r
+    write(results, _OUTPUT.value)
+    for ft_seed in sst2_seeds if _SST2.value else []:
+      if ft_seed in accuracies(r):
         continue
-      loop.train_and_evaluate(config, workdir)
-    shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
-    if not os.path.exists(shared_tok):  # every strategy uses the first run's tokenizer
-      with open(os.path.join(workdir, "tokenizer.model"), "rb") as src, open(shared_tok, "wb") as dst:
-        dst.write(src.read())
-    runs[strategy] = {"workdir": workdir, "curve": curves(workdir)}
+      ft_dir = sst2_dir(wd, ft_seed)
+      results_path = os.path.join(ft_dir, "results.json")
+      if not os.path.exists(results_path) and not _REPORT_ONLY.value:
+        finetune_loop.train_and_evaluate(finetune_config(wd, train_file, ft_seed), ft_dir)
+      if os.path.exists(results_path):
+        with open(results_path) as f:
+          acc = json.load(f)["best"]["accuracy"]
+        r["sst2_dev_accuracy_by_seed"] = {**r.get("sst2_dev_accuracy_by_seed", {}),
+                                          str(ft_seed): acc}
+        write(results, _OUTPUT.value)
+  write(results, _OUTPUT.value)
+  print_table(results)
 
-  budget = min(r["curve"][-1][1] for r in runs.values())  # shortest total training time
-  quiet_budget = min(r["curve"][-1][3] for r in runs.values())
-  for strategy, r in runs.items():
-    steps, times, losses, quiet_clock = map(np.asarray, zip(*r["curve"]))
-    r["equal_steps_loss"] = float(losses[-1])
-    r["equal_time_loss"] = float(np.interp(budget, times, losses))
-    r["equal_quiet_time_loss"] = float(np.interp(quiet_budget, quiet_clock, losses))
-    r["total_train_time_s"] = float(times[-1])
-    r["total_quiet_clock_s"] = float(quiet_clock[-1])
-  if _SST2.value:
-    finetune_sst2(runs)
-  results = {"num_steps": _STEPS.value, "sst2_train_examples": _SST2_EXAMPLES.value or "all",
-             "sst2_epochs": _SST2_EPOCHS.value, "sst2_seeds": list(map(int, _SST2_SEEDS.value)),
-             "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
-             "eval_every": _EVAL_EVERY.value, "equal_time_budget_s": budget,
-             "equal_quiet_time_budget_s": quiet_budget, "runs": runs}
-  for strategy, r in runs.items():
-    print(f"{strategy:18s} equal steps: val loss {r['equal_steps_loss']:.4f} | equal time "
-          f"({budget:.0f} s): {r['equal_time_loss']:.4f} | total {r['total_train_time_s']:.0f} s"
-          f" | quiet clock ({quiet_budget:.0f} s): {r['equal_quiet_time_loss']:.4f}, total "
-          f"{r['total_quiet_clock_s']:.0f} s"
-          + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f} over "
-             f"{len(r['sst2_seeds'])} seeds" if "sst2_dev_accuracy" in r else "")
-          + (f", {r['sst2_paired_diff']:+.4f} vs the baseline" if "sst2_paired_diff" in r else ""))
-  benchmark.write_results(results, _OUTPUT.value, lambda r, png: plot(r["runs"], png))
+
+def print_table(results):
+  for name, r in results["runs"].items():
+    if not r.get("curve"):
+      continue
+    print(f"{name:26s} equal steps: val loss {r['equal_steps_loss']:.4f} | equal time: "
+          f"{r['equal_time_loss']:.4f} | total {r['total_train_time_s']:.0f} s | quiet clock: "
+          f"{r['equal_quiet_time_loss']:.4f}, total {r['total_quiet_clock_s']:.0f} s"
+          + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f} over {len(r['sst2_seeds'])} seeds"
+             if "sst2_dev_accuracy" in r else "")
+          + (f", {r['sst2_paired_diff']:+.4f} vs {BASELINE}" if "sst2_paired_diff" in r else ""))
 
 
 def plot(runs, path):
+  """Validation loss vs measured time, quiet clock and step: seed 0 solid, other
+  pretraining seeds dashed in their strategy's colour."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
-  for strategy, r in runs.items():
+  colors = {}
+  for name, r in runs.items():
+    if not r.get("curve"):
+      continue
+    strategy, seed = r["strategy"], r["pretrain_seed"]
+    first = strategy not in colors
+    color = colors.setdefault(strategy, f"C{len(colors) % 10}")
     steps, times, losses, quiet = zip(*r["curve"])
-    axes[0].plot(np.asarray(times) / 60, losses, label=strategy)
-    axes[1].plot(np.asarray(quiet) / 60, losses, label=strategy)
-    axes[2].plot(steps, losses, label=strategy)
+    style = dict(color=color, linestyle="-" if seed == 0 else "--", linewidth=1.5 if seed == 0 else 1,
+                 label=strategy if first else None)
+    axes[0].plot(np.asarray(times) / 60, losses, **style)
+    axes[1].plot(np.asarray(quiet) / 60, losses, **style)
+    axes[2].plot(steps, losses, **style)
   axes[0].set_xlabel("measured training time (min)")
   axes[1].set_xlabel("quiet-clock training time (min, p10 step time)")
-  axes[2].set_xlabel("step")
+  axes[2].set_xlabel("step (dashed: other pretraining seeds)")
   axes[0].set_ylabel("full-model validation MLM loss")
   for ax in axes:
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 if __name__ == "__main__":

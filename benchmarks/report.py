@@ -77,32 +77,120 @@ def scaling_table():
               f"| {m['drop']['peak_estimate_bytes'] / 2**30:.1f} GiB |")
 
 
+def _run_key(name, r):
+  """(pretraining seed, strategy) of a run; JSONs before pretraining seeds lack the fields."""
+  strategy, _, seed = name.partition("@seed")
+  return r.get("pretrain_seed", int(seed) if seed else 0), r.get("strategy", strategy)
+
+
+def _pm(s, scale=1.0, digits=3, sign=False):
+  """'mean ± sd [min, max]' of a summary spread (sd and range only over 2+ seeds)."""
+  fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+  text = fmt.format(s["mean"] * scale)
+  if s.get("sd") is not None:
+    text += f" ± {s['sd'] * scale:.{digits}f} [{s['min'] * scale:.{digits}f}, " \
+            f"{s['max'] * scale:.{digits}f}]"
+  return text
+
+
 def quality_table():
   q = _load("quality_offline_en.json")
   if not q:
     return
   runs = q["runs"]
-  base = runs.get("none")
+  keys = {name: _run_key(name, r) for name, r in runs.items()}
+  base = {seed: r for name, r in runs.items() for seed, strategy in [keys[name]]
+          if strategy == "none"}
   print(f"Budget for equal time: {q['equal_time_budget_s']:.0f} s measured, "
         f"{q['equal_quiet_time_budget_s']:.0f} s quiet clock (the fastest run's total).\n")
   print("| variant | training time, measured (quiet clock) | vs `none` | val loss at "
         f"{q['num_steps']} steps | at equal measured time | at equal quiet time "
         "| SST-2 dev acc, mean ± sd (seeds) | vs `none`, paired ± s.e. |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-  for name, r in runs.items():
-    ratio = (f"{r['total_train_time_s'] / base['total_train_time_s']:.2f}× "
-             f"({r['total_quiet_clock_s'] / base['total_quiet_clock_s']:.2f}×)") if base else "-"
+  # Pretraining seed 0 first (the single-seed table), then the other seeds, each in run order.
+  for name in sorted(runs, key=lambda n: keys[n][0]):
+    r = runs[name]
+    if not r.get("curve"):
+      continue
+    b = base.get(keys[name][0])
+    ratio = (f"{r['total_train_time_s'] / b['total_train_time_s']:.2f}× "
+             f"({r['total_quiet_clock_s'] / b['total_quiet_clock_s']:.2f}×)") if b else "-"
     acc, diff = "not run", "-"
     if "sst2_dev_accuracy" in r:
       n = len(r.get("sst2_seeds", [0]))
       sd = f" ± {r['sst2_dev_accuracy_std']:.3f}" if r.get("sst2_dev_accuracy_std") else ""
       acc = f"{r['sst2_dev_accuracy']:.3f}{sd} ({n})"
-    if r.get("sst2_paired_diff") is not None and r is not base:
+    if r.get("sst2_paired_diff") is not None and r is not b:
       sem = f" ± {r['sst2_paired_diff_sem'] * 100:.1f}" if r.get("sst2_paired_diff_sem") else ""
       diff = f"{r['sst2_paired_diff'] * 100:+.1f}{sem} pts"
     print(f"| `{name}` | {r['total_train_time_s']:.0f} s ({r['total_quiet_clock_s']:.0f} s) | {ratio} "
           f"| {r['equal_steps_loss']:.3f} | {r['equal_time_loss']:.3f} "
           f"| {r['equal_quiet_time_loss']:.3f} | {acc} | {diff} |")
+  seeds_table(q, keys)
+  probe_table()
+
+
+def seeds_table(q, keys):
+  """Strategies pretrained with more than seed 0: their figures over pretraining seeds."""
+  summary = q.get("summary", {})
+  rerun = {strategy for seed, strategy in keys.values() if seed != 0}
+  rows = [(s, e) for s, e in summary.items() if s in rerun]
+  if not rows:
+    return
+  print(f"\nOver pretraining seeds (mean ± sd [min, max] over the seeds; differences from `none` "
+        f"with the same pretraining seed; equal quiet time = "
+        f"{q['equal_quiet_time_budget_s']:.0f} s):\n")
+  print(f"| variant | pretraining seeds | val loss at {q['num_steps']} steps | vs `none` "
+        "| at equal quiet time | vs `none` | SST-2 dev acc | vs `none`, paired ± s.e. "
+        "(both levels; fine-tuning only) | pairs |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for strategy, e in rows:
+    cells = [f"`{strategy}`", ", ".join(map(str, e["pretrain_seeds"]))]
+    for key in ("equal_steps_loss", "equal_quiet_time_loss"):
+      cells.append(_pm(e[key]) if key in e else "-")
+      d = e.get(key + "_diff")
+      cells.append(f"{d['mean']:+.3f}" + (f" ± {d['se']:.3f}" if d.get("se") is not None else "")
+                   if d else "-")
+    cells.append(_pm(e["sst2_dev_accuracy"]) if "sst2_dev_accuracy" in e else "not run")
+    p = e.get("sst2_paired_diff")
+    if p:
+      se = f"{p['se'] * 100:.1f}" if p.get("se") is not None else "-"
+      within = f"{p['se_within'] * 100:.1f}" if p.get("se_within") is not None else "-"
+      cells.append(f"{p['mean'] * 100:+.1f} ± {se} ({within}) pts")
+      cells.append(f"{p['n_pretrain_seeds']} × {p['n_pairs'] // p['n_pretrain_seeds']}"
+                   if p["n_pairs"] % p["n_pretrain_seeds"] == 0 else str(p["n_pairs"]))
+    else:
+      cells += ["-", "-"]
+    print("| " + " | ".join(cells) + " |")
+  print("\nPaired SST-2 difference from `none` by pretraining seed, in points (mean ± s.e. over "
+        "the fine-tuning seeds):\n")
+  seeds = sorted({k for _, e in rows for k in e.get("sst2_paired_diff", {}).get("by_seed", {})},
+                 key=int)
+  print("| variant | " + " | ".join(f"seed {k}" for k in seeds) + " |")
+  print("| --- |" + " --- |" * len(seeds))
+  for strategy, e in rows:
+    by_seed = e.get("sst2_paired_diff", {}).get("by_seed", {})
+    if not by_seed:
+      continue
+    cells = []
+    for k in seeds:
+      d = by_seed.get(k) or by_seed.get(str(k))
+      cells.append("-" if not d else f"{d['mean'] * 100:+.1f}"
+                   + (f" ± {d['se'] * 100:.1f}" if d.get("se") is not None else ""))
+    print(f"| `{strategy}` | " + " | ".join(cells) + " |")
+
+
+def probe_table():
+  r = _load("sst2_probe.json")
+  if not r:
+    return
+  runs = r["runs"]
+  layers = max(len(e["dev_accuracy_by_layer"]) for e in runs.values())
+  print("\nLinear probe of the frozen encoders, dev accuracy by layer (0 = embeddings):\n")
+  print("| encoder | " + " | ".join(map(str, range(layers))) + " |")
+  print("| --- |" + " --- |" * layers)
+  for name, e in runs.items():
+    print(f"| `{name}` | " + " | ".join(f"{a:.3f}" for a in e["dev_accuracy_by_layer"]) + " |")
 
 
 def options_table():
