@@ -31,13 +31,14 @@ def peer_step_fn(config):
   import optax
   from transformers import BertConfig, FlaxBertForMaskedLM
 
+  from tokendrop_jax.export import HF_HIDDEN_ACT
   from tokendrop_jax.training import optim
 
   m = config.model
   hf_cfg = BertConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
                       num_hidden_layers=m.num_layers, num_attention_heads=m.num_heads,
                       intermediate_size=m.intermediate_size, max_position_embeddings=m.max_position,
-                      hidden_act="gelu_new", hidden_dropout_prob=m.dropout_rate,
+                      hidden_act=HF_HIDDEN_ACT[m.hidden_act], hidden_dropout_prob=m.dropout_rate,
                       attention_probs_dropout_prob=m.attention_dropout_rate,
                       layer_norm_eps=m.layer_norm_eps)
   model = FlaxBertForMaskedLM(hf_cfg, seed=0, dtype=jnp.float32)

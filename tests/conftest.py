@@ -11,3 +11,14 @@ jax.config.update("jax_platforms", "cpu")
 # gcsfs reads this when first imported: it would ask a gRPC endpoint for each
 # bucket's type, which the tests' HTTP emulator (tests/gcs_emulator.py) lacks.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A GCS-protocol server on 127.0.0.1 for the whole session (tests/gcs_emulator.py)."""
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "emulator.log")) as url:
+    yield url

@@ -15,7 +15,7 @@ from tokendrop_jax import config_lib
 from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
-from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.bert import BertConfig, BertForPretraining
 from tokendrop_jax.training import pretrained
 from tokendrop_jax.training import workdir as workdir_lib
 from tests.test_pretrained import shared_pretrain_workdir
@@ -206,6 +206,45 @@ def test_mlm_logits_match_transformers(workdir, exported, hf_model):
   # The decoder is tied to the word embeddings, as in our model.
   assert hf_model.cls.predictions.decoder.weight.data_ptr() == (
       hf_model.bert.embeddings.word_embeddings.weight.data_ptr())
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_tanh"])
+def test_hidden_act_logits_match_transformers(hidden_act):
+  """model.hidden_act reaches HF's config (FFN and MLM-head transform): the converted
+  model gives our logits, and the other GELU would be visibly off."""
+  import dataclasses
+  import flax.linen as nn
+  import jax
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  cfg = BertConfig(vocab_size=300, hidden_size=32, num_layers=4, num_heads=2,
+                   intermediate_size=64, max_position=32, hidden_act=hidden_act,
+                   initializer_range=0.5)  # large pre-activations: the two GELUs differ
+  ids, mask, types = _random_batch(cfg.vocab_size)
+  positions = np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1))  # every position
+
+  def ours(c):
+    model = BertForPretraining(c)
+    return np.asarray(model.apply({"params": params}, ids, mask, types, positions))
+
+  params = nn.unbox(BertForPretraining(cfg).init(jax.random.key(0), ids, mask, types,
+                                                 positions)["params"])
+  hf_cfg = export_lib.hf_config(cfg)
+  assert hf_cfg["hidden_act"] == {"gelu": "gelu", "gelu_tanh": "gelu_new"}[hidden_act]
+  hf = transformers.BertForMaskedLM(transformers.BertConfig(**hf_cfg)).eval()
+  tensors = {k: torch.from_numpy(np.array(v))
+             for k, v in export_lib.hf_state_dict(params, cfg).items()}
+  missing, unexpected = hf.load_state_dict(tensors, strict=False)
+  assert not unexpected and set(missing) <= {"cls.predictions.decoder.weight",
+                                             "cls.predictions.decoder.bias"}  # tied
+  with torch.no_grad():
+    theirs = hf(input_ids=torch.from_numpy(ids).long(),
+                attention_mask=torch.from_numpy(mask).long(),
+                token_type_ids=torch.from_numpy(types).long()).logits.numpy()
+  np.testing.assert_allclose(ours(cfg), theirs, atol=1e-4, rtol=0)
+  swapped = {"gelu": "gelu_tanh", "gelu_tanh": "gelu"}[hidden_act]
+  other = dataclasses.replace(cfg, hidden_act=swapped)
+  assert np.abs(ours(other) - theirs).max() > 1e-3  # 10x the tolerance above
 
 
 def test_auto_tokenizer_equals_ours(workdir, exported, hf_model):

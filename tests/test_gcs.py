@@ -22,12 +22,6 @@ from tokendrop_jax import files
 flags.FLAGS.mark_as_parsed()
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-  with gcs_emulator.running(str(tmp_path_factory.mktemp("gcs") / "emulator.log")) as url:
-    yield url
-
-
 @pytest.fixture(params=["local", "gs"])
 def root(request, tmp_path):
   """An empty folder: a local one, or a fresh prefix in the emulator's bucket."""

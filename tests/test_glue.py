@@ -214,7 +214,8 @@ def test_glue_config_variants(task):
   for section in ("model", "optim", "mesh"):
     assert set(pre[section]) == set(c[section]), section
   assert set(pre.train) & set(c.train) == {"seed", "log_every", "checkpoint_every",
-                                           "keep_checkpoints", "async_checkpoint", "nan_policy"}
+                                           "keep_checkpoints", "async_checkpoint", "nan_policy",
+                                           "prng_impl"}
   assert set(c.train) - set(pre.train) == {"num_epochs"}  # pretraining counts steps instead
 
 

@@ -157,22 +157,71 @@ def test_classifier_shares_the_encoder_parameters(setup):
                              atol=1e-5)
 
 
-def test_remat_gives_the_same_gradients(setup):
+def _loss_and_grads(model, params, batch, keep_idx):
+  def loss(p):  # rbg dropout keys (train.prng_impl=rbg): half threefry's compile time on CPU
+    logits = _apply(model, p, batch, keep_idx, deterministic=False,
+                    rngs={"dropout": jax.random.key(4, impl="rbg")})
+    return jax.nn.logsumexp(logits, -1).mean()
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.fixture(scope="module")
+def no_remat(setup):
+  """(keep_idx, loss, grads) of the token-dropping model without remat: its full, cross,
+  kept-only and last layers all run under each policy below."""
   model, _, params, batch = setup
-  remat = BertForPretraining(BertConfig(**{**CFG.__dict__, "remat": True}))
   keep_idx = token_drop.select_kept(jax.random.normal(jax.random.PRNGKey(3), (B, S)),
                                     batch["input_ids"], batch["input_mask"],
                                     synthetic.SPECIAL_IDS, 6)
+  return (keep_idx,) + _loss_and_grads(model, params, batch, keep_idx)
 
-  def grads(m):
-    def loss(p):
-      logits = _apply(m, p, batch, keep_idx, deterministic=False,
-                      rngs={"dropout": jax.random.PRNGKey(4)})
-      return jax.nn.logsumexp(logits, -1).mean()
-    return jax.jit(jax.grad(loss))(params)
 
-  for a, b in zip(jax.tree_util.tree_leaves(grads(model)), jax.tree_util.tree_leaves(grads(remat))):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_give_the_same_loss_and_gradients(setup, no_remat, remat):
+  """Remat changes what is stored, not the math: same loss and gradients, dropout on
+  (the masks are recomputed from the same keys)."""
+  _, _, params, batch = setup
+  keep_idx, loss0, grads0 = no_remat
+  model = BertForPretraining(BertConfig(**{**CFG.__dict__, "remat": remat}))
+  loss1, grads1 = _loss_and_grads(model, params, batch, keep_idx)
+  np.testing.assert_allclose(loss0, loss1, atol=1e-6, rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(grads0), jax.tree_util.tree_leaves(grads1)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_remat_bools_are_the_old_spelling():
+  """Configs and saved runs from before the policies: True = "full", False = "none"."""
+  from tokendrop_jax.model.bert import REMAT_POLICIES, remat_layer
+  assert BertConfig(remat=True).remat == "full" and BertConfig(remat=False).remat == "none"
+  assert remat_layer(BertConfig(remat=False)) is remat_layer(BertConfig()) is not (
+      remat_layer(BertConfig(remat=True)))
+  assert REMAT_POLICIES["full"] is jax.checkpoint_policies.nothing_saveable
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("remat", "some", r"model.remat must be one of \('none', 'full', 'dots', 'dots_no_batch'\)"),
+    ("hidden_act", "relu", r"model.hidden_act must be one of \('gelu_tanh', 'gelu'\)")])
+def test_unknown_remat_or_activation_is_refused_naming_the_field(field, value, match):
+  from tokendrop_jax import config_lib
+  from tests.test_config import load
+  c = load("tiny")
+  c.model[field] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(c)
+
+
+def test_exact_gelu_is_erf_in_the_ffn_and_the_head(setup):
+  """hidden_act="gelu" swaps the activation at both sites and nothing else."""
+  import math
+  from tokendrop_jax.model.bert import ACTIVATIONS
+  _, _, params, batch = setup
+  cfg = BertConfig(**{**CFG.__dict__, "hidden_act": "gelu"})
+  erf = np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
+  x = np.linspace(-4, 4, 101).astype(np.float32)
+  np.testing.assert_allclose(ACTIVATIONS[cfg.hidden_act](x), erf(x), atol=1e-6)
+  tanh_logits = _apply(BertForPretraining(CFG), params, batch)
+  erf_logits = _apply(BertForPretraining(cfg), params, batch)
+  assert 1e-4 < np.abs(np.asarray(tanh_logits) - np.asarray(erf_logits)).max() < 0.1
 
 
 def test_sort_selection_equals_top_k_ties_included():

@@ -107,7 +107,7 @@ def _refuse(*args, **kwargs):
 def _no_building(monkeypatch):
   for module, name in ((text_builder, "build_corpus"), (text_builder, "build_corpus_from_tfds"),
                        (tokenizer_lib, "train_tokenizer"), (demo_corpus, "write_demo_corpus"),
-                       (inputs, "text_files"), (inputs, "_build")):
+                       (inputs, "text_files"), (inputs, "corpus_source"), (inputs, "_build")):
     monkeypatch.setattr(module, name, _refuse)
 
 

@@ -166,6 +166,47 @@ def test_another_number_of_input_shards_is_refused_untouched(uninterrupted, tmp_
     loop.train_and_evaluate(config, old)
 
 
+def test_another_prng_impl_is_refused_untouched(uninterrupted, tmp_path):
+  """Another PRNG gives other dropout masks. A workdir from before train.prng_impl,
+  model.hidden_act and remat policies (no such fields, remat a bool) was threefry,
+  tanh-GELU and remat=False == "none": the defaults continue it."""
+  root, workdir, _ = uninterrupted
+  config = tiny(root)
+  config.train.prng_impl = "rbg"
+  before = {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+  with pytest.raises(ValueError, match=r"train.prng_impl='rbg' but the run .* started with "
+                                       r"'threefry'"):
+    loop.train_and_evaluate(config, workdir)
+  assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
+
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old)
+  with open(os.path.join(old, "config.json")) as f:
+    saved = json.load(f)
+  del saved["train"]["prng_impl"], saved["model"]["hidden_act"]
+  saved["model"]["remat"] = False
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(saved, f)
+  with pytest.raises(ValueError, match=r"train.prng_impl='rbg' but the run .* started with "
+                                       r"'threefry'"):
+    loop.train_and_evaluate(config, old)
+  gelu = tiny(root)
+  gelu.model.hidden_act = "gelu"
+  with pytest.raises(ValueError, match=r"model.hidden_act='gelu' but the run .* started with "
+                                       r"'gelu_tanh'"):
+    loop.train_and_evaluate(gelu, old)
+  assert loop.train_and_evaluate(tiny(root), old)["step"] == 40  # finished: nothing refused
+  saved["model"]["remat"] = True
+  with open(os.path.join(old, "config.json"), "w") as f:
+    json.dump(saved, f)
+  full = tiny(root)
+  full.model.remat = "full"  # the same as True
+  assert loop.train_and_evaluate(full, old)["step"] == 40
+  full.model.remat = "dots"
+  with pytest.raises(ValueError, match=r"model.remat='dots' but the run .* started with 'full'"):
+    loop.train_and_evaluate(full, old)
+
+
 def test_mesh_must_divide_devices(uninterrupted):
   config = tiny(uninterrupted[0])
   config.mesh.update(data=3, fsdp=1, tensor=1)

@@ -81,12 +81,19 @@ class Setup:
   batch: dict                # one synthetic MLM batch on device
   init: Callable             # rng -> a fresh train state (jitted)
   settings: Any              # DropSettings of the paper's drop step (loss_ema, keep_tokens)
+  abstract: Any = None       # the train state's ShapeDtypeStructs (AOT compiles, no memory)
+
+  def key(self, seed: int = 0):
+    """The base key of a fresh state under the config's `train.prng_impl`."""
+    from tokendrop_jax.training import state as state_lib
+    return state_lib.base_key(seed, self.config.train.prng_impl)
 
   def jit_step(self, settings) -> Callable:
     """The jitted train step `state, batch -> state, metrics` for `settings`."""
     import jax
     from tokendrop_jax.training import step as step_lib
-    return jax.jit(step_lib.make_train_step(self.model, self.optimizer, self.schedule, settings),
+    return jax.jit(step_lib.make_train_step(self.model, self.optimizer, self.schedule, settings,
+                                            prng_impl=self.config.train.prng_impl),
                    donate_argnums=0)
 
   def step_flops(self, keep_tokens=None, **kwargs) -> float:
@@ -117,12 +124,12 @@ def setup(config, strategy: str = "loss_ema") -> Setup:
   imp0 = importance.init_importance(importance.LOSS_EMA.name, cfg.vocab_size, ema_init=td.ema_init)
   init_fn = state_lib.make_state_init(model, optimizer, data.seq_len, data.max_predictions_per_seq)
   mesh = sharding.make_mesh(1, 1, 1, jax.devices()[:1])
-  layout = state_lib.layout(init_fn, jax.random.PRNGKey(0), imp0, mesh=mesh,
-                            rules=sharding.DEFAULT_RULES)
+  layout = state_lib.layout(init_fn, state_lib.base_key(0, config.train.prng_impl), imp0,
+                            mesh=mesh, rules=sharding.DEFAULT_RULES)
   init = layout.jit_init(lambda rng: nn.unbox(init_fn(rng, imp0)))
   settings = step_lib.DropSettings(strategy=strategy, keep_tokens=td.keep_tokens,
                                    special_ids=synthetic.SPECIAL_IDS, ema_beta=td.ema_beta)
-  return Setup(config, cfg, model, optimizer, schedule, batch, init, settings)
+  return Setup(config, cfg, model, optimizer, schedule, batch, init, settings, layout.abstract)
 
 
 def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
@@ -137,7 +144,7 @@ def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
   bench = setup(config, strategy)
   cfg, data, batch = bench.cfg, config.data, bench.batch
   steps_fn = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}
-  states = {name: bench.init(jax.random.PRNGKey(0)) for name in steps_fn}
+  states = {name: bench.init(bench.key(0)) for name in steps_fn}
   times, compile_s = time_steps(steps_fn, states, batch, steps, warmup)
   full_s, drop_s = statistics.median(times["full"]), statistics.median(times["drop"])
   tokens = data.global_batch_size * data.seq_len

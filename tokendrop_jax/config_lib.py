@@ -30,9 +30,14 @@ OPTIONS = {
 
 CONSISTENCY_FORMS = ("head", "paper")
 
+# train.prng_impl -> jax's name for it. threefry (the default) is jax's and the same
+# bits as before the option; rbg/unsafe_rbg draw random bits faster on CPU and TPU
+# (dropout masks) but give other streams, so other dropout masks and random scores.
+PRNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
+
 # Model fields a fine-tuning run sets for itself; the others (sizes) come from
 # the pretraining run it starts from.
-FINETUNE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "remat")
+FINETUNE_MODEL_FIELDS = ("dropout_rate", "attention_dropout_rate", "dtype", "remat", "attention")
 
 # configs/glue.py's flat fields before the shared schema -> where they live now.
 GLUE_RENAMED = {
@@ -57,7 +62,11 @@ GLUE_RENAMED = {
 
 
 def _model_section() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dataclasses.asdict(BertConfig()))
+  c = dataclasses.asdict(BertConfig())
+  # A policy name, or a bool as configs set it before the policies (True = "full"):
+  # typed `object` so that both assign, in Python and as --config.model.remat=...
+  c["remat"] = config_dict.FieldReference(c["remat"], field_type=object)
+  return ml_collections.ConfigDict(c)
 
 
 def _optim_section(**overrides) -> ml_collections.ConfigDict:
@@ -79,6 +88,7 @@ def _optim_section(**overrides) -> ml_collections.ConfigDict:
 def _train_section(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(dict(
       seed=0,                    # params init and dropout
+      prng_impl="threefry",      # PRNG of the seed's stream: threefry | rbg | unsafe_rbg
       log_every=100,
       checkpoint_every=10_000,
       keep_checkpoints=3,
@@ -124,9 +134,21 @@ def base_config() -> ml_collections.ConfigDict:
       layerwise=False,           # random-LTD: an independent random subset per middle layer
   ))
   c.data = ml_collections.ConfigDict(dict(
-      # Text: local files/globs (comma-separated), or a TFDS text dataset by name.
+      # Text: files/globs (comma-separated, local or gs://), or a TFDS text dataset by name.
+      # A file's format is its name's: .txt[.gz] one sentence per line, a blank line between
+      # documents; .jsonl/.json[.gz] a JSON object (a document) per line; .parquet a
+      # document per row; the last two hold the text in field `text_field`.
       train_files="",
       valid_files="",
+      # Or a weighted mixture in place of train_files: 'PATTERN@WEIGHT,PATTERN@WEIGHT,...',
+      # each pattern one source; a weight is its share of the train text (in characters);
+      # the mixture ends when a source runs out (text_builder.Mixture).
+      sources="",
+      text_field="text",
+      # > 0: the validation split is this fraction of the train documents (chosen by a hash
+      # of their text: the same on every run, disjoint from train), in place of
+      # valid_files or tfds_valid_split.
+      valid_fraction=0.0,
       tfds_name="",
       tfds_text_field="text",
       tfds_train_split="train",
@@ -206,6 +228,34 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
   return config
 
 
+def mixture_sources(spec: str) -> list[tuple[str, float]]:
+  """`data.sources` 'PATTERN@WEIGHT,PATTERN@WEIGHT,...' -> [(pattern, weight)].
+
+  Weights are relative (they need not sum to 1); each must be > 0.
+  """
+  out = []
+  for entry in spec.split(","):
+    pattern, _, weight = entry.strip().rpartition("@")
+    try:
+      value = float(weight)
+    except ValueError:
+      value = float("nan")
+    if not pattern or not 0 < value < float("inf"):
+      raise ValueError(f"data.sources: {entry.strip()!r} is not PATTERN@WEIGHT with a weight > 0; "
+                       "expected e.g. 'gs://b/wiki/*.parquet@0.7,gs://b/books/*.txt@0.3'")
+    out.append((pattern, value))
+  return out
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` loads it (for scripts)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("tokendrop_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
 def is_glue(config) -> bool:
   return "task" in config
 
@@ -255,12 +305,24 @@ def _validate_shared(config) -> BertConfig:
                      f"({optim.warmup_fraction}), not both")
   if train.nan_policy not in ("stop", "skip"):
     raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {train.nan_policy!r}")
+  if train.prng_impl not in PRNG_IMPLS:
+    raise ValueError(f"train.prng_impl must be one of {tuple(PRNG_IMPLS)}, got "
+                     f"{train.prng_impl!r}")
   for axis in partitioning.MESH_AXES:
     size = config.mesh[axis]
     if not isinstance(size, int) or size == 0 or size < -1:
       raise ValueError(f"mesh.{axis} must be a positive int or -1 (fill), got {size!r}")
   partitioning.rules_from_config(config.mesh.rules)
   return cfg
+
+
+def check_platform(config) -> None:
+  """What this machine must have for `config` (model.attention's kernel), checked
+  before any input is prepared or anything compiles; errors name the field."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.model import attention  # pylint: disable=g-import-not-at-top
+  cfg = model_config(config)
+  attention.check(cfg.attention, jax.default_backend(), cfg.dtype, cfg.attention_dropout_rate)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -287,6 +349,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"data.seq_len ({data.seq_len})")
   if not 0.0 < data.mask_prob < 1.0:
     raise ValueError(f"data.mask_prob must be in (0, 1), got {data.mask_prob}")
+  if not 0.0 <= data.valid_fraction < 1.0:
+    raise ValueError(f"data.valid_fraction must be in [0, 1), got {data.valid_fraction}")
+  if data.valid_fraction > 0 and data.valid_files:
+    raise ValueError("set data.valid_files or data.valid_fraction (validation carved from the "
+                     "train documents), not both")
+  if data.sources:
+    mixture_sources(data.sources)
+    for other in ("train_files", "tfds_name", "demo_corpus"):
+      if data[other]:
+        raise ValueError(f"set data.sources (a mixture) or data.{other}, not both")
   if data.global_batch_size % optim.grad_accum_steps:
     raise ValueError(f"optim.grad_accum_steps ({optim.grad_accum_steps}) must divide "
                      f"data.global_batch_size ({data.global_batch_size})")

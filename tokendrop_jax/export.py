@@ -28,13 +28,16 @@ from tokendrop_jax.model.bert import BertConfig
 EXPORT_META_FILE = "tokendrop_export.json"  # written last: the folder is complete
 SPACE = "\u2581"  # SentencePiece's escaped whitespace
 
+# model.hidden_act -> Hugging Face's name of the same function.
+HF_HIDDEN_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+
 
 # ---------------------------------------------------------------------------
 # Model: config and weights.
 
 
 def hf_config(cfg: BertConfig) -> dict[str, Any]:
-  """The Hugging Face `BertConfig` of our model (post-LN BERT, tanh GELU)."""
+  """The Hugging Face `BertConfig` of our model (post-LN BERT, `model.hidden_act`)."""
   return {
       "architectures": ["BertForMaskedLM"],
       "model_type": "bert",
@@ -43,7 +46,7 @@ def hf_config(cfg: BertConfig) -> dict[str, Any]:
       "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads,
       "intermediate_size": cfg.intermediate_size,
-      "hidden_act": "gelu_new",  # the tanh approximation, as nn.gelu(approximate=True)
+      "hidden_act": HF_HIDDEN_ACT[cfg.hidden_act],  # FFN and MLM-head transform, as ours
       "hidden_dropout_prob": cfg.dropout_rate,
       "attention_probs_dropout_prob": cfg.attention_dropout_rate,
       "max_position_embeddings": cfg.max_position,
@@ -81,6 +84,9 @@ def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.nd
   not written.
   """
   h, nh, hd, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.vocab_size
+  if cfg.scan_layers:  # stacked blocks -> one entry per layer, as HF numbers them
+    from tokendrop_jax.model.bert import to_unrolled  # pylint: disable=g-import-not-at-top
+    params = {**params, "bert": to_unrolled(params["bert"], cfg)}
   n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
   if n_layers != cfg.num_layers:
     raise ValueError(f"params have {n_layers} layers, the config says {cfg.num_layers}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 MESH_AXES = ("data", "fsdp", "tensor")
-LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab")
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers")
 
 # Data parallel over ('data', 'fsdp'); FSDP shards the embed dimension of every
 # weight; tensor parallel splits mlp / heads / vocab. With fsdp=tensor=1 this
@@ -23,6 +23,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),
     ("kv", None),
     ("vocab", "tensor"),
+    ("layers", None),  # the stacked axis of scanned layers (model.scan_layers)
 )
 
 

@@ -2,6 +2,7 @@
 
   python -m tokendrop_jax.prepare --config=configs/bert_base.py --output=DIR \
       [--workers=N] [--config.data.train_files=... --config.data.valid_files=...]
+      [--config.data.sources='WIKI_GLOB@0.75,BOOKS_GLOB@0.25' --config.data.valid_fraction=0.005]
   python -m tokendrop_jax.train --config=configs/bert_base.py --workdir=RUN \
       --config.data.dataset_dir=DIR
 
@@ -73,16 +74,37 @@ def recipe(config) -> dict:
     out["tokenizer"] = f"data.tokenizer_model with sha256 {_sha256(data.tokenizer_model)}"
   else:
     out["tokenizer"] = f"trained, data.tokenizer_type={data.tokenizer_type!r}"
+  # Fields added since the first prepared datasets appear only when they matter, so
+  # that those datasets still count as prepared from the same inputs.
+  carve = data.valid_fraction > 0
+  listed = []  # the files the dataset is made from
   if data.tfds_name:
     for k in ("tfds_name", "tfds_text_field", "tfds_train_split", "tfds_valid_split",
               "tfds_data_dir"):
-      out[f"data.{k}"] = data[k]
+      if not (carve and k == "tfds_valid_split"):
+        out[f"data.{k}"] = data[k]
   elif data.demo_corpus:
     out["data.demo_corpus"] = True
+  elif data.sources:
+    from tokendrop_jax import config_lib
+    mixture = config_lib.mixture_sources(data.sources)
+    out["data.sources"] = ",".join(f"{pattern}@{weight:g}" for pattern, weight in mixture)
+    out["files of data.sources"] = _stamps([p for p, _ in mixture], "data.sources")
+    if not carve:
+      inputs.need_validation(data, "data.sources")
+    listed += list(out["files of data.sources"])
   else:
-    train, valid = inputs.text_files(data, corpus_dir="")
+    train, _ = inputs.text_files(data, corpus_dir="")
     out["data.train_files"] = _stamps(train, "data.train_files")
-    out["data.valid_files"] = _stamps(valid, "data.valid_files")
+    listed += list(out["data.train_files"])
+  if carve:
+    out["data.valid_fraction"] = data.valid_fraction
+  elif not data.tfds_name and not data.demo_corpus:
+    out["data.valid_files"] = _stamps(data.valid_files.split(","), "data.valid_files")
+    listed += list(out["data.valid_files"])
+  from tokendrop_jax.data import text_builder
+  if any(text_builder.file_format(p) != "text" for p in listed):
+    out["data.text_field"] = data.text_field
   return out
 
 
@@ -195,6 +217,10 @@ def report(result: dict) -> list[str]:
            f"  tokenizer   {result['tokenizer']} ({result['vocab_size']} pieces)"]
   for split, sizes in result["splits"].items():
     lines.append(f"  {split:<11} {sizes['documents']:>12,} documents {sizes['tokens']:>15,} tokens")
+  for i, used in enumerate(result.get("mixture", [])):
+    lines.append(f"  source {i}    {used['documents']:>12,} documents, {used['share']:.1%} of the "
+                 f"text (weight {used['weight']:g}){', ran out' if used['ran_out'] else ''}: "
+                 f"{used['files']}")
   lines.append(f"launch with: --config.data.dataset_dir={result['output']}")
   return lines
 
@@ -203,8 +229,23 @@ def _result(output: str, status: str) -> dict:
   from tokendrop_jax.data import text_builder
   meta = text_builder.load_corpus_meta(output)
   return {"output": output, "status": status, "splits": meta["splits"],
-          "vocab_size": meta["vocab_size"],
+          "vocab_size": meta["vocab_size"], "mixture": mixture_used(meta["source"]),
           "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}
+
+
+def mixture_used(source: dict) -> list[dict]:
+  """How much of each source of a mixture went in (before a validation split is carved
+  from it): documents, share of the characters, ran_out, weight, files; [] if no mixture."""
+  if source.get("kind") == "carved":
+    source = source["from"]
+  if source.get("kind") != "mixture" or not source.get("used"):
+    return []
+  out = []
+  for part, used in zip(source["parts"], source["used"]):
+    names = part["train"]
+    shown = names[0] + (f" and {len(names) - 1} more file(s)" if len(names) > 1 else "")
+    out.append({**used, "weight": part["weight"], "files": shown})
+  return out
 
 
 # ----------------------------------------------------------------- prepare ---
@@ -240,17 +281,17 @@ def _build(config, output: str, staging: str, workers: int, now: dict, say) -> d
   from tokendrop_jax.training import inputs
   data, t0 = config.data, time.monotonic()
   corpus_dir = os.path.join(staging, "corpus")
-  sources = inputs.text_files(data, corpus_dir)
+  source = inputs.corpus_source(data, corpus_dir)  # checks the inputs before any long work
   how = "copying" if data.tokenizer_model else "training"
   say(f"{how} the {config.model.vocab_size}-piece tokenizer ...")
   tok = inputs.ensure_tokenizer(config, os.path.join(staging, text_builder.TOKENIZER_FILE),
-                                sources, corpus_dir)
+                                source, corpus_dir)
   t_tok = time.monotonic() - t0
   say(f"tokenizing with {workers} worker(s) ...")
   progress = Progress()
   meta = {META_KEY: {"recipe": now, "host": socket.gethostname(), "workers": workers},
           "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}  # not the staging one
-  built = inputs.build_dataset(data, sources, tok, staging, name=files.basename(output),
+  built = inputs.build_dataset(source, tok, staging, name=files.basename(output),
                                workers=workers, progress=progress, extra_meta=meta)
   progress.done()
   if files.is_remote(output):

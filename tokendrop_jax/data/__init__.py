@@ -1,7 +1,8 @@
 """Data: text -> tokenizer -> TFDS/ArrayRecord corpus -> grain batches.
 
   tokenizer.py     SentencePiece with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4
-  text_builder.py  build_corpus / build_corpus_from_tfds, load_token_counts, open_split
+  text_builder.py  sources (text/JSONL/Parquet files, TFDS, mixtures, carved validation),
+                   build_corpus / build_from_source, load_token_counts, open_split
   pipeline.py      make_pretrain_iterator / make_eval_iterator (packing, masking; one virtual shard)
   shards.py        ShardedIterator: the virtual shards a process reads, as one iterator
   demo_corpus.py   write_demo_corpus: ~1.5 MB of English from the standard library

@@ -1,9 +1,17 @@
 """Tokenized text corpus as a TFDS dataset in ArrayRecord files (no TensorFlow).
 
-Sources: plain-text files (paths or globs, .txt or .txt.gz, one sentence per
-line, a blank line between documents), or any TFDS text dataset by name and
-text field (its records are split into sentences at line breaks and sentence
-ends). Each stored example is one document:
+Sources (local or gs://), each a stream of documents (lists of sentences):
+  * `TextFiles`: paths or globs; the format is chosen by the file name:
+    .txt / .txt.gz (or any other name): one sentence per line, a blank line
+    between documents; .jsonl / .json (optionally .gz): one JSON object per
+    line, a document per record; .parquet: a document per row, read one row
+    group at a time. Records' text (field `text_field`) is split into sentences
+    at line breaks and sentence ends.
+  * `TfdsText`: any TFDS text dataset by name and text field (records split
+    into sentences in the same way).
+  * `Mixture`: the train documents of several sources interleaved by weight.
+  * `Carved`: a validation split carved from a source's train documents.
+Each stored example is one document:
 
   ids               int32[n_tokens]     the document's sentences, concatenated
   sentence_lengths  int32[n_sentences]  sum == n_tokens, every entry > 0
@@ -62,29 +70,29 @@ Progress = Callable[[str, int, int], None]
 # ---------------------------------------------------------------- sources ---
 @dataclasses.dataclass(frozen=True)
 class TextFiles:
-  """Text files (local or gs://): one sentence per line, a blank line between documents."""
+  """Files (local or gs://) of text, JSON lines or Parquet; `file_format` tells which."""
   train: tuple[str, ...]
   validation: tuple[str, ...]
+  text_field: str = "text"  # of .jsonl/.json records and .parquet columns
 
   def documents(self, split: str) -> Iterator[list[str]]:
     for path in (self.train if split == TRAIN else self.validation):
-      doc = []
-      for line in tokenizer_lib.read_lines(path):
-        line = line.strip()
-        if line:
-          doc.append(line)
-        elif doc:
-          yield doc
-          doc = []
-      if doc:  # a file boundary ends a document
-        yield doc
+      yield from read_documents(path, self.text_field)
 
+  def structured(self) -> bool:
+    """Whether any file is read by `text_field` (plain-text files are not)."""
+    return any(file_format(p) != "text" for p in self.train + self.validation)
+
+  # Plain-text files describe and fingerprint as before `text_field` existed, so
+  # their datasets keep their names and bytes.
   def describe(self) -> dict:
-    return {"kind": "text_files", "train": list(self.train), "validation": list(self.validation)}
+    out = {"kind": "text_files", "train": list(self.train), "validation": list(self.validation)}
+    return {**out, "text_field": self.text_field} if self.structured() else out
 
   def fingerprint_items(self) -> list:
-    return [(files.resolve(p), *files.size_and_mtime(p))
-            for p in self.train + self.validation] + [len(self.train)]
+    items = [(files.resolve(p), *files.size_and_mtime(p))
+             for p in self.train + self.validation] + [len(self.train)]
+    return items + [self.text_field] if self.structured() else items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +129,201 @@ class TfdsText:
 
   def fingerprint_items(self) -> list:
     return [self.describe()]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """The train documents of several sources, interleaved by weight.
+
+  A weight is a source's share of the train split's text, counted in characters
+  (about proportional to tokens; documents differ in length by orders of
+  magnitude between, say, Wikipedia articles and books). The next document
+  always comes from the source furthest below its share (ties: the one listed
+  first), so the stream is the same on every run and every prefix of it holds
+  the shares to within one document. It ends when a source runs out: the
+  shares hold for the whole split and no document is repeated, and what is
+  left of the other sources is not read (`used`, filled by a complete pass,
+  says how much of each went in). Validation documents come from `validation`
+  (read for its validation split), or from a `Carved` around the mixture.
+  """
+  parts: tuple  # sources, each read for its train split
+  weights: tuple[float, ...]
+  validation: TextFiles | None = None
+  used: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+
+  def documents(self, split: str) -> Iterator[list[str]]:
+    if split == VALIDATION:
+      if self.validation is None:
+        raise ValueError("this mixture has no validation files; carve a validation split "
+                         "from it (Carved)")
+      yield from self.validation.documents(VALIDATION)
+      return
+    streams = [part.documents(TRAIN) for part in self.parts]
+    taken = [0] * len(streams)  # characters taken from each source
+    docs = [0] * len(streams)
+    while True:
+      i = min(range(len(streams)), key=lambda j: taken[j] / self.weights[j])
+      doc = next(streams[i], None)
+      if doc is None:
+        break
+      taken[i] += sum(map(len, doc))
+      docs[i] += 1
+      yield doc
+    total = max(sum(taken), 1)
+    self.used[:] = [{"documents": d, "characters": c, "share": round(c / total, 6),
+                     "ran_out": j == i} for j, (d, c) in enumerate(zip(docs, taken))]
+
+  def describe(self) -> dict:
+    out = {"kind": "mixture",
+           "parts": [{"weight": w, **p.describe()} for p, w in zip(self.parts, self.weights)],
+           "validation": self.validation.describe() if self.validation else None}
+    return {**out, "used": self.used} if self.used else out
+
+  def fingerprint_items(self) -> list:
+    return ["mixture", [[p.fingerprint_items(), w] for p, w in zip(self.parts, self.weights)],
+            self.validation.fingerprint_items() if self.validation else None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Carved:
+  """`source`'s train documents cut in two: validation gets those whose text hashes
+  below `fraction` (`held_out`), train the others.
+
+  By content, not position: the split is the same on every run and whatever the
+  order or mixture of the sources, the two sides share no document, and copies
+  of a document land on the same side. Each split reads the source's train
+  documents once (the validation pass reads them without tokenizing them).
+  """
+  source: object  # any source; read for its train split
+  fraction: float
+
+  def documents(self, split: str) -> Iterator[list[str]]:
+    want = split == VALIDATION
+    for doc in self.source.documents(TRAIN):
+      if held_out(doc, self.fraction) == want:
+        yield doc
+
+  def describe(self) -> dict:
+    return {"kind": "carved", "valid_fraction": self.fraction, "from": self.source.describe()}
+
+  def fingerprint_items(self) -> list:
+    return ["carved", self.fraction, self.source.fingerprint_items()]
+
+
+def held_out(doc: Sequence[str], fraction: float) -> bool:
+  """Whether `doc` goes to a carved validation split: its hash as a number in [0, 1)."""
+  digest = hashlib.blake2b("\n".join(doc).encode("utf-8"), digest_size=8).digest()
+  return int.from_bytes(digest, "big") < fraction * 2.0**64
+
+
+# ---------------------------------------------------------------- formats ---
+def file_format(path: str) -> str:
+  """'parquet', 'jsonl' (.jsonl/.json, optionally .gz) or 'text' (any other name)."""
+  name = os.fspath(path).lower()
+  if name.endswith(".parquet"):
+    return "parquet"
+  if name.removesuffix(".gz").endswith((".jsonl", ".json")):
+    return "jsonl"
+  return "text"
+
+
+def read_documents(path: str, text_field: str = "text") -> Iterator[list[str]]:
+  """The documents of one file (local or gs://), by its `file_format`."""
+  kind = file_format(path)
+  if kind == "parquet":
+    texts = _parquet_texts(path, text_field)
+  elif kind == "jsonl":
+    texts = _jsonl_texts(path, text_field)
+  else:
+    yield from _text_documents(path)
+    return
+  for text in texts:
+    doc = split_sentences(text)
+    if doc:
+      yield doc
+
+
+def _text_documents(path: str) -> Iterator[list[str]]:
+  doc = []
+  for line in tokenizer_lib.read_lines(path):
+    line = line.strip()
+    if line:
+      doc.append(line)
+    elif doc:
+      yield doc
+      doc = []
+  if doc:  # a file boundary ends a document
+    yield doc
+
+
+def _record_text(record, text_field: str, where: str) -> str:
+  if not isinstance(record, dict):
+    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+  if text_field not in record:
+    raise KeyError(f"{where}: no text field {text_field!r}; fields: {sorted(record)}")
+  text = record[text_field]
+  if text is not None and not isinstance(text, str):
+    raise ValueError(f"{where}: field {text_field!r} holds {type(text).__name__}, not text")
+  return text or ""
+
+
+def _jsonl_texts(path: str, text_field: str, limit: int | None = None) -> Iterator[str]:
+  n = 0
+  for lineno, line in enumerate(tokenizer_lib.read_lines(path), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: line {lineno} is not JSON (JSON lines: one object per "
+                       f"line): {e}") from None
+    yield _record_text(record, text_field, f"{path}: line {lineno}")
+    n += 1
+    if limit is not None and n >= limit:
+      return
+
+
+def _parquet_file(f, path: str, text_field: str):
+  """A pyarrow ParquetFile of the open file `f`, checked to have a text column `text_field`."""
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  try:
+    pf = pq.ParquetFile(f)
+  except (pa.ArrowException, OSError) as e:
+    raise ValueError(f"{path}: cannot read as Parquet: {e}") from None
+  schema = pf.schema_arrow
+  if text_field not in schema.names:
+    raise KeyError(f"{path}: no text field {text_field!r}; columns: {schema.names}")
+  kind = schema.field(text_field).type
+  if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+          or pa.types.is_string_view(kind)):
+    raise ValueError(f"{path}: column {text_field!r} holds {kind}, not text")
+  return pf
+
+
+def _parquet_texts(path: str, text_field: str) -> Iterator[str]:
+  """The text column, one row group at a time (a file may be larger than memory)."""
+  with files.open(path, "rb") as f:
+    pf = _parquet_file(f, path, text_field)
+    for group in range(pf.num_row_groups):
+      for text in pf.read_row_group(group, columns=[text_field]).column(0).to_pylist():
+        if text:
+          yield text
+
+
+def check_file(path: str, text_field: str = "text") -> None:
+  """Fails (naming the file) if a .jsonl/.parquet file lacks a text field `text_field`.
+
+  Cheap: a Parquet file's footer, a JSON-lines file's first record. Plain text
+  is not read here.
+  """
+  kind = file_format(path)
+  if kind == "parquet":
+    with files.open(path, "rb") as f:
+      _parquet_file(f, path, text_field)
+  elif kind == "jsonl":
+    for _ in _jsonl_texts(path, text_field, limit=1):
+      pass
 
 
 def split_sentences(text: str) -> list[str]:
@@ -311,13 +514,8 @@ def build_corpus(train_files: Sequence[str] | str, valid_files: Sequence[str] | 
   """
   source = TextFiles(train=tuple(tokenizer_lib.expand_files(train_files, "train_files")),
                      validation=tuple(tokenizer_lib.expand_files(valid_files, "valid_files")))
-  for split, paths in ((TRAIN, source.train), (VALIDATION, source.validation)):
-    try:
-      tokenizer_lib._check_nonempty(list(paths))  # pylint: disable=protected-access
-    except ValueError as e:
-      raise ValueError(f"{split} split: {e}") from None
-  return _build(source, tokenizer, data_dir, name, workers=workers, progress=progress,
-                extra_meta=extra_meta)
+  return build_from_source(source, tokenizer, data_dir, name=name, workers=workers,
+                           progress=progress, extra_meta=extra_meta)
 
 
 def build_corpus_from_tfds(tfds_name: str, text_field: str,
@@ -332,8 +530,8 @@ def build_corpus_from_tfds(tfds_name: str, text_field: str,
                            train_split='train[:99%]', valid_split='train[99%:]')
   """
   source = TfdsText(tfds_name, text_field, train_split, valid_split, tfds_data_dir)
-  return _build(source, tokenizer, data_dir, name, workers=workers, progress=progress,
-                extra_meta=extra_meta)
+  return build_from_source(source, tokenizer, data_dir, name=name, workers=workers,
+                           progress=progress, extra_meta=extra_meta)
 
 
 def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
@@ -344,8 +542,17 @@ def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
   return h.hexdigest()
 
 
-def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int = 1,
-           progress: Progress | None = None, extra_meta: dict | None = None) -> str:
+def _check_nonempty(source) -> None:
+  """Fails early, before the train split is tokenized, on a split with no document."""
+  for split in (TRAIN, VALIDATION):
+    if next(iter(source.documents(split)), None) is None:
+      raise ValueError(f"{split} split: empty corpus: no document in {source.describe()}")
+
+
+def build_from_source(source, tokenizer: tokenizer_lib.Tokenizer | str, data_dir: str, *,
+                      name: str | None = None, workers: int = 1,
+                      progress: Progress | None = None, extra_meta: dict | None = None) -> str:
+  """Like `build_corpus`, from any source (`TextFiles`, `TfdsText`, `Mixture`, `Carved`)."""
   tok = tokenizer if isinstance(tokenizer, tokenizer_lib.Tokenizer) else tokenizer_lib.Tokenizer(
       tokenizer)
   fingerprint = _fingerprint(source, tok)
@@ -360,6 +567,7 @@ def _build(source, tokenizer, data_dir: str, name: str | None, *, workers: int =
   remote = files.is_remote(final)
   if not remote:
     os.makedirs(data_dir, exist_ok=True)
+  _check_nonempty(source)
   tmp = tempfile.mkdtemp(dir=None if remote else data_dir, prefix=f".tmp-{name}-")
   try:
     builder = TokendropTextCorpus(source=source, tokenizer=tok, workers=workers,

@@ -1,4 +1,4 @@
-"""BERT encoder in Flax (post-LN, tanh-GELU), with the token-dropping layer split.
+"""BERT encoder in Flax (post-LN, tanh-GELU by default), with the token-dropping layer split.
 
 The encoder runs either the plain model (`keep_idx=None`) or the token-dropping
 model of Hou et al. (2022): with `L` layers and split `s = L // 2 - 1`,
@@ -20,6 +20,7 @@ that sharding is a table of rules, not code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Optional
 
@@ -27,9 +28,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokendrop_jax.model import attention as attention_lib
 from tokendrop_jax.model import token_drop
 
 Array = jax.Array
+
+
+def remat_name(remat):
+  """`model.remat` as a policy name: configs and saved runs from before the
+  policies have a bool (True = "full", False = "none"); anything else unchanged."""
+  return ("full" if remat else "none") if isinstance(remat, bool) else remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +56,17 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"  # compute dtype, e.g. "bfloat16" on accelerators
   param_dtype: str = "float32"
-  remat: bool = False  # recompute each layer in the backward pass: less memory, ~1/3 more FLOPs
+  # What each layer keeps for the backward pass (REMAT_POLICIES); the rest is recomputed.
+  # True/False (older configs) mean "full"/"none".
+  remat: str = "none"
+  hidden_act: str = "gelu_tanh"  # FFN and MLM-head activation (ACTIVATIONS)
+  attention: str = "auto"  # the kernel (model/attention.py): auto, einsum, xla, cudnn, splash
+  # Run each block of identical layers (before the cross layer; the middle) under nn.scan:
+  # one layer compiled per block instead of one per layer. Params stack on a "layers" axis.
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", remat_name(self.remat))
 
   @classmethod
   def from_dict(cls, d) -> "BertConfig":
@@ -85,6 +103,34 @@ class BertConfig:
         jnp.dtype(getattr(self, name))
       except TypeError as e:
         raise ValueError(f"model.{name}: unknown dtype {getattr(self, name)!r}") from e
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {tuple(REMAT_POLICIES)} (or a bool: "
+                       f"True = 'full'), got {self.remat!r}")
+    if self.attention not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"model.attention must be one of {attention_lib.IMPLEMENTATIONS}, got "
+                       f"{self.attention!r}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"model.hidden_act must be one of {tuple(ACTIVATIONS)}, got "
+                       f"{self.hidden_act!r}")
+
+
+# model.remat -> what a layer saves for the backward pass (None: no remat, all saved).
+# "full" recomputes the whole layer; "dots" keeps every matmul output and recomputes the
+# elementwise work (softmax, GELU, LayerNorm, dropout); "dots_no_batch" keeps only the
+# matmuls without batch dimensions (the weight projections, not q·k or probs·v).
+REMAT_POLICIES: dict[str, Optional[Callable[..., bool]]] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# model.hidden_act -> the function. BERT's original is the tanh approximation
+# (Hugging Face's "gelu_new"); "gelu" is the exact erf form (HF's "gelu").
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+}
 
 
 def _init(cfg: BertConfig, axes: tuple[Optional[str], ...]):
@@ -176,11 +222,16 @@ class Attention(nn.Module):
     q = HeadProjection(cfg, name="query")(x_q)   # [batch, heads, q_len, head_dim]
     k = HeadProjection(cfg, name="key")(x_kv)    # [batch, heads, kv_len, head_dim]
     v = HeadProjection(cfg, name="value")(x_kv)  # [batch, heads, kv_len, head_dim]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
-    logits = jnp.where(key_mask[:, None, None, :] > 0, logits, -1e9)
-    probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)  # [batch, heads, q_len, kv_len]
-    probs = dropout(self, probs, cfg.attention_dropout_rate, deterministic)
-    ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    impl = attention_lib.resolve(cfg.attention, jax.default_backend(), cfg.dtype,
+                                 cfg.attention_dropout_rate)
+    if impl == "einsum":
+      logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) / math.sqrt(cfg.head_dim)
+      logits = jnp.where(key_mask[:, None, None, :] > 0, logits, -1e9)
+      probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)  # [batch, heads, q_len, kv_len]
+      probs = dropout(self, probs, cfg.attention_dropout_rate, deterministic)
+      ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
+    else:  # no [q_len, kv_len] array in memory; no attention dropout (attention.check)
+      ctx = attention_lib.fused(impl, q, k, v, key_mask).astype(cfg.dtype)
     kernel = self.param("out_kernel", _init(cfg, ("heads", "kv", "embed")),
                         (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.param_dtype)
     bias = self.param("out_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
@@ -202,7 +253,7 @@ class TransformerLayer(nn.Module):
                  kernel_init=_init(cfg, ("embed", "mlp")),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
                  name="intermediate")(x)
-    h = nn.gelu(h, approximate=True)
+    h = ACTIVATIONS[cfg.hidden_act](h)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(cfg, ("mlp", "embed")),
@@ -210,6 +261,67 @@ class TransformerLayer(nn.Module):
                  name="output")(h)
     x = layer_norm(cfg, "output_norm")(x + dropout(self, h, cfg.dropout_rate, deterministic))
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def remat_layer(cfg: BertConfig) -> type[nn.Module]:
+  """TransformerLayer, wrapped by `nn.remat` with `cfg.remat`'s policy unless "none"."""
+  if cfg.remat == "none":
+    return TransformerLayer
+  # deterministic (arg 4, counting self) is a Python bool: static under remat.
+  return nn.remat(TransformerLayer, policy=REMAT_POLICIES[cfg.remat], static_argnums=(4,))
+
+
+class ScannedLayers(nn.Module):
+  """`count` TransformerLayers run by nn.scan, params stacked [count, ...] on "layers".
+
+  __call__(x [batch, seq, hidden], key_mask [batch, seq], deterministic, keep_idx=None)
+  -> (x, h0 [count, batch, hidden]: each layer's output at position 0). With
+  `keep_idx` [count, batch, keep] (layer-wise), layer j runs on its own subset.
+  """
+  cfg: BertConfig
+  count: int
+
+  @nn.compact
+  def __call__(self, x: Array, key_mask: Array, deterministic: bool,
+               keep_idx: Optional[Array] = None):
+    def body(layer, x, keep):
+      if keep is None:
+        x = layer(x, x, key_mask, deterministic)
+      else:
+        kept = token_drop.gather_tokens(x, keep)  # [batch, keep, hidden]
+        kept = layer(kept, kept, token_drop.gather_tokens(key_mask, keep), deterministic)
+        x = token_drop.scatter_tokens(x, keep, kept)
+      return x, x[:, 0]
+
+    scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   length=self.count, metadata_params={nn.PARTITION_NAME: "layers"})
+    return scan(remat_layer(self.cfg)(self.cfg, name="layer"), x, keep_idx)
+
+
+def scanned_names(cfg: BertConfig) -> tuple[str, int, int]:
+  """Where the unrolled layers go when scanned: (name, first layer, count) per block;
+  single layers (the cross layer s and the last) keep their `layer_<i>` names."""
+  s, last = cfg.split_layer, cfg.num_layers - 1
+  return tuple(b for b in (("pre_layers", 0, s), ("mid_layers", s + 1, last - s - 1)) if b[2])
+
+
+def to_scanned(bert: dict, cfg: BertConfig) -> dict:
+  """Encoder params of the unrolled layout (`layer_<i>`) -> the scanned one."""
+  out = dict(bert)
+  for name, first, count in scanned_names(cfg):
+    layers = [out.pop(f"layer_{i}") for i in range(first, first + count)]
+    out[name] = {"layer": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  return out
+
+
+def to_unrolled(bert: dict, cfg: BertConfig) -> dict:
+  """Encoder params of the scanned layout -> the unrolled one (`layer_<i>`)."""
+  out = dict(bert)
+  for name, first, count in scanned_names(cfg):
+    stacked = out.pop(name)["layer"]
+    for j in range(count):
+      out[f"layer_{first + j}"] = jax.tree.map(lambda x, j=j: x[j], stacked)
+  return out
 
 
 class BertEncoder(nn.Module):
@@ -222,9 +334,15 @@ class BertEncoder(nn.Module):
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    # deterministic (arg 4, counting self) is a Python bool: static under remat.
-    layer_cls = nn.remat(TransformerLayer, static_argnums=(4,)) if self.cfg.remat else TransformerLayer
-    self.layers = [layer_cls(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+    if self.cfg.scan_layers:
+      s, last = self.cfg.split_layer, self.cfg.num_layers - 1
+      self.blocks = {name: ScannedLayers(self.cfg, count, name=name)
+                     for name, _, count in scanned_names(self.cfg)}
+      self.cross = remat_layer(self.cfg)(self.cfg, name=f"layer_{s}")
+      self.last_layer = remat_layer(self.cfg)(self.cfg, name=f"layer_{last}")
+      return
+    self.layers = [remat_layer(self.cfg)(self.cfg, name=f"layer_{i}")
+                   for i in range(self.cfg.num_layers)]
 
   def __call__(self, input_ids: Array, input_mask: Array, token_type_ids: Array,
                keep_idx: Optional[Array] = None, deterministic: bool = True,
@@ -244,6 +362,8 @@ class BertEncoder(nn.Module):
 
     x = self.embeddings(input_ids, token_type_ids, deterministic)  # [batch, seq, hidden]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if self.cfg.scan_layers:
+      return out(self._scanned(x, input_mask, keep_idx, deterministic, record))
     if keep_idx is None:
       for i, layer in enumerate(self.layers):
         x = layer(x, x, input_mask, deterministic)
@@ -269,6 +389,46 @@ class BertEncoder(nn.Module):
     x = self.layers[last](x, x, input_mask, deterministic)
     record(last, x[:, 0])
     return out(x)
+
+  def _scanned(self, x: Array, input_mask: Array, keep_idx: Optional[Array], deterministic: bool,
+               record: Callable[[int, Array], None]) -> Array:
+    """The same layers as the unrolled path, the blocks of identical layers scanned."""
+    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
+
+    def block(name, x, mask, keep=None, first_kept=None, carried=None):
+      if name not in self.blocks:
+        return x
+      x, h0 = self.blocks[name](x, mask, deterministic, keep)  # h0 [count, batch, hidden]
+      first = 0 if name == "pre_layers" else s + 1
+      for j in range(h0.shape[0]):
+        record(first + j, h0[j] if first_kept is None else jnp.where(first_kept, h0[j], carried))
+      return x
+
+    x = block("pre_layers", x, input_mask)
+    if keep_idx is None:
+      x = self.cross(x, x, input_mask, deterministic)
+      record(s, x[:, 0])
+      x = block("mid_layers", x, input_mask)
+    elif keep_idx.ndim == 3:  # layer-wise: layer s and each middle layer on its own subset
+      if keep_idx.shape[0] != last - s:
+        raise ValueError(f"layer-wise keep_idx needs one row per middle layer ({last - s}), "
+                         f"got shape {keep_idx.shape}")
+      kept = token_drop.gather_tokens(x, keep_idx[0])
+      kept = self.cross(kept, kept, token_drop.gather_tokens(input_mask, keep_idx[0]),
+                        deterministic)
+      x = token_drop.scatter_tokens(x, keep_idx[0], kept)
+      record(s, x[:, 0])
+      x = block("mid_layers", x, input_mask, keep_idx[1:])
+    else:
+      kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
+      first_kept = (keep_idx[:, :1] == 0)  # [batch, 1]
+      kept = self.cross(token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
+      record(s, jnp.where(first_kept, kept[:, 0], x[:, 0]))
+      kept = block("mid_layers", kept, kept_mask, first_kept=first_kept, carried=x[:, 0])
+      x = token_drop.scatter_tokens(x, keep_idx, kept)
+    x = self.last_layer(x, x, input_mask, deterministic)
+    record(last, x[:, 0])
+    return x
 
   def _layerwise(self, x: Array, input_mask: Array, keep_idx: Array, deterministic: bool,
                  record: Callable[[int, Array], None]) -> Array:
@@ -301,7 +461,7 @@ class MlmHead(nn.Module):
                  kernel_init=_init(cfg, ("embed", "mlp")),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
                  name="transform")(x)
-    x = layer_norm(cfg, "transform_norm")(nn.gelu(x, approximate=True))
+    x = layer_norm(cfg, "transform_norm")(ACTIVATIONS[cfg.hidden_act](x))
     bias = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                       (cfg.vocab_size,), cfg.param_dtype)
     logits = embeddings.attend(x) + bias

@@ -21,7 +21,7 @@ import numpy as np
 from tokendrop_jax import config_lib
 from tokendrop_jax.data import glue
 from tokendrop_jax.data import glue_batches as batches_lib
-from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification
+from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification, remat_name
 from tokendrop_jax.training import checkpoint, finetune_step, metrics as metrics_lib, optim
 from tokendrop_jax.training import host_rows, pretrained, runner, sharding
 from tokendrop_jax.training import state as state_lib
@@ -30,7 +30,10 @@ from tokendrop_jax.training import workdir as workdir_lib
 # Changing any of these between a stop and a resume would silently change the run.
 RESUME_FIELDS = ("task", "init_from", "init_step", "model", "data.tokenizer_model",
                  "data.train_file", "data.seq_len", "data.global_batch_size", "data.seed",
-                 "optim", "train.num_epochs", "train.seed")
+                 "optim", "train.num_epochs", "train.seed", "train.prng_impl")
+RESUME_ADDED = {"train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # older workdirs
+                "model.attention": "auto", "model.scan_layers": False}
+RESUME_CANONICAL = {"model.remat": remat_name}  # saved bools: True == "full"
 
 
 @dataclasses.dataclass
@@ -63,9 +66,10 @@ def build(config, spec: glue.TaskSpec, model_cfg: BertConfig, num_train: int,
     ids = jnp.zeros((1, data.seq_len), jnp.int32)
     params = model.init({"params": params_rng}, ids, ids, ids)["params"]
     return finetune_step.FinetuneState(step=jnp.zeros((), jnp.int32), params=params,
-                                       opt_state=optimizer.init(params), rng=state_rng)
+                                       opt_state=optimizer.init(params),
+                                       rng=state_lib.key_bits(state_rng))
 
-  rng = jax.random.PRNGKey(config.train.seed)
+  rng = state_lib.base_key(config.train.seed, config.train.prng_impl)
   layout = state_lib.layout(boxed_init, rng, mesh=mesh, rules=rules)
 
   def init(r, bert):
@@ -87,7 +91,8 @@ def build(config, spec: glue.TaskSpec, model_cfg: BertConfig, num_train: int,
   batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_step = jax.jit(
       finetune_step.make_train_step(model, optimizer, schedule, spec,
-                                    skip_nonfinite=config.train.nan_policy == "skip"),
+                                    skip_nonfinite=config.train.nan_policy == "skip",
+                                    prng_impl=config.train.prng_impl),
       in_shardings=(layout.sharding, batch_sh), out_shardings=(layout.sharding, replicated),
       donate_argnums=0)
   eval_step = jax.jit(finetune_step.make_eval_step(model),
@@ -149,9 +154,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   not depend on their order or on the number of processes.
   """
   config_lib.validate(config)
+  config_lib.check_platform(config)
   spec = glue.get_task(config.task)
   workdir = workdir_lib.create(workdir)
-  workdir_lib.check_resume(config, workdir, RESUME_FIELDS)
+  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL)
   is_main = jax.process_index() == 0
   init = pretrained.resolve_init(config)
   data = batches_lib.load_data(config.data, spec, init.tokenizer)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from tokendrop_jax.data import glue
+from tokendrop_jax.training.state import step_key
 from tokendrop_jax.training.step import keep_if_finite
 
 INPUT_KEYS = ("input_ids", "input_mask", "token_type_ids")
@@ -25,7 +26,7 @@ class FinetuneState:
   step: jax.Array  # int32 scalar: optimizer steps taken
   params: Any      # {'bert', 'pooler', 'classifier'}
   opt_state: Any
-  rng: jax.Array   # dropout key of step n is fold_in(rng, n): resume is exact
+  rng: jax.Array   # uint32 key data; step n's dropout key is fold_in(rng, n): resume is exact
 
 
 def example_loss(spec: glue.TaskSpec, logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -36,11 +37,12 @@ def example_loss(spec: glue.TaskSpec, logits: jax.Array, labels: jax.Array) -> j
 
 
 def make_train_step(model, optimizer, schedule, spec: glue.TaskSpec,
-                    skip_nonfinite: bool = False) -> Callable:
+                    skip_nonfinite: bool = False, prng_impl: str = "threefry") -> Callable:
   """`train_step(state, batch) -> (state, metrics)`; batch carries `weights` [B].
 
   With `skip_nonfinite`, a step whose loss or gradient is NaN/Inf leaves params
   and optimizer state unchanged and reports `skipped=1` (as pretraining's step).
+  `prng_impl`: `train.prng_impl`, the one `state.rng` was made with.
   """
 
   def loss_fn(params, batch, rng):
@@ -52,7 +54,7 @@ def make_train_step(model, optimizer, schedule, spec: glue.TaskSpec,
     return loss, (logits, total)
 
   def train_step(state, batch):
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng = step_key(state.rng, state.step, prng_impl)
     (loss, (logits, total)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from tokendrop_jax import files
+from tokendrop_jax import config_lib, files
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data.shards import ShardedIterator
@@ -38,15 +38,15 @@ def _demo_files(corpus_dir: str) -> tuple[str, str]:
   return train, valid
 
 
-def _tfds_sample_file(data, corpus_dir: str) -> str:
-  """Sentences of the TFDS train split as a text file, to train the tokenizer on."""
-  path = files.join(corpus_dir, "tfds_tokenizer_sample.txt")
+def _sample_file(source, corpus_dir: str) -> str:
+  """The first sentences of `source`'s train split as a text file, to train the tokenizer on."""
+  path = files.join(corpus_dir, "tokenizer_sample.txt")
   if workdir_lib.exists(path):
     return path
   files.makedirs(corpus_dir)
   n, tmp = 0, path + ".tmp"
   with files.open(tmp, "w") as f:
-    for doc in tfds_source(data).documents(text_builder.TRAIN):
+    for doc in source.documents(text_builder.TRAIN):
       f.write("\n".join(doc) + "\n\n")
       n += len(doc)
       if n >= TOKENIZER_TRAINING_SENTENCES:
@@ -55,37 +55,135 @@ def _tfds_sample_file(data, corpus_dir: str) -> str:
   return path
 
 
+def tokenizer_files(source, corpus_dir: str) -> list[str]:
+  """Text files to train the tokenizer on: plain-text train files as they are; for any
+  other source (JSON lines, Parquet, TFDS, a mixture, a carved split) a file of its
+  train split's first TOKENIZER_TRAINING_SENTENCES sentences, written into `corpus_dir`."""
+  if isinstance(source, text_builder.TextFiles) and all(
+      text_builder.file_format(p) == "text" for p in source.train):
+    return list(source.train)
+  return [_sample_file(source, corpus_dir)]
+
+
 def tfds_source(data) -> text_builder.TfdsText:
   return text_builder.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
                                data.tfds_valid_split, data.tfds_data_dir or None)
 
 
+def check_tfds_splits(data) -> None:
+  """Fails, naming the field and listing the dataset's splits, on a TFDS split that the
+  dataset lacks (slices such as 'train[:99%]' count as their split)."""
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"data.tfds_name={data.tfds_name!r}: {str(e).splitlines()[0]}") from None
+  splits = builder.info.splits
+  if not list(splits):
+    raise ValueError(f"data.tfds_name={data.tfds_name!r} is not prepared in {builder.data_dir} "
+                     "(no splits there): prepare it with file_format='array_record', and set "
+                     "data.tfds_data_dir to where it is")
+  fields = [("data.tfds_train_split", data.tfds_train_split)]
+  if not data.valid_fraction:
+    fields.append(("data.tfds_valid_split", data.tfds_valid_split))
+  for field, split in fields:
+    try:
+      splits[split]  # pylint: disable=pointless-statement
+    except (KeyError, ValueError) as e:
+      hint = ("; or set data.valid_fraction (e.g. 0.01) to carve a validation split from the "
+              "train split" if field == "data.tfds_valid_split" else "")
+      raise ValueError(f"{field}={split!r}: {e}; the splits of TFDS dataset "
+                       f"{data.tfds_name!r}: {list(splits)}{hint}") from None
+
+
 def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
-  """(train files, validation files) of the corpus the config names; None for TFDS.
+  """(train files, validation files) of the corpus the config names; None for TFDS or a
+  mixture (`data.sources`). No validation files when `data.valid_fraction` > 0.
 
   `data.tfds_name` wins, then `data.demo_corpus` (written into `corpus_dir`),
-  then `data.train_files`/`data.valid_files`.
+  then `data.sources`, then `data.train_files`/`data.valid_files`.
   """
   if data.tfds_name:
     return None
   if data.demo_corpus:
     train, valid = _demo_files(corpus_dir)
-    return [train], [valid]
+    return [train], [] if data.valid_fraction else [valid]
+  if data.sources:
+    return None
   if not data.train_files:
-    raise ValueError("no corpus: set data.train_files/data.valid_files, data.tfds_name, "
-                     "or data.demo_corpus=True, or point data.dataset_dir at a directory "
-                     "prepared by `python -m tokendrop_jax.prepare`")
-  if not data.valid_files:
-    raise ValueError("data.valid_files must be set when data.train_files is")
-  sources = data.train_files.split(","), data.valid_files.split(",")
+    raise ValueError("no corpus: set data.train_files/data.valid_files, data.sources, "
+                     "data.tfds_name, or data.demo_corpus=True, or point data.dataset_dir at "
+                     "a directory prepared by `python -m tokendrop_jax.prepare`")
+  need_validation(data, "data.train_files")
+  sources = data.train_files.split(","), data.valid_files.split(",") if data.valid_files else []
   for field, patterns in zip(("data.train_files", "data.valid_files"), sources):
-    tokenizer_lib.expand_files(patterns, field)  # a missing file, named by its field
+    if patterns:
+      tokenizer_lib.expand_files(patterns, field)  # a missing file, named by its field
   return sources
 
 
-def ensure_tokenizer(config, tok_path: str, sources, corpus_dir: str) -> tokenizer_lib.Tokenizer:
-  """`tok_path`: a copy of `data.tokenizer_model`, or one trained on the corpus (kept
-  if already there); its size must be `model.vocab_size`."""
+def need_validation(data, field: str) -> None:
+  if not data.valid_files and not data.valid_fraction:
+    raise ValueError(f"data.valid_files must be set when {field} is (or data.valid_fraction "
+                     "> 0, to carve the validation documents from the train documents)")
+
+
+def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
+  """The files `patterns` match; .jsonl/.parquet ones checked for `text_field`."""
+  paths = tokenizer_lib.expand_files(patterns, field)
+  for path in paths:
+    try:
+      text_builder.check_file(path, text_field)
+    except KeyError as e:
+      raise ValueError(f"data.text_field={text_field!r}: {e.args[0]}") from None
+    except ValueError as e:
+      raise ValueError(f"{field}: {e}") from None
+  return tuple(paths)
+
+
+def _mixture(data, carve: bool) -> text_builder.Mixture:
+  parts, weights = [], []
+  for pattern, weight in config_lib.mixture_sources(data.sources):
+    paths = _checked_files([pattern], f"data.sources ({pattern})", data.text_field)
+    part = text_builder.TextFiles(paths, (), data.text_field)
+    if next(part.documents(text_builder.TRAIN), None) is None:
+      raise ValueError(f"data.sources: {pattern!r} holds no document")
+    parts.append(part)
+    weights.append(weight)
+  valid = None
+  if not carve:
+    need_validation(data, "data.sources")
+    valid = text_builder.TextFiles(
+        (), _checked_files(data.valid_files.split(","), "data.valid_files", data.text_field),
+        data.text_field)
+  return text_builder.Mixture(tuple(parts), tuple(weights), valid)
+
+
+def corpus_source(data, corpus_dir: str):
+  """The `text_builder` source of the corpus the config names (see `text_files`).
+
+  Checked before any long work, each error naming its config field: the files
+  exist, .jsonl/.parquet files have `data.text_field`, the TFDS splits exist, each
+  source of a mixture holds a document. `data.valid_fraction` > 0 carves the
+  validation split from the train documents (`text_builder.Carved`).
+  """
+  carve = data.valid_fraction > 0
+  found = text_files(data, corpus_dir)
+  if data.tfds_name:
+    check_tfds_splits(data)
+    source = tfds_source(data)
+  elif found is None:
+    source = _mixture(data, carve)
+  else:
+    train = _checked_files(found[0], "data.train_files", data.text_field)
+    valid = () if carve else _checked_files(found[1], "data.valid_files", data.text_field)
+    source = text_builder.TextFiles(train, valid, data.text_field)
+  return text_builder.Carved(source, data.valid_fraction) if carve else source
+
+
+def ensure_tokenizer(config, tok_path: str, source, corpus_dir: str) -> tokenizer_lib.Tokenizer:
+  """`tok_path`: a copy of `data.tokenizer_model`, or one trained on the corpus `source`
+  (`tokenizer_files`; kept if already there); its size must be `model.vocab_size`."""
   data, vocab_size = config.data, config.model.vocab_size
   if data.tokenizer_model:
     if not files.exists(data.tokenizer_model):
@@ -93,7 +191,7 @@ def ensure_tokenizer(config, tok_path: str, sources, corpus_dir: str) -> tokeniz
     if not workdir_lib.exists(tok_path):
       workdir_lib.atomic_copy(data.tokenizer_model, tok_path)
   elif not workdir_lib.exists(tok_path):
-    sample = sources[0] if sources else [_tfds_sample_file(data, corpus_dir)]
+    sample = tokenizer_files(source, corpus_dir)
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
     tokenizer_lib.train_tokenizer(sample, vocab_size, tok_path[:-len(".model")],
                                   model_type=data.tokenizer_type)
@@ -104,25 +202,21 @@ def ensure_tokenizer(config, tok_path: str, sources, corpus_dir: str) -> tokeniz
   return tok
 
 
-def build_dataset(data, sources, tok, data_dir: str, **options) -> str:
-  """The ArrayRecord dataset of the corpus under `data_dir` -> its directory.
+def build_dataset(source, tok, data_dir: str, **options) -> str:
+  """The ArrayRecord dataset of the corpus `source` under `data_dir` -> its directory.
 
-  `options` go to `text_builder.build_corpus` (name, workers, progress, extra_meta).
+  `options` go to `text_builder.build_from_source` (name, workers, progress, extra_meta).
   """
-  if sources is None:
-    return text_builder.build_corpus_from_tfds(
-        data.tfds_name, data.tfds_text_field, tok, data_dir, train_split=data.tfds_train_split,
-        valid_split=data.tfds_valid_split, tfds_data_dir=data.tfds_data_dir or None, **options)
-  return text_builder.build_corpus(sources[0], sources[1], tok, data_dir, **options)
+  return text_builder.build_from_source(source, tok, data_dir, **options)
 
 
 def _build(config, workdir: str) -> tuple[str, str]:
   corpus_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
-  sources = text_files(config.data, corpus_dir)
+  source = corpus_source(config.data, corpus_dir)
   tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
-  tok = ensure_tokenizer(config, tok_path, sources, corpus_dir)
+  tok = ensure_tokenizer(config, tok_path, source, corpus_dir)
   data_dir = config.data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
-  return build_dataset(config.data, sources, tok, data_dir), tok_path
+  return build_dataset(source, tok, data_dir), tok_path
 
 
 # ---------------------------------------------------------------- prepared ---

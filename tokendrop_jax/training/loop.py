@@ -13,7 +13,7 @@ import numpy as np
 
 from tokendrop_jax import config_lib, flops, importance
 from tokendrop_jax.data import text_builder
-from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.bert import BertForPretraining, remat_name
 from tokendrop_jax.training import checkpoint, inputs, metrics as metrics_lib, optim, plots
 from tokendrop_jax.training import host_rows, runner, sharding
 from tokendrop_jax.training import state as state_lib
@@ -22,8 +22,13 @@ from tokendrop_jax.training import step_plan
 from tokendrop_jax.training import workdir as workdir_lib
 
 # Changing these between a stop and a resume would silently change the run.
-RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq", "data.num_shards")
-RESUME_ADDED = {"data.num_shards": 1}  # workdirs from before virtual shards read one stream
+RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq", "data.num_shards",
+                 "train.prng_impl")
+RESUME_ADDED = {"data.num_shards": 1,  # workdirs from before virtual shards read one stream
+                "train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # jax's, BERT's
+                # Another kernel would not resume bit for bit; another layout has other params.
+                "model.attention": "auto", "model.scan_layers": False}
+RESUME_CANONICAL = {"model.remat": remat_name}  # saved bools: True == "full"
 
 
 @dataclasses.dataclass
@@ -50,7 +55,7 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
   imp0 = importance.init_importance(td.strategy, cfg.vocab_size, ema_init=td.ema_init,
                                     counts=token_counts)
   init_fn = state_lib.make_state_init(model, optimizer, data.seq_len, data.max_predictions_per_seq)
-  rng = jax.random.PRNGKey(config.train.seed)
+  rng = state_lib.base_key(config.train.seed, config.train.prng_impl)
   layout = state_lib.layout(init_fn, rng, imp0, mesh=mesh, rules=rules)
   init = layout.jit_init(lambda r: nn.unbox(init_fn(r, imp0)))
   batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -63,7 +68,8 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
         consistency_form=td.consistency_form, random_ties=td.random_ties)
     fn = step_lib.make_train_step(model, optimizer, schedule, settings,
                                   config.optim.grad_accum_steps,
-                                  skip_nonfinite=config.train.nan_policy == "skip")
+                                  skip_nonfinite=config.train.nan_policy == "skip",
+                                  prng_impl=config.train.prng_impl)
     return jax.jit(fn, in_shardings=(layout.sharding, batch_sh),
                    out_shardings=(layout.sharding, replicated), donate_argnums=0)
 
@@ -94,9 +100,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   number of devices than it was checkpointed on.
   """
   config_lib.validate(config)
+  config_lib.check_platform(config)
   sharding.make_checked_mesh(config, devices)  # before building a corpus that may take hours
   workdir = workdir_lib.create(workdir)
-  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED)
+  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL)
   is_main = jax.process_index() == 0
   dataset_dir, tok = inputs.prepare(config, workdir)
   counts = (text_builder.load_token_counts(dataset_dir)

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tokendrop_jax import config_lib
 from tokendrop_jax.training import sharding as sharding_lib
 
 
@@ -19,8 +20,26 @@ class TrainState:
   step: jax.Array        # int32 scalar: optimizer steps taken
   params: Any            # model parameters (f32)
   opt_state: Any         # optax state
-  rng: jax.Array         # base key; step keys are fold_in(rng, step), so resume is exact
+  rng: jax.Array         # uint32 key data of the base key (`step_key`), so resume is exact
   importance: jax.Array  # float32 [vocab]: token importance (loss EMA / frequency)
+
+
+def base_key(seed: int, prng_impl: str = "threefry") -> jax.Array:
+  """The run's typed key under `train.prng_impl`. Its threefry bits are
+  `jax.random.PRNGKey(seed)`'s, so runs from before the option are unchanged."""
+  return jax.random.key(seed, impl=config_lib.PRNG_IMPLS[prng_impl])
+
+
+def key_bits(key: jax.Array) -> jax.Array:
+  """uint32 key data (a raw key passes through): what a state stores, as orbax saves
+  plain arrays and checkpoints from before `train.prng_impl` hold threefry's uint32[2]."""
+  return jax.random.key_data(key)
+
+
+def step_key(rng: jax.Array, step: jax.Array, prng_impl: str = "threefry") -> jax.Array:
+  """The typed key of `step` from a state's `rng` bits: fold_in(rng, step)."""
+  key = jax.random.wrap_key_data(rng, impl=config_lib.PRNG_IMPLS[prng_impl])
+  return jax.random.fold_in(key, step)
 
 
 def make_state_init(model, optimizer, seq_len: int, num_predictions: int):
@@ -36,7 +55,7 @@ def make_state_init(model, optimizer, seq_len: int, num_predictions: int):
     positions = jnp.zeros((1, num_predictions), jnp.int32)
     params = model.init({"params": params_rng}, ids, ids, ids, positions)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params), rng=state_rng,
+                      opt_state=optimizer.init(params), rng=key_bits(state_rng),
                       importance=jnp.asarray(importance, jnp.float32))
 
   return init

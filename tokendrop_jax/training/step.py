@@ -22,7 +22,7 @@ import optax
 
 from tokendrop_jax import importance as imp
 from tokendrop_jax.model import token_drop
-from tokendrop_jax.training.state import TrainState
+from tokendrop_jax.training.state import TrainState, step_key
 
 Batch = dict
 
@@ -139,12 +139,13 @@ def make_loss_fn(model, settings: DropSettings) -> Callable:
 
 def make_train_step(model, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     settings: DropSettings, grad_accum_steps: int = 1,
-                    skip_nonfinite: bool = False) -> Callable:
+                    skip_nonfinite: bool = False, prng_impl: str = "threefry") -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
   With `skip_nonfinite`, a step whose loss or gradient is NaN/Inf leaves params,
   optimizer state and importance unchanged (decided on device, no host sync)
   and reports `skipped=1`; the step counter still advances past the batch.
+  `prng_impl` (`train.prng_impl`) reads `state.rng`'s bits: the one the state was made with.
   """
 
   consistency = settings.drops and settings.consistency_weight > 0
@@ -160,7 +161,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
     return grad_fn(params, batch, keep_idx, dropout_rng, kl_scale)  # grads, (per_slot, correct, kl)
 
   def train_step(state: TrainState, batch: Batch):
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng = step_key(state.rng, state.step, prng_impl)
     weights = batch["masked_lm_weights"]  # [batch, P]
     total_weight = jnp.maximum(weights.sum(), 1.0)
     num_seqs = weights.shape[0]

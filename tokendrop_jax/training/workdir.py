@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import ml_collections
@@ -107,11 +107,14 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def check_resume(config, workdir, fields: Iterable[str],
-                 added: Mapping[str, Any] | None = None) -> None:
+                 added: Mapping[str, Any] | None = None,
+                 canonical: Mapping[str, Callable[[Any], Any]] | None = None) -> None:
   """Refuses to resume a run started with other values of `fields`.
 
   `fields` are dotted names; a section name ('model') covers all its fields.
   `added`: fields newer than some workdirs, with the value their runs had.
+  `canonical`: {field: fn} for fields with several spellings of one value
+  (model.remat True == "full"), compared as fn(value).
   Only a workdir with a checkpoint is checked: before one exists, nothing
   would be resumed and any config may start there.
   """
@@ -120,6 +123,10 @@ def check_resume(config, workdir, fields: Iterable[str],
     return
   saved = {**dict(added or {}), **_flat(read_json(source))}
   new = _flat(json.loads(config.to_json_best_effort()))
+  for key, fn in (canonical or {}).items():
+    for values in (saved, new):
+      if key in values:
+        values[key] = fn(values[key])
   for field in fields:
     keys = sorted(k for k in set(saved) | set(new) if k == field or k.startswith(field + "."))
     for key in keys:

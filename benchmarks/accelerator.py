@@ -1,0 +1,158 @@
+"""The step on an accelerator: full vs token-drop, each attention kernel and PRNG.
+
+  python benchmarks/accelerator.py --output=OUTDIR/accelerator.json [--smoke]
+  (benchmarks/accelerator.sh OUTDIR wraps it)
+
+One case = one config variant (sequence length, model.attention, train.prng_impl);
+for each, the full and the token-drop train step of `bert_base` in bfloat16 are
+compiled and timed alternately on one device (`tokendrop_jax.benchmark`), and
+the JSON gets step times, tokens/s, MFU against the device's bf16 peak, the
+compiled memory of each step (XLA's own analysis) and the device's peak
+memory so far. The JSON is rewritten after every case, so a run cut short by
+its time limit keeps what it measured; a case that fails (a kernel missing on
+the platform) is recorded with its error and the others go on.
+
+Attention dropout: the fused kernels have none, so every case runs with
+model.attention_dropout_rate=0 except `recipe` (einsum, 0.1: BERT's recipe),
+which says what the recipe costs on top.
+
+--smoke: the tiny config on whatever device there is, 2 timed steps; the test
+suite runs it on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_OUTPUT = flags.DEFINE_string("output", "benchmarks/results/accelerator.json", "JSON path.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes, 2 steps: checks the script (CPU).")
+_CASES = flags.DEFINE_list("cases", [], "Only these case names (default: all).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per step kind and case.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+_BUDGET = flags.DEFINE_float("budget_s", 270.0, "Skip the cases left once this much time "
+                             "has gone (compiles included).")
+
+# name -> (seq_len, global batch, keep_tokens, model.attention, train.prng_impl, attention dropout)
+CASES = {
+    "s128_einsum": (128, 128, 64, "einsum", "threefry", 0.0),
+    "s128_xla": (128, 128, 64, "xla", "threefry", 0.0),
+    "s128_cudnn": (128, 128, 64, "cudnn", "threefry", 0.0),
+    "s128_recipe": (128, 128, 64, "einsum", "threefry", 0.1),
+    "s128_einsum_rbg": (128, 128, 64, "einsum", "rbg", 0.0),
+    "s128_einsum_unsafe_rbg": (128, 128, 64, "einsum", "unsafe_rbg", 0.0),
+    "s512_einsum": (512, 32, 256, "einsum", "threefry", 0.0),
+    "s512_cudnn": (512, 32, 256, "cudnn", "threefry", 0.0),
+}
+# The CPU smoke run: only what a CPU has.
+SMOKE_CASES = {
+    "s32_einsum": (32, 8, 16, "einsum", "threefry", 0.0),
+    "s32_xla": (32, 8, 16, "xla", "threefry", 0.0),
+    "s32_einsum_rbg": (32, 8, 16, "einsum", "rbg", 0.0),
+    "s32_cudnn": (32, 8, 16, "cudnn", "threefry", 0.0),  # refused on a CPU: recorded as such
+}
+
+
+def case_config(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout):
+  from tokendrop_jax import config_lib
+  c = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py" if smoke else "bert_base.py"))
+  c.model.update(attention=attention, attention_dropout_rate=attn_dropout,
+                 max_position=max(c.model.max_position, seq_len))
+  c.model.dtype = "float32" if smoke else "bfloat16"
+  c.data.update(seq_len=seq_len, global_batch_size=batch, num_shards=1,
+                max_predictions_per_seq=max(1, round(0.15 * seq_len)))
+  c.token_drop.update(strategy="loss_ema", keep_tokens=keep)
+  c.train.prng_impl = prng
+  return c
+
+
+def compile_step(fn, state, batch) -> dict:
+  """Compiles the step ahead of time -> compile seconds and XLA's memory analysis (bytes)."""
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  out = {"compile_s": time.perf_counter() - t0}
+  m = compiled.memory_analysis()
+  if m is not None:
+    out.update(temp_bytes=int(m.temp_size_in_bytes), argument_bytes=int(m.argument_size_in_bytes),
+               output_bytes=int(m.output_size_in_bytes))
+  return out
+
+
+def peak_bytes_in_use():
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def run_case(config, steps: int, warmup: int) -> dict:
+  import jax
+
+  from tokendrop_jax import benchmark, config_lib, flops
+  config_lib.check_platform(config)
+  bench = benchmark.setup(config, "loss_ema")
+  data, td = config.data, config.token_drop
+  fns = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}
+  states = {k: bench.init(bench.key(0)) for k in fns}
+  compiled = {k: compile_step(fn, states[k], bench.batch) for k, fn in fns.items()}
+  times, first_s = benchmark.time_steps(fns, states, bench.batch, steps, warmup)
+  kind = jax.devices()[0].device_kind
+  peak = flops.peak_flops_per_device(kind)
+  tokens = data.global_batch_size * data.seq_len
+  out = {"device": kind, "platform": jax.default_backend(), "first_step_s": first_s,
+         "peak_bytes_in_use_so_far": peak_bytes_in_use()}
+  for k in fns:
+    step_s = statistics.median(times[k])
+    step_flops = bench.step_flops(td.keep_tokens if k == "drop" else None)
+    out[k] = {"step_s": step_s, "tokens_per_s": tokens / step_s,
+              "mfu": flops.mfu(step_flops, step_s, 1, peak), "step_gflops": step_flops / 1e9,
+              "compiled": compiled[k], "step_times_s": times[k]}
+  out["drop_over_full"] = out["drop"]["step_s"] / out["full"]["step_s"]
+  out["flops_ratio"] = out["drop"]["step_gflops"] / out["full"]["step_gflops"]
+  return out
+
+
+def main(argv):
+  del argv
+  import jax
+  cases = SMOKE_CASES if _SMOKE.value else CASES
+  names = _CASES.value or list(cases)
+  unknown = sorted(set(names) - set(cases))
+  if unknown:
+    raise app.UsageError(f"--cases: unknown {unknown}; known: {sorted(cases)}")
+  steps, warmup = (2, 1) if _SMOKE.value else (_STEPS.value, _WARMUP.value)
+  results = {"smoke": _SMOKE.value, "jax_version": jax.__version__,
+             "device": jax.devices()[0].device_kind, "steps": steps, "warmup": warmup,
+             "cases": {}}
+  t0 = time.monotonic()
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  for name in names:
+    seq_len, batch, keep, attention, prng, attn_dropout = cases[name]
+    entry = {"seq_len": seq_len, "batch_size": batch, "keep_tokens": keep,
+             "attention": attention, "prng_impl": prng, "attention_dropout_rate": attn_dropout}
+    if time.monotonic() - t0 > _BUDGET.value:
+      entry["skipped"] = f"over --budget_s={_BUDGET.value}"
+    else:
+      try:
+        entry.update(run_case(case_config(_SMOKE.value, *cases[name]), steps, warmup))
+      except Exception as e:  # pylint: disable=broad-except
+        entry["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+    results["cases"][name] = entry
+    results["elapsed_s"] = time.monotonic() - t0
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(results, f, indent=2)
+    line = entry.get("error") or entry.get("skipped") or (
+        f"full {entry['full']['step_s'] * 1e3:.1f} ms, drop {entry['drop']['step_s'] * 1e3:.1f} "
+        f"ms (x{entry['drop_over_full']:.3f}; FLOPs x{entry['flops_ratio']:.3f})")
+    print(f"{name}: {line}", flush=True)
+  print(f"wrote {_OUTPUT.value} ({results['elapsed_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+  app.run(main)
