@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokendrop_jax import config_lib, partitioning, synthetic
-from tokendrop_jax.model import attention, token_drop
+from tokendrop_jax import config_lib, partitioning
+from tokendrop_jax.model import attention
 from tokendrop_jax.model.bert import BertConfig, BertForPretraining
 from tokendrop_jax.training import sharding
+from tests.model_setup import params_batch_keep
 from tests.test_config import load
 
 # Lengths are multiples of splash's 128-lane blocks: seq 256, 128 kept.
@@ -27,14 +28,7 @@ B, S, P, KEEP = 8, 256, 4, 128
 
 @pytest.fixture(scope="module")
 def setup():
-  batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size, pad_fraction=0.4)
-  params = nn.unbox(BertForPretraining(CFG).init(
-      jax.random.PRNGKey(0), batch["input_ids"], batch["input_mask"], batch["token_type_ids"],
-      batch["masked_lm_positions"])["params"])
-  scores = jax.random.normal(jax.random.PRNGKey(1), (B, S))
-  keep_idx = token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
-                                    synthetic.SPECIAL_IDS, KEEP)
-  return params, batch, keep_idx
+  return params_batch_keep(CFG, B, S, P, KEEP)
 
 
 def _loss(impl, params, batch, keep_idx):

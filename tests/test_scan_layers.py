@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.model_setup import params_batch_keep
 from tokendrop_jax import synthetic
 from tokendrop_jax.model import token_drop
 from tokendrop_jax.model.bert import (BertConfig, BertForPretraining, to_scanned, to_unrolled)
@@ -21,13 +22,7 @@ B, S, P, KEEP = 3, 12, 3, 6
 
 @pytest.fixture(scope="module")
 def setup():
-  batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size, pad_fraction=0.4)
-  params = nn.unbox(BertForPretraining(CFG).init(
-      jax.random.PRNGKey(0), batch["input_ids"], batch["input_mask"], batch["token_type_ids"],
-      batch["masked_lm_positions"])["params"])
-  scores = jax.random.normal(jax.random.PRNGKey(1), (B, S))
-  keep = token_drop.select_kept(scores, batch["input_ids"], batch["input_mask"],
-                                synthetic.SPECIAL_IDS, KEEP)
+  params, batch, keep = params_batch_keep(CFG, B, S, P, KEEP)
   layerwise = jnp.stack([token_drop.select_kept(
       jax.random.normal(jax.random.PRNGKey(2 + j), (B, S)), batch["input_ids"],
       batch["input_mask"], synthetic.SPECIAL_IDS, KEEP) for j in range(3)])  # layers 2, 3, 4

@@ -143,6 +143,16 @@ def test_incompatible_workdir_is_refused_untouched(uninterrupted):
   assert before == {p: os.path.getmtime(os.path.join(workdir, p)) for p in os.listdir(workdir)}
 
 
+def edit_saved_config(workdir, edit) -> None:
+  """Rewrites WORKDIR/config.json with `edit(saved dict)` applied: a run from an older version."""
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  edit(saved)
+  with open(path, "w") as f:
+    json.dump(saved, f)
+
+
 def test_another_number_of_input_shards_is_refused_untouched(uninterrupted, tmp_path):
   """Other shards would give other batches. A workdir from before virtual shards (no
   `num_shards` in its config.json) read one stream: data.num_shards=1 continues it."""
@@ -156,11 +166,7 @@ def test_another_number_of_input_shards_is_refused_untouched(uninterrupted, tmp_
 
   old = str(tmp_path / "old")
   shutil.copytree(workdir, old)
-  with open(os.path.join(old, "config.json")) as f:
-    saved = json.load(f)
-  del saved["data"]["num_shards"]
-  with open(os.path.join(old, "config.json"), "w") as f:
-    json.dump(saved, f)
+  edit_saved_config(old, lambda saved: saved["data"].pop("num_shards"))
   assert loop.train_and_evaluate(tiny(root), old)["step"] == 40  # finished: nothing refused
   with pytest.raises(ValueError, match=r"data.num_shards=2 but the run .* started with 1"):
     loop.train_and_evaluate(config, old)
@@ -181,12 +187,12 @@ def test_another_prng_impl_is_refused_untouched(uninterrupted, tmp_path):
 
   old = str(tmp_path / "old")
   shutil.copytree(workdir, old)
-  with open(os.path.join(old, "config.json")) as f:
-    saved = json.load(f)
-  del saved["train"]["prng_impl"], saved["model"]["hidden_act"]
-  saved["model"]["remat"] = False
-  with open(os.path.join(old, "config.json"), "w") as f:
-    json.dump(saved, f)
+
+  def as_before(saved):
+    del saved["train"]["prng_impl"], saved["model"]["hidden_act"]
+    saved["model"]["remat"] = False
+
+  edit_saved_config(old, as_before)
   with pytest.raises(ValueError, match=r"train.prng_impl='rbg' but the run .* started with "
                                        r"'threefry'"):
     loop.train_and_evaluate(config, old)
@@ -196,9 +202,7 @@ def test_another_prng_impl_is_refused_untouched(uninterrupted, tmp_path):
                                        r"'gelu_tanh'"):
     loop.train_and_evaluate(gelu, old)
   assert loop.train_and_evaluate(tiny(root), old)["step"] == 40  # finished: nothing refused
-  saved["model"]["remat"] = True
-  with open(os.path.join(old, "config.json"), "w") as f:
-    json.dump(saved, f)
+  edit_saved_config(old, lambda saved: saved["model"].update(remat=True))
   full = tiny(root)
   full.model.remat = "full"  # the same as True
   assert loop.train_and_evaluate(full, old)["step"] == 40
