@@ -31,6 +31,14 @@ finishes, merged with what it already holds: a run it holds complete is skipped,
 an unfinished one resumes from its checkpoints (the project's exact resume), so
 an interrupted command, rerun, goes on where it stopped.
 Writes benchmarks/results/quality_offline_en.{json,png}.
+
+--train_time_s=T (equal wall-clock budgets; benchmarks/quality_gpu.sh): every
+run gets its own number of steps, planned to take T seconds of training. Each
+strategy's run-average step time is measured first (`calibrate`: the train
+main's own jitted step of every kind the run takes, timed interleaved on one
+synthetic batch, weighted by how many steps take each kind) and kept in the
+JSON, so a rerun plans the same steps and resumes. Each run then evaluates
+--evals_per_run times and warms up over 10% of its steps.
 """
 from __future__ import annotations
 
@@ -67,22 +75,29 @@ _WARMUP = flags.DEFINE_integer("warmup_steps", -1, "LR warm-up steps; -1 = 10% o
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: report finished pretraining and fine-tuning runs.")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/quality_offline_en.json", "JSON path.")
+_MODEL_CONFIG = flags.DEFINE_string("model_config", "configs/small.py", "Config file of every run.")
+_DTYPE = flags.DEFINE_string("dtype", "", "model.dtype of every run ('' = the config's).")
+_TRAIN_TIME = flags.DEFINE_float(
+    "train_time_s", 0.0, "Equal wall-clock budgets: each run's steps are planned to take this "
+    "long (from its strategy's measured step time); 0 = every run takes --num_steps.")
+_EVALS = flags.DEFINE_integer("evals_per_run", 10, "With --train_time_s: evaluations per run.")
+_DATA_WORKERS = flags.DEFINE_integer("data_workers", 0, "data.worker_count of every run.")
+_CACHE = flags.DEFINE_string("compilation_cache_dir", "", "JAX's persistent compilation cache "
+                             "('' = none): the calibration's compiles serve the runs.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "none"
 # Top-level settings every run in one JSON shares; a command with others is refused.
 SHARED_SETTINGS = ("num_steps", "batch_size", "warmup_steps", "eval_every",
-                   "sst2_train_examples", "sst2_epochs")
+                   "sst2_train_examples", "sst2_epochs", "model_config", "dtype", "train_time_s")
 # Fields of a run's config.json that a resume must find unchanged (beyond loop's own).
 RESUME_FIELDS = ("token_drop", "train.seed", "train.num_steps", "data.seed",
                  "data.global_batch_size", "optim")
 
 
 def _load(path, arg):
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from tokendrop_jax import config_lib
+  return config_lib.load_file(os.path.join(ROOT, path), arg)
 
 
 # ---------------------------------------------------------------------------
@@ -99,18 +114,81 @@ def parse_run_name(name: str) -> tuple[str, int]:
   return strategy, int(seed) if seed else 0
 
 
-def pretrain_config(strategy: str, seed: int):
-  """configs/small.py:<strategy> with pretraining seed `seed`; `+random_ties` is ours
+def pretrain_config(strategy: str, seed: int, model_config: str = "configs/small.py",
+                    dtype: str = ""):
+  """<model_config>:<strategy> with pretraining seed `seed`; `+random_ties` is ours
   unless config_lib knows it."""
   from tokendrop_jax import config_lib
   parts = strategy.split("+")
   ties = "random_ties" in parts[1:] and "random_ties" not in config_lib.OPTIONS
-  config = _load("configs/small.py", "+".join(p for p in parts if not (ties and p == "random_ties")))
+  config = _load(model_config, "+".join(p for p in parts if not (ties and p == "random_ties")))
+  if dtype:
+    config.model.dtype = dtype
   if ties:
     config.token_drop.random_ties = True
   config.train.seed = seed
   config.data.seed = seed
   return config
+
+
+def run_plan(strategy: str, calibration: dict | None) -> dict:
+  """Steps, eval interval and warm-up of one run: the flags' (equal steps), or planned
+  from the strategy's calibrated step time (--train_time_s)."""
+  if not _TRAIN_TIME.value:
+    return {"num_steps": _STEPS.value, "eval_every": _EVAL_EVERY.value,
+            "warmup_steps": warmup_steps()}
+  n = calibration[strategy]["num_steps"]
+  return {"num_steps": n, "eval_every": max(1, n // _EVALS.value), "warmup_steps": n // 10}
+
+
+def planned_steps(train_time_s: float, step_s: float) -> int:
+  return max(1, int(train_time_s // step_s))
+
+
+def _kind_name(kind) -> str:
+  return ("full" if kind.full else f"keep{kind.keep_tokens}") + ("+sctd" if kind.consistency else "")
+
+
+def calibrate(configs: dict, steps: int = 8, warmup: int = 2) -> dict[str, dict]:
+  """Each strategy's run-average seconds per step, for `configs` {strategy: config}.
+
+  The train main's own jitted step of every kind each run takes (full, drop,
+  drop + ScTD, each stage of a keep schedule) is timed on one synthetic batch,
+  all strategies' steps interleaved in one loop so that machine noise hits
+  them alike (median of `steps`), then weighted by the share of the run's
+  steps that take each kind (`step_plan.kind_counts`). Returns, per strategy,
+  those times and the `num_steps` --train_time_s plans.
+  """
+  import flax.linen as nn
+  import jax
+
+  from tokendrop_jax import benchmark, synthetic
+  from tokendrop_jax.training import loop, sharding, step_plan
+  fns, states, counts, run = {}, {}, {}, None
+  for strategy, config in configs.items():
+    vocab = config.model.vocab_size
+    run = loop.build(config, synthetic.SPECIAL_IDS, token_counts=np.ones((vocab,), np.int64))
+    counts[strategy] = step_plan.kind_counts(config)
+    for kind in counts[strategy]:
+      name = f"{strategy}/{_kind_name(kind)}"
+      fns[name], states[name] = run.train_steps[kind], run.init_state()
+  data = config.data  # the batch shape every run shares
+  batch = jax.device_put(synthetic.mlm_batch(0, data.global_batch_size, data.seq_len,
+                                             data.max_predictions_per_seq, vocab),
+                         sharding.batch_sharding(run.layout.mesh))
+  with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
+    times, _ = benchmark.time_steps(fns, states, batch, steps, warmup)
+  out = {}
+  for strategy, kinds in counts.items():
+    step_s = {_kind_name(k): float(np.median(times[f"{strategy}/{_kind_name(k)}"])) for k in kinds}
+    total = sum(kinds.values())
+    mean = sum(c * step_s[_kind_name(k)] for k, c in kinds.items()) / total
+    out[strategy] = {"step_s": mean, "step_s_by_kind": step_s,
+                     "kind_shares": {_kind_name(k): c / total for k, c in kinds.items()},
+                     "num_steps": planned_steps(_TRAIN_TIME.value, mean)}
+    print(f"calibration {strategy}: {mean * 1e3:.1f} ms per step ("
+          + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in step_s.items()) + ")", flush=True)
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -363,7 +441,24 @@ def warmup_steps():
   return _WARMUP.value if _WARMUP.value >= 0 else _STEPS.value // 10
 
 
-def pretrain(strategy: str, seed: int, workdir: str) -> bool:
+def run_config(strategy: str, seed: int, plan: dict):
+  """The pretraining config of one run (corpus, batch, schedule from `plan`)."""
+  config = pretrain_config(strategy, seed, _MODEL_CONFIG.value, _DTYPE.value)
+  shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
+  config.data.update(train_files=os.path.join(_CORPUS.value, "train.txt.gz"),
+                     valid_files=os.path.join(_CORPUS.value, "valid.txt.gz"), demo_corpus=False,
+                     dataset_dir=os.path.join(_WORKDIR.value, "data"),
+                     tokenizer_model=shared_tok if os.path.exists(shared_tok) else "",
+                     worker_count=_DATA_WORKERS.value)
+  config.data.global_batch_size = _BATCH.value
+  config.optim.warmup_steps = plan["warmup_steps"]
+  every = plan["eval_every"]
+  config.train.update(num_steps=plan["num_steps"], eval_every=every,
+                      log_every=math.gcd(every, 10), checkpoint_every=every)
+  return config
+
+
+def pretrain(strategy: str, seed: int, workdir: str, plan: dict) -> bool:
   """Pretrains (or resumes) the run in `workdir`; False when --report_only leaves it."""
   from tokendrop_jax.training import loop
   from tokendrop_jax.training import workdir as workdir_lib
@@ -371,16 +466,8 @@ def pretrain(strategy: str, seed: int, workdir: str) -> bool:
     return True
   if _REPORT_ONLY.value:
     return False
-  config = pretrain_config(strategy, seed)
+  config = run_config(strategy, seed, plan)
   shared_tok = os.path.join(_WORKDIR.value, "tokenizer.model")
-  config.data.update(train_files=os.path.join(_CORPUS.value, "train.txt.gz"),
-                     valid_files=os.path.join(_CORPUS.value, "valid.txt.gz"),
-                     dataset_dir=os.path.join(_WORKDIR.value, "data"),
-                     tokenizer_model=shared_tok if os.path.exists(shared_tok) else "")
-  config.data.global_batch_size = _BATCH.value
-  config.optim.warmup_steps = warmup_steps()
-  config.train.update(num_steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                      log_every=math.gcd(_EVAL_EVERY.value, 10), checkpoint_every=_EVAL_EVERY.value)
   if os.path.isdir(workdir):  # a resume must find the run's strategy, seeds and schedule
     workdir_lib.check_resume(config, workdir, RESUME_FIELDS)
   loop.train_and_evaluate(config, workdir)
@@ -399,25 +486,43 @@ def main(argv):
   code = code_version()
   print(f"tokendrop_jax: {code}", flush=True)
   sst2_seeds = list(map(int, _SST2_SEEDS.value))
-  settings = {"num_steps": _STEPS.value, "sst2_train_examples": _SST2_EXAMPLES.value or "all",
+  if _CACHE.value:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  timed = bool(_TRAIN_TIME.value)
+  settings = {"num_steps": None if timed else _STEPS.value,
+              "sst2_train_examples": _SST2_EXAMPLES.value or "all",
               "sst2_epochs": _SST2_EPOCHS.value, "sst2_seeds": sst2_seeds,
-              "batch_size": _BATCH.value, "warmup_steps": warmup_steps(),
-              "eval_every": _EVAL_EVERY.value}
+              "batch_size": _BATCH.value, "warmup_steps": None if timed else warmup_steps(),
+              "eval_every": None if timed else _EVAL_EVERY.value,
+              "model_config": _MODEL_CONFIG.value, "dtype": _DTYPE.value,
+              "train_time_s": _TRAIN_TIME.value or None}
   results = load_results(_OUTPUT.value, settings)
   runs = results["runs"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
+  calibration = results.setdefault("calibration", {}) if timed else None
+  if timed and not _REPORT_ONLY.value:
+    import jax
+    results["device"] = jax.devices()[0].device_kind
+    plan = {"num_steps": _STEPS.value, "eval_every": _STEPS.value, "warmup_steps": 0}
+    missing = {s: run_config(s, 0, plan) for s in _STRATEGIES.value if s not in calibration}
+    if missing:  # kept in the JSON: a rerun plans the same steps and resumes
+      calibration.update(calibrate(missing))
+      write(results, _OUTPUT.value)
   train_file = sst2_train_file(_WORKDIR.value) if _SST2.value else ""
-  plan = [(s, int(k)) for k in _PRETRAIN_SEEDS.value for s in _STRATEGIES.value]
+  order = [(s, int(k)) for k in _PRETRAIN_SEEDS.value for s in _STRATEGIES.value]
   print("runs, in order: " + ", ".join(
       run_name(s, k) + (" (done)" if is_complete(runs.get(run_name(s, k)), sst2_seeds) else "")
-      for s, k in plan), flush=True)
-  for strategy, seed in plan:
+      for s, k in order), flush=True)
+  for strategy, seed in order:
     name = run_name(strategy, seed)
     if is_complete(runs.get(name), sst2_seeds):
       continue
     wd = os.path.join(_WORKDIR.value, name)
     had_summary = os.path.exists(os.path.join(wd, "summary.json"))
-    if not pretrain(strategy, seed, wd):
+    plan = run_plan(strategy, calibration)
+    if not pretrain(strategy, seed, wd, plan):
       print(f"{name}: no finished run in {wd}; skipped", flush=True)
       continue
     r, curve = runs.get(name, {}), curves(wd)
@@ -429,7 +534,8 @@ def main(argv):
       r.pop("sst2_dev_accuracy_by_seed", None)
     if not had_summary:  # pretrained by this command
       r["code"] = code
-    r.update(workdir=wd, strategy=strategy, pretrain_seed=seed, curve=curve,
+    r.update(workdir=wd, strategy=strategy, pretrain_seed=seed, curve=curve, **plan,
+             tokens=plan["num_steps"] * _BATCH.value * run_config(strategy, seed, plan).data.seq_len,
              pretrained_utc=datetime.datetime.fromtimestamp(
                  os.path.getmtime(os.path.join(wd, "summary.json")),
                  datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"))

@@ -218,3 +218,57 @@ def test_report_prints_every_quality_table(bench, tmp_path, monkeypatch, capsys)
   row = next(line for line in lines if line.startswith("| `loss_ema` | -1.0 ± 1.0 |"))
   assert row.endswith("| -2.0 ± 2.0 |")
   assert "| `none` | 0.660 | 0.650 |" in out  # the probe table
+
+
+def _smoke_inputs(tmp_path):
+  """A tiny corpus (train/valid .txt.gz from the demo corpus) and SST-2 TSVs."""
+  import gzip
+  from tokendrop_jax.data import demo_corpus
+  corpus = tmp_path / "corpus"
+  for path in demo_corpus.write_demo_corpus(str(corpus), max_bytes=150_000, valid_every=5):
+    with open(path, "rb") as src, gzip.open(path + ".gz", "wb") as dst:
+      dst.write(src.read())
+  sst2 = tmp_path / "sst2"
+  sst2.mkdir()
+  rows = "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["a good", "a bad"] * 40))
+  for name in ("train.tsv", "dev.tsv"):
+    (sst2 / name).write_text("sentence\tlabel\n" + rows)
+  return corpus, sst2
+
+
+@pytest.mark.slow
+def test_quality_gpu_smoke_plans_equal_time_runs(tmp_path):
+  """benchmarks/quality_gpu.sh --smoke on the CPU: calibration, one planned run per
+  strategy, SST-2, and the CPU experiment's JSON; a rerun skips everything."""
+  import subprocess
+  import sys
+  corpus, sst2 = _smoke_inputs(tmp_path)
+  out = tmp_path / "out"
+  cmd = [os.path.join(ROOT, "benchmarks", "quality_gpu.sh"), str(out), "--smoke",
+         f"--corpus_dir={corpus}", f"--sst2_dir={sst2}", "--train_time_s=3",
+         "--strategies=none,loss_ema+sctd"]
+  env = dict(os.environ, PYTHON=sys.executable)
+  proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((out / "quality_gpu.json").read_text())
+  assert results["train_time_s"] == 3 and results["model_config"] == "configs/tiny.py"
+  assert results["num_steps"] is None
+  cal = results["calibration"]
+  assert set(cal) == {"none", "loss_ema+sctd"}
+  assert set(cal["none"]["step_s_by_kind"]) == {"full"}
+  assert set(cal["loss_ema+sctd"]["step_s_by_kind"]) == {"keep32", "keep32+sctd"}
+  assert cal["loss_ema+sctd"]["kind_shares"]["keep32+sctd"] == pytest.approx(0.1, abs=0.01)
+  for strategy, c in cal.items():
+    r = results["runs"][strategy]
+    # Each run takes the steps its calibrated step time fits in the budget.
+    assert r["num_steps"] == max(1, int(3 // c["step_s"]))
+    assert r["tokens"] == r["num_steps"] * 8 * 64
+    assert r["curve"][-1][0] == r["num_steps"] and len(r["curve"]) >= 2
+    assert set(r["sst2_dev_accuracy_by_seed"]) == {"0"}
+  assert "equal_time_loss" in results["runs"]["loss_ema+sctd"]
+  assert (out / "quality_gpu.png").stat().st_size > 0
+  # Rerun: nothing is calibrated or trained again, and the JSON's runs are unchanged.
+  again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "calibration" not in again.stdout
+  assert json.loads((out / "quality_gpu.json").read_text())["runs"] == results["runs"]
