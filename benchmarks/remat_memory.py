@@ -35,7 +35,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -74,10 +73,8 @@ def use_scheduler(scheduler: str) -> None:
 
 def load_config(name: str, policy: str, global_batch=None):
   """configs/<name>.py:loss_ema with model.remat=policy (and the batch, if given)."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("loss_ema")
+  from tokendrop_jax import config_lib
+  config = config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"), "loss_ema")
   config.model.remat = policy
   if global_batch:
     config.data.global_batch_size = global_batch

@@ -7,7 +7,6 @@ restores it onto the same shardings (fingerprint verified, as on resume) and
 reports seconds and GB; the figure quoted in docs/reliability.md.
 """
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -21,10 +20,8 @@ sys.path.insert(0, ROOT)
 
 
 def _load(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from tokendrop_jax import config_lib
+  return config_lib.load_file(path)
 
 
 def main():

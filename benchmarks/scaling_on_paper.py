@@ -18,7 +18,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import importlib.util  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
@@ -34,10 +33,8 @@ SYSTEMS = {"TPU v4-8 (4 chips)": 4 * 275e12, "8x A100": 8 * 312e12}
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("loss_ema")
+  from tokendrop_jax import config_lib
+  return config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"), "loss_ema")
 
 
 def memory(config) -> dict:

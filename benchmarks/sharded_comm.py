@@ -76,7 +76,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import collections  # noqa: E402
 import contextlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
@@ -108,10 +107,8 @@ def _define_flags() -> None:
 
 
 def load_config(name: str, variant: str):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  from tokendrop_jax import config_lib
+  return config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"), variant)
 
 
 def parse_mesh(name: str) -> tuple[int, int, int]:

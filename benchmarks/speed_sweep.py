@@ -9,7 +9,6 @@ Writes JSON and a PNG of measured vs analytic (FLOPs) drop/full ratio.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 from absl import app, flags
@@ -23,10 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("loss_ema")
+  from tokendrop_jax import config_lib
+  return config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py"), "loss_ema")
 
 
 def points():
