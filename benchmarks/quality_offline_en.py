@@ -471,6 +471,9 @@ def pretrain(strategy: str, seed: int, workdir: str, plan: dict) -> bool:
   if os.path.isdir(workdir):  # a resume must find the run's strategy, seeds and schedule
     workdir_lib.check_resume(config, workdir, RESUME_FIELDS)
   loop.train_and_evaluate(config, workdir)
+  if not os.path.exists(os.path.join(workdir, "summary.json")):  # stopped by a signal
+    raise SystemExit(f"{workdir}: pretraining stopped before its last step (its checkpoint "
+                     "is kept); the same command resumes it")
   if not os.path.exists(shared_tok):  # every run uses the first run's tokenizer
     with open(os.path.join(workdir, "tokenizer.model"), "rb") as src, open(shared_tok, "wb") as dst:
       dst.write(src.read())

@@ -141,3 +141,28 @@ def test_kernel_matches_the_numpy_reference(setup, interpret, impl):
       ref = reference_bert.mlm_logits(params, CFG, *args,
                                       kept=None if keep is None else np.asarray(keep[b]))
       np.testing.assert_allclose(logits[b], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_cudnn_gets_a_mask_of_the_full_query_by_key_shape(setup, monkeypatch):
+  """cuDNN takes the mask as a bias and checks that it is [batch, 1, q_len, kv_len]: on an
+  H200 a [batch, 1, 1, kv_len] mask failed with 'Bias must have same seq length as QKV,
+  got 1 and 128'. Here the call is captured and run with XLA's kernel (no GPU): the mask
+  has cuDNN's shape and the context equals einsum's, with the cross layer's 128 kept
+  queries over 256 keys."""
+  shapes, real = [], jax.nn.dot_product_attention
+
+  def capture(q, k, v, mask=None, implementation=None, **kw):
+    shapes.append((implementation, q.shape, k.shape, mask.shape))
+    return real(q, k, v, mask=mask, implementation="xla", **kw)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", capture)
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(2, 2, 128, 16)), jnp.float32)  # [b, heads, q_len, d]
+  kv = jnp.asarray(rng.normal(size=(2, 2, 256, 16)), jnp.float32)
+  key_mask = jnp.asarray(np.arange(256)[None] < np.array([[200], [256]]), jnp.int32)
+  got = attention.fused("cudnn", q, kv, kv, key_mask)
+  assert shapes == [("cudnn", (2, 128, 2, 16), (2, 256, 2, 16), (2, 1, 128, 256))]
+  scores = jnp.einsum("bhqd,bhkd->bhqk", q, kv) / 4.0 + jnp.where(key_mask > 0, 0, -1e9)[:, None,
+                                                                                         None]
+  want = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, -1), kv)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

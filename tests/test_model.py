@@ -264,3 +264,25 @@ def test_random_ties_break_only_exact_ties_at_random():
   np.testing.assert_array_equal(
       token_drop.select_kept(distinct, ids, mask, specials, keep),
       token_drop.select_kept(distinct, ids, mask, specials, keep, jax.random.key(2)))
+
+
+def test_bf16_embedding_gradients_are_summed_in_the_param_dtype():
+  """The gradient of an embedding row is the sum over every occurrence of its id; taken
+  from a bfloat16 table, 4096 occurrences of one id summed to 256 (bf16 stalls there).
+  The rows are taken in f32 and cast after, so the sum is exact, and the forward values
+  are the bfloat16 ones."""
+  from tokendrop_jax.model.bert import lookup
+  ids = jnp.full((64, 64), 3, jnp.int32)  # 4096 occurrences of id 3
+  for dtype in (jnp.bfloat16, None):  # the word table (model dtype), token types (param dtype)
+    embed = nn.Embed(8, 4, dtype=dtype)
+    params = embed.init(jax.random.PRNGKey(0), ids)
+
+    def total(params):
+      rows = embed.apply(params, ids, method=lambda m, i: lookup(m, i, None))
+      assert rows.dtype == (dtype or jnp.float32)
+      return rows.astype(jnp.float32).sum()
+
+    grad = jax.grad(total)(params)["params"]["embedding"]
+    assert grad.dtype == jnp.float32
+    np.testing.assert_array_equal(grad[3], np.full((4,), 4096.0))
+    np.testing.assert_array_equal(np.delete(np.asarray(grad), 3, axis=0), 0.0)

@@ -78,6 +78,8 @@ def fused(impl: str, q: Array, k: Array, v: Array, key_mask: Array) -> Array:
     return _splash(q, k, v, key_mask)
   seq_major = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [b, h, s, d] <-> [b, s, h, d]
   mask = (key_mask > 0)[:, None, None, :]  # [batch, 1, 1, kv_len]
+  if impl == "cudnn":  # cuDNN takes the mask as a bias of the full [q_len, kv_len] shape
+    mask = jnp.broadcast_to(mask, (q.shape[0], 1, q.shape[2], k.shape[2]))
   ctx = jax.nn.dot_product_attention(seq_major(q), seq_major(k), seq_major(v), mask=mask,
                                      implementation=impl)
   return seq_major(ctx)

@@ -162,10 +162,15 @@ def lookup(embed: nn.Embed, ids: Array, vocab_axis: Optional[str]) -> Array:
   That is FSDP's all-gather of a weight before its use. Left to itself, XLA may
   instead all-gather the ids of the global batch to look them up in the
   fsdp-sharded table, so each device would embed every row.
+
+  Rows are taken from the table in its param dtype and cast after: the backward
+  pass of a take is a scatter-add of every occurrence into the table, and in
+  bfloat16 that sum stalls (4096 occurrences of [MASK] add up to 256) and runs
+  as contended compare-and-swap loops on a GPU. The forward values are the same.
   """
-  (table,) = embed.promote_dtype(embed.embedding, dtype=embed.dtype, inexact=False)
-  table = nn.with_logical_constraint(table, (vocab_axis, None))  # [vocab, hidden]
-  return jnp.take(table, ids, axis=0)
+  table = nn.with_logical_constraint(embed.embedding, (vocab_axis, None))  # [vocab, hidden]
+  (rows,) = embed.promote_dtype(jnp.take(table, ids, axis=0), dtype=embed.dtype, inexact=False)
+  return rows  # [*ids.shape, hidden]
 
 
 class Embeddings(nn.Module):
