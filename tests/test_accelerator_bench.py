@@ -13,11 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_smoke_run_writes_every_case_and_records_what_the_platform_lacks(tmp_path):
   env = dict(os.environ, PYTHON=sys.executable)
   proc = subprocess.run([os.path.join(ROOT, "benchmarks", "accelerator.sh"), str(tmp_path),
-                         "--smoke", "--cases=s32_xla,s32_cudnn"], env=env, cwd=ROOT,
+                         "--smoke", "--cases=s32_xla,s32_cudnn,s32_no_dropout"], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "accelerator.json").read_text())
-  assert results["smoke"] and list(results["cases"]) == ["s32_xla", "s32_cudnn"]
+  assert results["smoke"] and list(results["cases"]) == ["s32_xla", "s32_cudnn", "s32_no_dropout"]
   xla = results["cases"]["s32_xla"]
   for kind in ("full", "drop"):
     assert xla[kind]["step_s"] > 0 and len(xla[kind]["step_times_s"]) == results["steps"]
@@ -25,6 +25,9 @@ def test_smoke_run_writes_every_case_and_records_what_the_platform_lacks(tmp_pat
     assert xla[kind]["mfu"] is None  # a CPU has no known peak
   assert 0 < xla["flops_ratio"] < 1
   assert "model.attention='cudnn' needs a GPU" in results["cases"]["s32_cudnn"]["error"]
+  no_dropout = results["cases"]["s32_no_dropout"]
+  assert (no_dropout["dropout_rate"], xla["dropout_rate"]) == (0.0, 0.1)
+  assert no_dropout["full"]["step_s"] > 0 and no_dropout["drop"]["compiled"]["compile_s"] > 0
 
 
 def test_usage_without_an_output_folder():
