@@ -3,9 +3,12 @@
   python benchmarks/data_pipeline_bench.py                      # demo corpus (stdlib docs)
   python benchmarks/data_pipeline_bench.py --offline_corpus=../shared/data/offline_en
 
-Tokenizer training and corpus building use every core; the pipeline itself is
-then measured pinned to one core (--one_core), worker_count=0, as one process
-of a multi-host job would run it. Writes benchmarks/results/data_pipeline.json.
+A row per tokenizer (SentencePiece unigram, WordPiece; each trained on the
+corpus) x masking mode (token, whole_word, ngram) x sequence length. Tokenizer
+training and corpus building use every core; the pipeline itself is then
+measured pinned to one core (--one_core), worker_count=0, as one process of a
+multi-host job would run it. Writes benchmarks/results/data_pipeline.json (the
+top-level tokenizer_train_s / corpus_build_s are SentencePiece's, as before).
 """
 import json
 import os
@@ -32,12 +35,16 @@ flags.DEFINE_list("seq_lens", ["128", "512"], "Sequence lengths to measure.")
 flags.DEFINE_integer("batch_tokens", 32768, "Rows per batch = batch_tokens // seq_len.")
 flags.DEFINE_integer("num_batches", 300, "Timed batches per setting (after 5 warm-up).")
 flags.DEFINE_integer("read_threads", 4, "grain read threads (they share the pinned core).")
+flags.DEFINE_list("tokenizers", ["sentencepiece", "wordpiece"], "Tokenizer kinds to measure.")
+flags.DEFINE_list("maskings", ["token", "whole_word", "ngram"], "data.masking modes to measure.")
+flags.DEFINE_integer("max_ngram", 3, "data.max_ngram of the ngram rows.")
 flags.DEFINE_bool("one_core", True, "Pin the pipeline measurement to one CPU core.")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                            "results", "data_pipeline.json"), "JSON output.")
 
 
 def _prepare(result):
+  """Writes/finds the corpus, then per tokenizer kind: trains it, builds the dataset."""
   os.makedirs(FLAGS.workdir, exist_ok=True)
   if FLAGS.offline_corpus:
     name = "offline_en"
@@ -51,22 +58,34 @@ def _prepare(result):
     result["demo_corpus_write_s"] = round(time.perf_counter() - t0, 2)
     vocab = FLAGS.vocab_size or 8000
   result.update(corpus=name, corpus_bytes=sum(_text_bytes(p) for p in (train, valid)),
-                vocab_size=vocab)
-  t0 = time.perf_counter()
-  model = tokenizer_lib.train_tokenizer([train], vocab, os.path.join(
-      FLAGS.workdir, f"spm_{name}_{vocab}"))
-  result["tokenizer_train_s"] = round(time.perf_counter() - t0, 2)
-  tok = tokenizer_lib.Tokenizer(model)
-  data_dir = os.path.join(FLAGS.workdir, f"datasets_{name}")
-  shutil.rmtree(data_dir, ignore_errors=True)  # time a fresh build, not a reuse
-  t0 = time.perf_counter()
-  path = text_builder.build_corpus([train], [valid], tok, data_dir)
-  result["corpus_build_s"] = round(time.perf_counter() - t0, 2)
-  meta = text_builder.load_corpus_meta(path)
-  result["corpus_tokens"] = {k: v["tokens"] for k, v in meta["splits"].items()}
-  result["corpus_documents"] = {k: v["documents"] for k, v in meta["splits"].items()}
-  result["tokenize_mb_per_s"] = round(result["corpus_bytes"] / 1e6 / result["corpus_build_s"], 2)
-  return path
+                vocab_size=vocab, tokenizers={})
+  paths = {}
+  for kind in FLAGS.tokenizers:
+    info = {}
+    t0 = time.perf_counter()
+    if kind == "sentencepiece":
+      tok = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
+          [train], vocab, os.path.join(FLAGS.workdir, f"spm_{name}_{vocab}")))
+    elif kind == "wordpiece":
+      tok = tokenizer_lib.load_tokenizer(tokenizer_lib.train_wordpiece(
+          [train], vocab, os.path.join(FLAGS.workdir, f"wordpiece_{name}_{vocab}.json")))
+    else:
+      raise ValueError(f"--tokenizers: unknown kind {kind!r}")
+    info["tokenizer_train_s"] = round(time.perf_counter() - t0, 2)
+    data_dir = os.path.join(FLAGS.workdir, f"datasets_{name}_{kind}")
+    shutil.rmtree(data_dir, ignore_errors=True)  # time a fresh build, not a reuse
+    t0 = time.perf_counter()
+    path = text_builder.build_corpus([train], [valid], tok, data_dir)
+    info["corpus_build_s"] = round(time.perf_counter() - t0, 2)
+    meta = text_builder.load_corpus_meta(path)
+    info["corpus_tokens"] = {k: v["tokens"] for k, v in meta["splits"].items()}
+    info["corpus_documents"] = {k: v["documents"] for k, v in meta["splits"].items()}
+    info["tokenize_mb_per_s"] = round(result["corpus_bytes"] / 1e6 / info["corpus_build_s"], 2)
+    result["tokenizers"][kind] = info
+    if kind == "sentencepiece":  # the top-level fields of the earlier single-tokenizer runs
+      result.update({k: v for k, v in info.items()})
+    paths[kind] = (path, tok)
+  return paths
 
 
 def _text_bytes(path):
@@ -75,37 +94,46 @@ def _text_bytes(path):
   return os.path.getsize(path)
 
 
-def _measure(path, seq_len):
+def _measure(path, tok, kind, mode, seq_len):
   rows = max(1, FLAGS.batch_tokens // seq_len)
   it = pipeline.make_pretrain_iterator(
       path, seq_len=seq_len, max_predictions_per_seq=max(1, round(0.15 * seq_len)) + 2,
       global_batch_size=rows, seed=0, shard_index=0, num_shards=1,
-      read_threads=FLAGS.read_threads)
+      read_threads=FLAGS.read_threads, tokenizer=tok, masking=mode, max_ngram=FLAGS.max_ngram)
   for _ in range(5):
     next(it)
-  real = 0
+  real = masked = 0
   t0 = time.perf_counter()
   cpu0 = time.process_time()
   for _ in range(FLAGS.num_batches):
     batch = next(it)
     real += int(batch["input_mask"].sum())
+    masked += int(batch["masked_lm_weights"].sum())
   wall = time.perf_counter() - t0
   cpu = time.process_time() - cpu0
   tokens = FLAGS.num_batches * rows * seq_len
-  return {"seq_len": seq_len, "batch_rows": rows, "batches": FLAGS.num_batches,
-          "tokens_per_s": round(tokens / wall), "real_tokens_per_s": round(real / wall),
+  # tokens_per_cpu_s: the same per second of CPU the process got, which a machine
+  # shared with other jobs (cpu_s_per_wall_s < 1) does not lower.
+  return {"tokenizer": kind, "masking": mode, "seq_len": seq_len, "batch_rows": rows,
+          "batches": FLAGS.num_batches, "tokens_per_s": round(tokens / wall),
+          "real_tokens_per_s": round(real / wall), "tokens_per_cpu_s": round(tokens / cpu),
           "fill": round(real / tokens, 4), "ms_per_batch": round(1e3 * wall / FLAGS.num_batches, 2),
-          "cpu_s_per_wall_s": round(cpu / wall, 2)}
+          "cpu_s_per_wall_s": round(cpu / wall, 2),
+          "predictions_per_real_token": round(masked / real, 4)}
 
 
 def main(argv):
   del argv
   result = {"python": platform.python_version(), "cpus": os.cpu_count()}
-  path = _prepare(result)
+  paths = _prepare(result)
   if FLAGS.one_core and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     result["pinned_cores"] = sorted(os.sched_getaffinity(0))
-  result["pipeline"] = [_measure(path, int(s)) for s in FLAGS.seq_lens]
+  if FLAGS.maskings != ["token"]:
+    result["max_ngram"] = FLAGS.max_ngram
+  result["pipeline"] = [_measure(path, tok, kind, mode, int(s))
+                        for kind, (path, tok) in paths.items()
+                        for mode in FLAGS.maskings for s in FLAGS.seq_lens]
   print(json.dumps(result, indent=2))
   benchmark.write_results(result, FLAGS.output)
 

@@ -41,14 +41,14 @@ def layer_features(workdir: str, splits, max_seq_len: int,
 
   from tokendrop_jax import config_lib
   from tokendrop_jax.data import glue
-  from tokendrop_jax.data.tokenizer import Tokenizer
+  from tokendrop_jax.data.tokenizer import load_tokenizer
   from tokendrop_jax.model.bert import BertEncoder
   from tokendrop_jax.training import pretrained
   from tokendrop_jax.training import workdir as workdir_lib
 
   params, config, _ = pretrained.load_pretrained(workdir)
   cfg = config_lib.model_config(config)
-  tokenizer = Tokenizer(workdir_lib.tokenizer_path(workdir))
+  tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
   model = BertEncoder(cfg)
 
   @jax.jit

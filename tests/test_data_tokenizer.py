@@ -1,4 +1,5 @@
-"""SentencePiece tokenizer: fixed special ids, loading checks, bad input."""
+"""SentencePiece tokenizer: special ids (ours 0..4, or any found by name), loading checks,
+bad input. WordPiece: tests/test_wordpiece.py."""
 import gzip
 import os
 import pickle
@@ -87,10 +88,54 @@ def test_model_without_bert_specials(text_file, tmp_path):
   with open(text_file) as f:
     spm.SentencePieceTrainer.train(sentence_iterator=iter(f.readlines()), model_prefix=prefix,
                                    vocab_size=500, minloglevel=2)
-  with pytest.raises(ValueError, match=r"plain.model.*\[PAD\].*id 0"):
+  with pytest.raises(ValueError, match=r"plain.model: the special token \[PAD\] is missing"):
     tokenizer_lib.Tokenizer(prefix + ".model")
   with pytest.raises(FileNotFoundError, match="absent.model"):
     tokenizer_lib.Tokenizer(str(tmp_path / "absent.model"))
   (tmp_path / "junk.model").write_bytes(b"not a model")
   with pytest.raises(ValueError, match="junk.model"):
     tokenizer_lib.Tokenizer(str(tmp_path / "junk.model"))
+
+
+def _spm(text_file, prefix, **specials):
+  with open(text_file) as f:
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(f.readlines()), model_prefix=prefix,
+                                   vocab_size=500, minloglevel=2, bos_id=-1, eos_id=-1,
+                                   **specials)
+  return prefix + ".model"
+
+
+def test_specials_at_other_ids(text_file, tmp_path):
+  """A SentencePiece model of someone else's layout: the specials are found by name."""
+  path = _spm(text_file, str(tmp_path / "other"), unk_id=0, unk_piece="[UNK]", pad_id=-1,
+              control_symbols=["[SEP]", "[PAD]", "[MASK]", "[CLS]"])
+  tok = tokenizer_lib.load_tokenizer(path)
+  assert tok.kind == "sentencepiece" and tok.file_name == "tokenizer.model"
+  assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (2, 0, 4, 1, 3)
+  assert tok.special_ids == (2, 0, 4, 1, 3)
+  assert [tok.id_to_piece(i) for i in tok.special_ids] == list(tokenizer_lib.SPECIAL_PIECES)
+  ids = tok.encode("Return [MASK] the [CLS] value [SEP] of [PAD] x.")
+  assert ids and not {tok.cls_id, tok.sep_id, tok.mask_id, tok.pad_id} & set(ids)
+  again = pickle.loads(pickle.dumps(tok))
+  assert again.special_ids == tok.special_ids and again.serialized() == tok.serialized()
+  assert tok.serialized() == open(path, "rb").read()
+
+
+def test_specials_must_be_control_symbols(text_file, tmp_path):
+  """A user-defined [MASK] would be produced from text: refused, naming file and token."""
+  path = _spm(text_file, str(tmp_path / "user"), unk_id=0, unk_piece="[UNK]", pad_id=1,
+              pad_piece="[PAD]", control_symbols=["[CLS]", "[SEP]"], user_defined_symbols=["[MASK]"])
+  with pytest.raises(ValueError, match=r"user.model: the special token \[MASK\] \(id 4\) is "
+                                       "not a control symbol"):
+    tokenizer_lib.Tokenizer(path)
+
+
+def test_load_tokenizer_dispatch(tok, tmp_path):
+  assert tokenizer_lib.load_tokenizer(tok.model_path).special_ids == (0, 1, 2, 3, 4)
+  with pytest.raises(ValueError, match="lowercase=True is for WordPiece"):
+    tokenizer_lib.load_tokenizer(tok.model_path, lowercase=True)
+  with pytest.raises(ValueError, match=r"tok.bin: unknown tokenizer file"):
+    tokenizer_lib.load_tokenizer(str(tmp_path / "tok.bin"))
+  assert tokenizer_lib.is_word_start("\u2581the", "sentencepiece")
+  assert not tokenizer_lib.is_word_start("the", "sentencepiece")
+  assert tok.is_word_start(tok.id_to_piece(tok.encode("the")[0]))

@@ -160,6 +160,33 @@ def test_tokenizer_json_equals_sentencepiece(model_type, tmp_path):
     assert hf.encode(s).ids == [sp.cls_id] + sp.encode(s) + [sp.sep_id], repr(s)
 
 
+def test_sentencepiece_with_other_special_ids(tmp_path):
+  """Specials found by name at other ids ([UNK] 0, [SEP] 1, [PAD] 2, [MASK] 3, [CLS] 4): the
+  exported tokenizer frames and masks with those ids, and the config has [PAD]'s."""
+  import sentencepiece as spm
+  transformers = pytest.importorskip("transformers")
+  lines = [s for d in demo_corpus.demo_documents(max_bytes=60_000) for s in d]
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(lines[::2]), model_prefix=str(tmp_path / "other"), vocab_size=400,
+      unk_id=0, unk_piece="[UNK]", pad_id=-1, bos_id=-1, eos_id=-1, minloglevel=2,
+      control_symbols=["[SEP]", "[PAD]", "[MASK]", "[CLS]"], num_threads=1)
+  sp = tokenizer_lib.load_tokenizer(str(tmp_path / "other.model"))
+  assert (sp.pad_id, sp.unk_id, sp.cls_id, sp.sep_id, sp.mask_id) == (2, 0, 4, 1, 3)
+  out = tmp_path / "hf"
+  out.mkdir()
+  for name, obj in export_lib.tokenizer_files(sp, 128).items():
+    (out / name).write_text(json.dumps(obj), encoding="utf-8")
+  hf = transformers.AutoTokenizer.from_pretrained(str(out))
+  assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id,
+          hf.mask_token_id) == sp.special_ids[:1] + (0, 4, 1, 3)
+  for s in SENTENCES + lines[1::2][:200]:  # held-out text
+    assert hf(s)["input_ids"] == [4] + sp.encode(s) + [1], repr(s)
+  assert hf("a [MASK]")["input_ids"][-2:] == [3, 1]
+  cfg = BertConfig(vocab_size=400, hidden_size=32, num_layers=4, num_heads=2,
+                   intermediate_size=64, max_position=128)
+  assert export_lib.hf_config(cfg, sp.pad_id)["pad_token_id"] == 2
+
+
 def test_unsupported_tokenizer_settings(tmp_path):
   from sentencepiece import sentencepiece_model_pb2 as pb
   text = tmp_path / "text.txt"

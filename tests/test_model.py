@@ -83,6 +83,28 @@ def test_selection_keeps_specials_and_drops_padding_first():
   np.testing.assert_array_equal(keep7[0], [0, 1, 2, 3, 4, 5, 6])
 
 
+def test_selection_with_bert_vocab_special_ids():
+  """BERT's vocab.txt ids ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103): the
+  same kept set as the rows above written with our ids 0..4, token for token."""
+  bert = {0: 0, 1: 100, 2: 101, 3: 102, 4: 103}
+  ours = np.array([[2, 10, 4, 11, 12, 3, 0, 0], [2, 10, 11, 1, 13, 14, 15, 3]])
+  ids = jnp.asarray(np.vectorize(lambda i: bert.get(i, i + 1000))(ours))
+  mask = (ids != 0).astype(jnp.int32)
+  scores = jnp.array([[0., 9., -5., 8., 7., 0., 99., 99.], [-9., 1., 2., -7., 4., 5., 6., -9.]])
+  for keep in (4, 5, 7):
+    got = token_drop.select_kept(scores, ids, mask, (0, 100, 101, 102, 103), keep)
+    want = token_drop.select_kept(scores, jnp.asarray(ours), mask, synthetic.SPECIAL_IDS, keep)
+    np.testing.assert_array_equal(got, want)
+  keep = token_drop.select_kept(scores, ids, mask, (0, 100, 101, 102, 103), 4)
+  np.testing.assert_array_equal(keep[0], [0, 1, 2, 5])  # CLS, best token, MASK, SEP
+  np.testing.assert_array_equal(keep[1], [0, 3, 6, 7])  # CLS, UNK, best token, SEP
+  keep7 = token_drop.select_kept(scores, ids, mask, (0, 100, 101, 102, 103), 7)
+  np.testing.assert_array_equal(keep7[0], [0, 1, 2, 3, 4, 5, 6])  # padding (6, 7) last
+  # With our ids, BERT's specials are ordinary tokens: the kept set differs.
+  assert not np.array_equal(token_drop.select_kept(scores, ids, mask, synthetic.SPECIAL_IDS, 4),
+                            keep)
+
+
 def test_selection_rejects_bad_keep():
   with pytest.raises(ValueError, match="keep_tokens"):
     token_drop.select_kept(jnp.zeros((1, 4)), jnp.zeros((1, 4), jnp.int32),

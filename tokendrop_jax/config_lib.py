@@ -17,7 +17,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from tokendrop_jax import importance, partitioning
-from tokendrop_jax.data import glue
+from tokendrop_jax.data import glue, masking
 from tokendrop_jax.model.bert import BertConfig
 
 # Options beyond the paper, appended as `strategy+option[+option]` (e.g. `random+layerwise`).
@@ -29,6 +29,11 @@ OPTIONS = {
 }
 
 CONSISTENCY_FORMS = ("head", "paper")
+
+# data.tokenizer_type: a SentencePiece model type, or BERT's WordPiece (trained when
+# data.tokenizer_model is unset). data.tokenizer_model: one of these files.
+TOKENIZER_TYPES = ("unigram", "bpe", "wordpiece")
+TOKENIZER_SUFFIXES = (".model", ".json", ".txt")  # SentencePiece, HF tokenizer.json, vocab.txt
 
 # train.prng_impl -> jax's name for it. threefry (the default) is jax's and the same
 # bits as before the option; rbg/unsafe_rbg draw random bits faster on CPU and TPU
@@ -67,6 +72,48 @@ def _model_section() -> ml_collections.ConfigDict:
   # typed `object` so that both assign, in Python and as --config.model.remat=...
   c["remat"] = config_dict.FieldReference(c["remat"], field_type=object)
   return ml_collections.ConfigDict(c)
+
+
+def _lowercase_field() -> config_dict.FieldReference:
+  # WordPiece lower-casing (and BERT's accent stripping): True | False | 'auto' (a
+  # vocab.txt: uncased iff it has no upper-case piece; a trained WordPiece: uncased).
+  # Typed `object` so that True/False and 'auto' all assign, also from the command line.
+  return config_dict.FieldReference("auto", field_type=object)
+
+
+def lowercase_option(value, field: str = "data.lowercase") -> bool | None:
+  """`data.lowercase` -> the tokenizer's argument: a bool, or None (infer)."""
+  if value is None or (isinstance(value, str) and value == "auto"):
+    return None
+  if isinstance(value, bool):
+    return value
+  raise ValueError(f"{field} must be True, False or 'auto', got {value!r}")
+
+
+def lowercase_name(value):
+  """One spelling of each `data.lowercase` value (None == 'auto'), for resume checks."""
+  option = lowercase_option(value)
+  return "auto" if option is None else option
+
+
+def check_tokenizer_fields(data) -> None:
+  """data.tokenizer_model / tokenizer_type / lowercase, before any file is read."""
+  lowercase = lowercase_option(data.lowercase)
+  model = data.tokenizer_model
+  if model and not model.endswith(TOKENIZER_SUFFIXES):
+    raise ValueError(f"data.tokenizer_model={model!r}: expected a SentencePiece .model, an HF "
+                     "tokenizer.json or BERT's vocab.txt (the file name's ending says which)")
+  if "tokenizer_type" in data and data.tokenizer_type not in TOKENIZER_TYPES:
+    raise ValueError(f"data.tokenizer_type must be one of {TOKENIZER_TYPES}, got "
+                     f"{data.tokenizer_type!r}")
+  # Fine-tuning without data.tokenizer_model reads INIT_FROM's file, which says its kind.
+  sentencepiece = (model.endswith(".model") if model else
+                   "tokenizer_type" in data and data.tokenizer_type != "wordpiece")
+  if lowercase is not None and sentencepiece:
+    what = (f"data.tokenizer_model={model!r}" if model else
+            f"data.tokenizer_type={data.tokenizer_type!r}")
+    raise ValueError(f"data.lowercase={lowercase} is for WordPiece tokenizers, but {what} is "
+                     "SentencePiece (it normalises text itself): leave data.lowercase 'auto'")
 
 
 def _optim_section(**overrides) -> ml_collections.ConfigDict:
@@ -155,13 +202,18 @@ def base_config() -> ml_collections.ConfigDict:
       tfds_valid_split="validation",
       tfds_data_dir="",
       demo_corpus=False,         # build the built-in stdlib-docs corpus in the workdir
-      tokenizer_model="",        # an existing SentencePiece .model; else trained into the workdir
+      # An existing SentencePiece .model, HF tokenizer.json (WordPiece) or BERT vocab.txt;
+      # '' = one of data.tokenizer_type ('unigram' | 'bpe' | 'wordpiece') trained into the workdir.
+      tokenizer_model="",
       tokenizer_type="unigram",
+      lowercase=_lowercase_field(),
       dataset_dir="",            # where the ArrayRecord dataset goes (default WORKDIR/data), or a
                                  # directory made by `python -m tokendrop_jax.prepare`, used as is
       seq_len=512,
       max_predictions_per_seq=76,
       mask_prob=0.15,
+      masking="token",           # 'token' | 'whole_word' | 'ngram' (data/masking.py)
+      max_ngram=3,               # 'ngram': spans of 1..max_ngram whole words, P(n) ~ 1/n
       global_batch_size=512,
       seed=0,                    # data order and masking
       worker_count=0,            # grain worker processes per input shard (part of its state)
@@ -191,7 +243,8 @@ def glue_config(task: str) -> ml_collections.ConfigDict:
   c.model = _model_section()
   c.model.dtype = config_dict.placeholder(str)  # None = the pretraining run's
   c.data = ml_collections.ConfigDict(dict(
-      tokenizer_model="",        # '' = INIT_FROM/tokenizer.model (required for random init)
+      tokenizer_model="",        # '' = INIT_FROM's tokenizer (required for random init)
+      lowercase=_lowercase_field(),
       # GLUE TSVs; empty = TFDS glue/<task> (prepared as array_record in tfds_data_dir).
       train_file="",
       eval_file="",
@@ -337,6 +390,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _positive(data, ("seq_len", "max_predictions_per_seq", "global_batch_size", "num_shards"),
             "data")
   _positive(train, ("num_steps", "eval_every", "eval_batches"), "train")
+  check_tokenizer_fields(data)
   if data.global_batch_size % data.num_shards:
     raise ValueError(f"data.global_batch_size={data.global_batch_size} must divide into "
                      f"data.num_shards={data.num_shards} virtual input shards")
@@ -349,6 +403,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"data.seq_len ({data.seq_len})")
   if not 0.0 < data.mask_prob < 1.0:
     raise ValueError(f"data.mask_prob must be in (0, 1), got {data.mask_prob}")
+  masking.check_masking(data.masking, data.max_ngram, where="data")
   if not 0.0 <= data.valid_fraction < 1.0:
     raise ValueError(f"data.valid_fraction must be in [0, 1), got {data.valid_fraction}")
   if data.valid_fraction > 0 and data.valid_files:
@@ -423,6 +478,7 @@ def validate_glue(config: ml_collections.ConfigDict) -> None:
   if config.optim.grad_accum_steps != 1:
     raise ValueError(f"optim.grad_accum_steps={config.optim.grad_accum_steps}: fine-tuning "
                      "does not accumulate gradients; use 1 and a smaller data.global_batch_size")
+  check_tokenizer_fields(data)
   if not isinstance(data.eval_batch_size, int) or data.eval_batch_size < 0:
     raise ValueError(f"data.eval_batch_size must be an int >= 0, got {data.eval_batch_size!r}")
   if data.eval_mismatched_file and spec.name != "mnli":

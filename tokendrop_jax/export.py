@@ -5,7 +5,8 @@
 DIR then loads with `transformers.AutoModelForMaskedLM.from_pretrained(DIR)`
 (PyTorch) and `AutoTokenizer.from_pretrained(DIR)`. Writing it needs neither
 transformers nor torch: `config.json`, `model.safetensors` (numpy) and the
-tokenizer as a `tokenizers` JSON built from the SentencePiece proto.
+tokenizer as a `tokenizers` JSON built from the SentencePiece proto, or for a
+WordPiece run BERT's own files (tokenizer.json, vocab.txt, do_lower_case).
 
 The conversion functions are pure (params/proto in, dicts out); files are
 written only by `export`, into a temp dir that is renamed into place.
@@ -13,6 +14,7 @@ written only by `export`, into a temp dir that is renamed into place.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import shutil
@@ -36,8 +38,9 @@ HF_HIDDEN_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 # Model: config and weights.
 
 
-def hf_config(cfg: BertConfig) -> dict[str, Any]:
-  """The Hugging Face `BertConfig` of our model (post-LN BERT, `model.hidden_act`)."""
+def hf_config(cfg: BertConfig, pad_token_id: int = 0) -> dict[str, Any]:
+  """The Hugging Face `BertConfig` of our model (post-LN BERT, `model.hidden_act`);
+  `pad_token_id`: the tokenizer's [PAD] (0 in ours, also in BERT's vocab.txt)."""
   return {
       "architectures": ["BertForMaskedLM"],
       "model_type": "bert",
@@ -53,7 +56,7 @@ def hf_config(cfg: BertConfig) -> dict[str, Any]:
       "type_vocab_size": cfg.type_vocab_size,
       "initializer_range": cfg.initializer_range,
       "layer_norm_eps": cfg.layer_norm_eps,
-      "pad_token_id": 0,
+      "pad_token_id": int(pad_token_id),
       "position_embedding_type": "absolute",
       "tie_word_embeddings": True,  # our MLM decoder is the word embedding matrix
       "torch_dtype": "float32",
@@ -74,55 +77,61 @@ def _get(tree: Mapping[str, Any], *path: str, shape: tuple[int, ...]) -> np.ndar
   return np.asarray(node, np.float32)
 
 
-def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.ndarray]:
-  """`BertForMaskedLM` tensors (float32, torch layout) from our param tree.
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """One tensor of Hugging Face's `BertForMaskedLM` and the param it is.
 
-  torch Linear weights are [out, in], the transpose of Flax kernels; the
-  per-head projections [hidden, heads, head_dim] flatten to heads*head_dim,
-  the order of HF's `transpose_for_scores`. The decoder weight and bias are
-  tied in HF (to the word embeddings and `cls.predictions.bias`), so they are
-  not written.
+  torch Linear weights are [out, in], the transpose of Flax kernels (`linear`);
+  the per-head projections [hidden, heads, head_dim] flatten to heads*head_dim,
+  the order of HF's `transpose_for_scores`. Export and import (`import_hf`)
+  both read this table, so the two directions cannot disagree.
   """
-  h, nh, hd, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.vocab_size
-  if cfg.scan_layers:  # stacked blocks -> one entry per layer, as HF numbers them
-    from tokendrop_jax.model.bert import to_unrolled  # pylint: disable=g-import-not-at-top
-    params = {**params, "bert": to_unrolled(params["bert"], cfg)}
-  n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
-  if n_layers != cfg.num_layers:
-    raise ValueError(f"params have {n_layers} layers, the config says {cfg.num_layers}")
-  out = {}
+  hf: str                       # e.g. bert.encoder.layer.0.attention.self.query.weight
+  path: tuple[str, ...]         # ours, in the unrolled param tree
+  shape: tuple[int, ...]        # ours
+  hf_shape: tuple[int, ...]
+  linear: bool = False          # a torch Linear weight: [out, in]
 
-  def put(name, x):
-    out[name] = np.ascontiguousarray(x)
+  def to_hf(self, x: np.ndarray) -> np.ndarray:
+    return x.reshape(self.hf_shape[::-1]).T if self.linear else x.reshape(self.hf_shape)
+
+  def from_hf(self, x: np.ndarray) -> np.ndarray:
+    return x.T.reshape(self.shape) if self.linear else x.reshape(self.shape)
+
+
+def param_table(cfg: BertConfig) -> list[Tensor]:
+  """Every `BertForMaskedLM` tensor we have, in export order. The decoder weight
+  and bias are tied in HF (to the word embeddings and `cls.predictions.bias`),
+  so they are not in it."""
+  h, nh, hd, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.vocab_size
+  out = []
 
   def norm(prefix, *path):
-    put(f"{prefix}.weight", _get(params, *path, "scale", shape=(h,)))
-    put(f"{prefix}.bias", _get(params, *path, "bias", shape=(h,)))
+    out.append(Tensor(f"{prefix}.weight", (*path, "scale"), (h,), (h,)))
+    out.append(Tensor(f"{prefix}.bias", (*path, "bias"), (h,), (h,)))
 
   def dense(prefix, *path, kernel_shape, bias_shape):
-    kernel = _get(params, *path, "kernel", shape=kernel_shape)
-    bias = _get(params, *path, "bias", shape=bias_shape)
     n_out = int(np.prod(bias_shape))
-    put(f"{prefix}.weight", kernel.reshape(-1, n_out).T)  # [out, in]
-    put(f"{prefix}.bias", bias.reshape(n_out))
+    n_in = int(np.prod(kernel_shape)) // n_out
+    out.append(Tensor(f"{prefix}.weight", (*path, "kernel"), kernel_shape, (n_out, n_in),
+                      linear=True))
+    out.append(Tensor(f"{prefix}.bias", (*path, "bias"), bias_shape, (n_out,)))
 
   emb = ("bert", "embeddings")
-  put("bert.embeddings.word_embeddings.weight",
-      _get(params, *emb, "word", "embedding", shape=(v, h)))
-  put("bert.embeddings.position_embeddings.weight",
-      _get(params, *emb, "position", "embedding", shape=(cfg.max_position, h)))
-  put("bert.embeddings.token_type_embeddings.weight",
-      _get(params, *emb, "token_type", "embedding", shape=(cfg.type_vocab_size, h)))
+  for hf, ours, rows in (("word", "word", v), ("position", "position", cfg.max_position),
+                         ("token_type", "token_type", cfg.type_vocab_size)):
+    out.append(Tensor(f"bert.embeddings.{hf}_embeddings.weight", (*emb, ours, "embedding"),
+                      (rows, h), (rows, h)))
   norm("bert.embeddings.LayerNorm", *emb, "layer_norm")
   for i in range(cfg.num_layers):
     ours, hf = ("bert", f"layer_{i}"), f"bert.encoder.layer.{i}"
     for proj in ("query", "key", "value"):
       dense(f"{hf}.attention.self.{proj}", *ours, "attention", proj,
             kernel_shape=(h, nh, hd), bias_shape=(nh, hd))
-    out_kernel = _get(params, *ours, "attention", "out_kernel", shape=(nh, hd, h))
-    put(f"{hf}.attention.output.dense.weight", out_kernel.reshape(nh * hd, h).T)
-    put(f"{hf}.attention.output.dense.bias",
-        _get(params, *ours, "attention", "out_bias", shape=(h,)))
+    out.append(Tensor(f"{hf}.attention.output.dense.weight", (*ours, "attention", "out_kernel"),
+                      (nh, hd, h), (h, nh * hd), linear=True))
+    out.append(Tensor(f"{hf}.attention.output.dense.bias", (*ours, "attention", "out_bias"),
+                      (h,), (h,)))
     norm(f"{hf}.attention.output.LayerNorm", *ours, "attention_norm")
     dense(f"{hf}.intermediate.dense", *ours, "intermediate",
           kernel_shape=(h, cfg.intermediate_size), bias_shape=(cfg.intermediate_size,))
@@ -132,12 +141,24 @@ def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.nd
   dense("cls.predictions.transform.dense", "mlm", "transform",
         kernel_shape=(h, h), bias_shape=(h,))
   norm("cls.predictions.transform.LayerNorm", "mlm", "transform_norm")
-  put("cls.predictions.bias", _get(params, "mlm", "output_bias", shape=(v,)))
+  out.append(Tensor("cls.predictions.bias", ("mlm", "output_bias"), (v,), (v,)))
   return out
 
 
+def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.ndarray]:
+  """`BertForMaskedLM` tensors (float32, torch layout) from our param tree (`param_table`)."""
+  if cfg.scan_layers:  # stacked blocks -> one entry per layer, as HF numbers them
+    from tokendrop_jax.model.bert import to_unrolled  # pylint: disable=g-import-not-at-top
+    params = {**params, "bert": to_unrolled(params["bert"], cfg)}
+  n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
+  if n_layers != cfg.num_layers:
+    raise ValueError(f"params have {n_layers} layers, the config says {cfg.num_layers}")
+  return {t.hf: np.ascontiguousarray(t.to_hf(_get(params, *t.path, shape=t.shape)))
+          for t in param_table(cfg)}
+
+
 # ---------------------------------------------------------------------------
-# Tokenizer: SentencePiece proto -> `tokenizers` JSON.
+# Tokenizer: SentencePiece proto -> `tokenizers` JSON; WordPiece -> BertTokenizerFast's files.
 
 _SPECIAL = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
             "sep_token": "[SEP]", "mask_token": "[MASK]"}
@@ -179,11 +200,72 @@ def _bpe_merges(pieces: list[str], ids: Mapping[str, int]) -> list[list[str]]:
   return [[left, right] for *_, left, right in merges]
 
 
+def _added_specials(ids: Mapping[str, int]) -> list[dict[str, Any]]:
+  """HF's added tokens: the five specials at their ids, matched before normalising."""
+  from tokendrop_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  return sorted(({"id": ids[p], "content": p, "single_word": False, "lstrip": False,
+                  "rstrip": False, "normalized": False, "special": True}
+                 for p in tok_lib.SPECIAL_PIECES), key=lambda a: a["id"])
+
+
+def _bert_template(ids: Mapping[str, int]) -> dict[str, Any]:
+  """`[CLS] A [SEP] (B [SEP])`, token_type_ids 0/1."""
+  from tokendrop_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  cls, sep = tok_lib.CLS, tok_lib.SEP
+
+  def special(piece, type_id):
+    return {"SpecialToken": {"id": piece, "type_id": type_id}}
+
+  def seq(name, type_id):
+    return {"Sequence": {"id": name, "type_id": type_id}}
+
+  return {"type": "TemplateProcessing",
+          "single": [special(cls, 0), seq("A", 0), special(sep, 0)],
+          "pair": [special(cls, 0), seq("A", 0), special(sep, 0), seq("B", 1), special(sep, 1)],
+          "special_tokens": {p: {"id": p, "ids": [ids[p]], "tokens": [p]} for p in (cls, sep)}}
+
+
+def hf_wordpiece_files(tok, model_max_length: int) -> dict[str, Any]:
+  """{filename: json object or text} of `BertTokenizerFast` equal to the WordPiece `tok`:
+  its tokenizer.json with the specials as added tokens and BERT's framing, BERT's
+  vocab.txt, and a tokenizer_config.json whose do_lower_case matches (the fast class
+  rebuilds its normaliser from it)."""
+  from tokendrop_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  spec = json.loads(tok.to_json())
+  ids = dict(zip(tok_lib.SPECIAL_PIECES, tok.special_ids))
+  added = _added_specials(ids)
+  spec.update(added_tokens=added, post_processor=_bert_template(ids))
+  norm = tok.normalizer_settings
+  config = {
+      "tokenizer_class": "BertTokenizerFast",
+      "do_lower_case": norm["lowercase"],
+      "strip_accents": norm["strip_accents"],
+      "tokenize_chinese_chars": norm["handle_chinese_chars"],
+      "model_max_length": int(model_max_length),
+      "padding_side": "right",
+      "truncation_side": "right",
+      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+      "clean_up_tokenization_spaces": False,
+      "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
+                               for a in added},
+      **_SPECIAL,
+  }
+  return {"tokenizer.json": spec, "tokenizer_config.json": config,
+          "special_tokens_map.json": dict(_SPECIAL), "vocab.txt": tok.vocab_txt()}
+
+
+def tokenizer_files(tok, model_max_length: int) -> dict[str, Any]:
+  """The HF tokenizer files of either kind of tokenizer."""
+  if tok.kind == "wordpiece":
+    return hf_wordpiece_files(tok, model_max_length)
+  return hf_tokenizer_files(tok.serialized_model_proto(), model_max_length)
+
+
 def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
   """{filename: json object} of a fast tokenizer equal to the SentencePiece model.
 
-  Special tokens are the project's fixed ids ([PAD] 0, [UNK] 1, [CLS] 2,
-  [SEP] 3, [MASK] 4), added as special tokens so that "[MASK]" in text is
+  The special tokens, found by name at their ids (ours: [PAD] 0, [UNK] 1, [CLS] 2,
+  [SEP] 3, [MASK] 4), are added as special tokens so that "[MASK]" in text is
   the mask (as HF pipelines expect); `[CLS] A [SEP] (B [SEP])` framing
   with token_type_ids 0/1, as in pretraining.
   """
@@ -191,9 +273,10 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
   m, pb = _parse_proto(proto)
   spec, norm_spec = m.trainer_spec, m.normalizer_spec
   pieces = [p.piece for p in m.pieces]
-  for i, special in enumerate(tok_lib.SPECIAL_PIECES):
-    if i >= len(pieces) or pieces[i] != special:
-      raise ValueError(f"special token {special} must have id {i} in the SentencePiece model")
+  ids = {p: i for i, p in reversed(list(enumerate(pieces)))}  # the first of repeats
+  for special in tok_lib.SPECIAL_PIECES:
+    if special not in ids:
+      raise ValueError(f"the special token {special} is missing in the SentencePiece model")
   if spec.treat_whitespace_as_suffix or not norm_spec.escape_whitespaces:
     raise ValueError("SentencePiece models with treat_whitespace_as_suffix or without "
                      "escape_whitespaces cannot be converted")
@@ -202,7 +285,7 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
                      "(train without it: tokendrop_jax.data.tokenizer.train_tokenizer)")
   model_type = pb.TrainerSpec.ModelType.Name(spec.model_type)
   if model_type == "UNIGRAM":
-    model = {"type": "Unigram", "unk_id": tok_lib.SPECIAL_PIECES.index(tok_lib.UNK),
+    model = {"type": "Unigram", "unk_id": ids[tok_lib.UNK],
              "vocab": [[p.piece, float(p.score)] for p in m.pieces], "byte_fallback": False}
   elif model_type == "BPE":
     normal = pb.ModelProto.SentencePiece.Type.Value("NORMAL")
@@ -218,17 +301,7 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
   prepend = "always" if norm_spec.add_dummy_prefix else "never"
   metaspace = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": prepend,
                "split": True}
-  added = [{"id": i, "content": p, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": True}
-           for i, p in enumerate(tok_lib.SPECIAL_PIECES)]
-  cls, sep = tok_lib.CLS, tok_lib.SEP
-
-  def special(piece, type_id):
-    return {"SpecialToken": {"id": piece, "type_id": type_id}}
-
-  def seq(name, type_id):
-    return {"Sequence": {"id": name, "type_id": type_id}}
-
+  added = _added_specials(ids)
   tokenizer = {
       "version": "1.0",
       "truncation": None,
@@ -236,13 +309,7 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
       "added_tokens": added,
       "normalizer": _normalizer(norm_spec),
       "pre_tokenizer": metaspace,
-      "post_processor": {
-          "type": "TemplateProcessing",
-          "single": [special(cls, 0), seq("A", 0), special(sep, 0)],
-          "pair": [special(cls, 0), seq("A", 0), special(sep, 0), seq("B", 1), special(sep, 1)],
-          "special_tokens": {p: {"id": p, "ids": [pieces.index(p)], "tokens": [p]}
-                             for p in (cls, sep)},
-      },
+      "post_processor": _bert_template(ids),
       "decoder": metaspace,
       "model": model,
   }
@@ -273,16 +340,20 @@ def _write_json(path: str, obj) -> None:
     f.write("\n")
 
 
-def _write_folder(d: str, params, cfg: BertConfig, proto: bytes, meta: dict) -> None:
+def _write_folder(d: str, params, cfg: BertConfig, tok, meta: dict) -> None:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   weights = os.path.join(d, "model.safetensors")
   save_file(hf_state_dict(params, cfg), weights, metadata={"format": "pt"})
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(weights, 0o666 & ~umask)  # safetensors creates it 0600
-  _write_json(os.path.join(d, "config.json"), hf_config(cfg))
-  for name, obj in hf_tokenizer_files(proto, cfg.max_position).items():
-    _write_json(os.path.join(d, name), obj)
+  _write_json(os.path.join(d, "config.json"), hf_config(cfg, tok.pad_id))
+  for name, obj in tokenizer_files(tok, cfg.max_position).items():
+    if isinstance(obj, str):  # vocab.txt
+      with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+        f.write(obj)
+    else:
+      _write_json(os.path.join(d, name), obj)
   _write_json(os.path.join(d, EXPORT_META_FILE), meta)
 
 
@@ -315,14 +386,14 @@ def export(workdir: str, output: str, step: int | None = None,
   """
   # Imported here so that `--help` and the pure functions need no orbax/jax.
   from tokendrop_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from tokendrop_jax.data.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import pretrained  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   output = files.resolve(output)
   _check_output(output, overwrite)  # Fail before the (slow) restore.
   workdir_lib.read_config(workdir)  # Names a missing workdir or config first.
-  tok = Tokenizer(workdir_lib.tokenizer_path(workdir))
+  tok = load_tokenizer(workdir_lib.tokenizer_path(workdir))
   params, config, step = pretrained.load_pretrained(workdir, step)
   cfg = config_lib.model_config(config)
   if tok.vocab_size > cfg.vocab_size:
@@ -338,7 +409,7 @@ def export(workdir: str, output: str, step: int | None = None,
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.tmp-")
   try:
-    _write_folder(tmp, params, cfg, tok.serialized_model_proto(), meta)
+    _write_folder(tmp, params, cfg, tok, meta)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
@@ -366,7 +437,7 @@ def export(workdir: str, output: str, step: int | None = None,
 def _export_to_bucket(output, overwrite, params, cfg, tok, meta, workdir, step) -> str:
   tmp = tempfile.mkdtemp(prefix="tokendrop-export-")
   try:
-    _write_folder(tmp, params, cfg, tok.serialized_model_proto(), meta)
+    _write_folder(tmp, params, cfg, tok, meta)
     _check_output(output, overwrite)  # Still true after the restore?
     old = set(files.listdir(output))
     files.publish_dir(tmp, output, last=EXPORT_META_FILE)

@@ -14,7 +14,7 @@ pool (`--workers`, one chunk of documents per task) with the same bytes out as
 a serial build.
 
 DIR is a `text_builder` dataset: ArrayRecord files, token_counts.npy,
-tokenizer.model and corpus_meta.json, which also records what DIR was
+tokenizer.model (or tokenizer.json) and corpus_meta.json, which also records what DIR was
 prepared from. It is built in a staging directory beside DIR
 (`.tmp-<name>-prepare-<host>-<pid>`) and renamed to DIR at the end, so DIR is
 complete or absent. DIR may be a bucket (gs://...): the staging directory is
@@ -71,9 +71,15 @@ def recipe(config) -> dict:
   if data.tokenizer_model:
     if not files.isfile(data.tokenizer_model):
       raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
-    out["tokenizer"] = f"data.tokenizer_model with sha256 {_sha256(data.tokenizer_model)}"
+    if data.tokenizer_model.endswith(".model"):
+      sha = _sha256(data.tokenizer_model)
+    else:  # a vocab.txt / tokenizer.json: the tokenizer.json it becomes (with data.lowercase)
+      sha = hashlib.sha256(inputs.given_tokenizer(data).serialized()).hexdigest()
+    out["tokenizer"] = f"data.tokenizer_model with sha256 {sha}"
   else:
     out["tokenizer"] = f"trained, data.tokenizer_type={data.tokenizer_type!r}"
+    if data.tokenizer_type == "wordpiece":
+      out["tokenizer"] += f", data.lowercase={data.lowercase!r}"
   # Fields added since the first prepared datasets appear only when they matter, so
   # that those datasets still count as prepared from the same inputs.
   carve = data.valid_fraction > 0
@@ -227,10 +233,11 @@ def report(result: dict) -> list[str]:
 
 def _result(output: str, status: str) -> dict:
   from tokendrop_jax.data import text_builder
+  from tokendrop_jax.training import workdir as workdir_lib
   meta = text_builder.load_corpus_meta(output)
   return {"output": output, "status": status, "splits": meta["splits"],
           "vocab_size": meta["vocab_size"], "mixture": mixture_used(meta["source"]),
-          "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}
+          "tokenizer": workdir_lib.tokenizer_path(output)}
 
 
 def mixture_used(source: dict) -> list[dict]:
@@ -265,7 +272,8 @@ def _check_existing(output: str, now: dict) -> dict | None:
     raise ValueError(f"--output={output} is a dataset that tokendrop_jax.prepare did not make "
                      "(its corpus_meta.json does not say what it was made from); pass it as "
                      "--config.data.dataset_dir as it is, or choose another --output")
-  tok_sha = _sha256(files.join(output, text_builder.TOKENIZER_FILE))
+  from tokendrop_jax.training import workdir as workdir_lib
+  tok_sha = _sha256(workdir_lib.tokenizer_path(output))
   if now["tokenizer"] == f"data.tokenizer_model with sha256 {tok_sha}":
     now = {**now, "tokenizer": then["tokenizer"]}  # the very tokenizer DIR was built with
   diffs = differences(then, now)
@@ -284,13 +292,12 @@ def _build(config, output: str, staging: str, workers: int, now: dict, say) -> d
   source = inputs.corpus_source(data, corpus_dir)  # checks the inputs before any long work
   how = "copying" if data.tokenizer_model else "training"
   say(f"{how} the {config.model.vocab_size}-piece tokenizer ...")
-  tok = inputs.ensure_tokenizer(config, os.path.join(staging, text_builder.TOKENIZER_FILE),
-                                source, corpus_dir)
+  tok = inputs.ensure_tokenizer(config, staging, source, corpus_dir)
   t_tok = time.monotonic() - t0
   say(f"tokenizing with {workers} worker(s) ...")
   progress = Progress()
   meta = {META_KEY: {"recipe": now, "host": socket.gethostname(), "workers": workers},
-          "tokenizer": files.join(output, text_builder.TOKENIZER_FILE)}  # not the staging one
+          "tokenizer": files.join(output, tok.file_name)}  # not the staging one
   built = inputs.build_dataset(source, tok, staging, name=files.basename(output),
                                workers=workers, progress=progress, extra_meta=meta)
   progress.done()

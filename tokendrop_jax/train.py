@@ -6,6 +6,8 @@
 The same command runs on one CPU, a GPU node or every host of a TPU pod (see
 launch/). WORKDIR receives checkpoints/, metrics.jsonl, tensorboard/, plots/,
 the tokenizer and the dataset; restarting with the same WORKDIR resumes.
+Without --config, the run's own WORKDIR/config.json is used (a resumed run, or
+a workdir written by `python -m tokendrop_jax.import_hf`).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from ml_collections import config_flags
 
 from tokendrop_jax import files
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/x.py[:variant]; default: WORKDIR/config.json (resume, or an import)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 
 
@@ -26,7 +29,15 @@ def main(argv):
   from tokendrop_jax.training import loop, sharding
   sharding.maybe_initialize_distributed()
   logging.set_verbosity(logging.WARNING)
-  summary = cli.run_or_exit(lambda: loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  from tokendrop_jax.training import workdir as workdir_lib
+
+  def train():
+    config = _CONFIG.value
+    if config is None:  # the run's own config (names a missing workdir or config.json)
+      config = workdir_lib.read_config(files.resolve(_WORKDIR.value))
+    return loop.train_and_evaluate(config, _WORKDIR.value)
+
+  summary = cli.run_or_exit(train)
   import jax
   if jax.process_index() == 0:
     workdir = files.resolve(_WORKDIR.value)
@@ -35,10 +46,11 @@ def main(argv):
       line += (f", full-model eval loss {summary['eval/loss']:.3f}, "
                f"MLM accuracy {summary['eval/mlm_accuracy']:.3f}")
     print(line)
+    tokenizer = files.basename(workdir_lib.tokenizer_path(workdir))  # .model or .json
     print(f"outputs in {workdir}: checkpoints/ metrics.jsonl tensorboard/ plots/loss.png "
-          f"summary.json config.json tokenizer.model")
+          f"summary.json config.json {tokenizer}")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])
   app.run(main)

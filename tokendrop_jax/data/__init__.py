@@ -1,6 +1,7 @@
 """Data: text -> tokenizer -> TFDS/ArrayRecord corpus -> grain batches.
 
-  tokenizer.py     SentencePiece with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4
+  tokenizer.py     SentencePiece or WordPiece (BERT's vocab.txt); [PAD] [UNK] [CLS] [SEP]
+                   [MASK] found by name at any ids (ours 0..4); load_tokenizer
   text_builder.py  sources (text/JSONL/Parquet files, TFDS, mixtures, carved validation),
                    build_corpus / build_from_source, load_token_counts, open_split
   pipeline.py      make_pretrain_iterator / make_eval_iterator (packing, masking; one virtual shard)

@@ -11,7 +11,7 @@ Packing is RoBERTa's FULL-SENTENCES: each row is `[CLS] s1 s2 ... [SEP]` filled
 with whole sentences; a row may run across documents with a [SEP] between
 them; a sentence is split only if it is longer than seq_len - 2 (it then fills
 the rest of the current row and continues in the next). Masking is dynamic
-(BERT 80/10/10) and drawn from a generator seeded with (seed, stream, batch
+(BERT 80/10/10; by token, whole word or n-gram of words: `masking.py`) and drawn from a generator seeded with (seed, stream, batch
 index), so a restored iterator reproduces the exact batches.
 
 Batch (B = global_batch_size // num_shards, S = seq_len, P = max predictions):
@@ -32,6 +32,8 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from tokendrop_jax.data import masking as masking_lib
+
 Batch = dict[str, np.ndarray]
 MIN_SEQ_LEN = 8
 
@@ -45,19 +47,40 @@ class SpecialIds:
   cls_id: int
   sep_id: int
   mask_id: int
+  # Packed bool[vocab_size]: which ids begin a word (`masking.word_start_table`);
+  # only whole-word / n-gram masking needs it.
+  word_start: bytes | None = dataclasses.field(default=None, repr=False)
 
   @property
   def special_ids(self) -> tuple[int, ...]:
     return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
 
+  def word_starts(self) -> np.ndarray:
+    """bool[vocab_size] word-start table."""
+    if self.word_start is None:
+      raise ValueError("whole-word and n-gram masking need the tokenizer's word starts: pass "
+                       "the tokenizer, or SpecialIds.of(tokenizer, word_starts=True)")
+    return masking_lib.unpack_table(self.word_start, self.vocab_size)
+
   @classmethod
-  def of(cls, tok: Any) -> "SpecialIds":
-    """From a `Tokenizer`, another `SpecialIds`, or a corpus_meta dict."""
+  def of(cls, tok: Any, word_starts: bool = False) -> "SpecialIds":
+    """From a `Tokenizer`, another `SpecialIds`, or a corpus_meta dict.
+
+    `word_starts`: also the word-start table (a tokenizer's pieces are read).
+    """
     if isinstance(tok, SpecialIds):
-      return tok
-    if isinstance(tok, dict):
-      return cls(vocab_size=tok["vocab_size"], **tok["special_ids"])
-    return cls(tok.vocab_size, tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
+      out = tok
+    elif isinstance(tok, dict):
+      out = cls(vocab_size=tok["vocab_size"], **tok["special_ids"])
+    else:
+      out = cls(tok.vocab_size, tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
+    if word_starts and out.word_start is None:
+      if isinstance(tok, (SpecialIds, dict)):
+        raise ValueError("whole-word and n-gram masking need the tokenizer's word starts; "
+                         "special ids alone do not have them: pass the tokenizer")
+      out = dataclasses.replace(out, word_start=masking_lib.pack_table(
+          masking_lib.word_start_table(tok)))
+    return out
 
 
 class DocumentSource(Protocol):
@@ -69,20 +92,26 @@ class DocumentSource(Protocol):
 
 # ------------------------------------------------------------------ masking ---
 def mask_batch(ids: np.ndarray, rng: np.random.Generator, special: SpecialIds, *,
-               max_predictions: int, mask_prob: float = 0.15) -> Batch:
+               max_predictions: int, mask_prob: float = 0.15, masking: str = "token",
+               max_ngram: int = 3) -> Batch:
   """BERT dynamic masking of packed rows ids int32[B, S] (pure given `rng`).
 
   Per row, n = min(P, max(1, round(mask_prob * c))) positions among its c
   non-special tokens (0 if c == 0); each chosen token becomes [MASK] with
   p=0.8, a random non-special token with p=0.1, stays unchanged with p=0.1.
+  `masking` 'whole_word' / 'ngram' choose whole words / n-grams of them
+  (`masking.py`; `special` must then carry its word-start table).
   """
+  if masking != "token":
+    return masking_lib.mask_words(
+        ids, rng, special, max_predictions=max_predictions, mask_prob=mask_prob,
+        word_start=special.word_starts(), max_ngram=1 if masking == "whole_word" else max_ngram)
   b, s = ids.shape
   p = max_predictions
   is_special = np.zeros((special.vocab_size,), bool)
   is_special[list(special.special_ids)] = True
   cand = ~is_special[ids]  # [B, S]
-  n_cand = cand.sum(1)
-  n_pred = np.minimum(np.minimum(p, np.maximum(1, np.rint(mask_prob * n_cand))), n_cand)
+  n_pred = masking_lib.budget(cand.sum(1), p, mask_prob)
   keys = rng.random((b, s), dtype=np.float32)
   keys[~cand] = 2.0  # never among the first n_pred: n_pred <= n_cand
   if p < s:
@@ -94,20 +123,7 @@ def mask_batch(ids: np.ndarray, rng: np.random.Generator, special: SpecialIds, *
   pos = np.sort(np.where(valid, top, s), axis=1)  # ascending, padding slots last
   valid = pos < s
   pos = np.where(valid, pos, 0).astype(np.int32)
-  rows = np.arange(b)[:, None]
-  labels = np.where(valid, ids[rows, pos], 0).astype(np.int32)
-  u = rng.random((b, p), dtype=np.float32)
-  nonspecial = np.flatnonzero(~is_special)
-  random_ids = nonspecial[rng.integers(0, len(nonspecial), (b, p))]
-  new = np.where(u < 0.8, special.mask_id, np.where(u < 0.9, random_ids, labels))
-  input_ids = ids.copy()
-  input_ids[np.broadcast_to(rows, (b, p))[valid], pos[valid]] = new[valid]
-  return {
-      "input_ids": input_ids,
-      "masked_lm_positions": pos,
-      "masked_lm_ids": labels,
-      "masked_lm_weights": valid.astype(np.float32),
-  }
+  return masking_lib.predictions(ids, pos, valid, rng, is_special, special.mask_id)
 
 
 def batch_rng(seed: int, stream: int, worker: int, batch_index: int) -> np.random.Generator:
@@ -243,7 +259,7 @@ class _PackMaskIterator(grain.DatasetIterator):
         raise StopIteration
     rng = batch_rng(cfg.seed, cfg.stream, cfg.worker, self._batch_index)
     batch = mask_batch(ids, rng, cfg.special, max_predictions=cfg.max_predictions,
-                       mask_prob=cfg.mask_prob)
+                       mask_prob=cfg.mask_prob, masking=cfg.masking, max_ngram=cfg.max_ngram)
     batch["input_mask"] = (np.arange(s)[None, :] < lengths[:, None]).astype(np.int32)
     batch["token_type_ids"] = np.zeros((b, s), np.int32)
     self._batch_index += 1
@@ -259,8 +275,10 @@ class PackMaskDataset(grain.IterDataset):
 
   def __init__(self, parent: grain.IterDataset, *, special: SpecialIds, seq_len: int,
                batch_size: int, max_predictions: int, mask_prob: float, seed: int,
-               stream: int, drop_remainder: bool, num_batches: int | None = None):
+               stream: int, drop_remainder: bool, num_batches: int | None = None,
+               masking: str = "token", max_ngram: int = 3):
     super().__init__(parent)
+    self.masking, self.max_ngram = masking, max_ngram
     self.special, self.seq_len, self.batch_size = special, seq_len, batch_size
     self.max_predictions, self.mask_prob, self.seed = max_predictions, mask_prob, seed
     self.stream, self.drop_remainder, self.num_batches = stream, drop_remainder, num_batches
@@ -281,24 +299,39 @@ class PackMaskDataset(grain.IterDataset):
 
 
 # ---------------------------------------------------------------- builders ---
-def _resolve(dataset_dir_or_source, split: str, tokenizer):
+def _dataset_tokenizer(path: str):
+  """The tokenizer a dataset directory was built with (its copy inside it)."""
+  from tokendrop_jax import files  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  names = tuple(getattr(tokenizer_lib, "SAVED_NAMES", {}).values()) or ("tokenizer.model",)
+  for name in names:
+    if files.exists(files.join(path, name)):
+      return tokenizer_lib.load_tokenizer(files.join(path, name))
+  raise FileNotFoundError(f"{path} has no tokenizer ({' or '.join(names)}): whole-word and "
+                          "n-gram masking need its word starts; pass the tokenizer")
+
+
+def _resolve(dataset_dir_or_source, split: str, tokenizer, masking: str = "token"):
+  words = masking != "token"
   if isinstance(dataset_dir_or_source, (str, bytes)) or hasattr(dataset_dir_or_source,
                                                                 "__fspath__"):
     from tokendrop_jax.data import text_builder  # pylint: disable=g-import-not-at-top
     path = str(dataset_dir_or_source)
     source = text_builder.open_split(path, split)
-    special = SpecialIds.of(tokenizer if tokenizer is not None
-                            else text_builder.load_corpus_meta(path))
+    if tokenizer is None:
+      tokenizer = _dataset_tokenizer(path) if words else text_builder.load_corpus_meta(path)
+    special = SpecialIds.of(tokenizer, word_starts=words)
   else:
     source = dataset_dir_or_source
     if tokenizer is None:
       raise ValueError("tokenizer (special ids) is required when passing a data source")
-    special = SpecialIds.of(tokenizer)
+    special = SpecialIds.of(tokenizer, word_starts=words)
   return source, special
 
 
 def _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob,
-                shard_index, num_shards, num_epochs=1):
+                shard_index, num_shards, num_epochs=1, masking="token", max_ngram=3):
+  masking_lib.check_masking(masking, max_ngram, where="data")
   if seq_len < MIN_SEQ_LEN:
     raise ValueError(f"seq_len must be >= {MIN_SEQ_LEN}, got {seq_len}")
   if not 1 <= max_predictions_per_seq <= seq_len - 2:
@@ -335,8 +368,9 @@ def make_pretrain_iterator(dataset_dir_or_source, *, split: str = "train", seq_l
                            tokenizer=None, mask_prob: float = 0.15, seed: int = 0,
                            shuffle: bool = True, num_epochs: int | None = None,
                            shard_index: int = 0, num_shards: int = 1, worker_count: int = 0,
-                           read_threads: int = 4,
-                           prefetch_batches: int = 0) -> grain.DatasetIterator:
+                           read_threads: int = 4, prefetch_batches: int = 0,
+                           masking: str = "token",
+                           max_ngram: int = 3) -> grain.DatasetIterator:
   """Checkpointable iterator of packed, masked batches of one virtual shard.
 
   `dataset_dir_or_source`: a directory from `build_corpus` (special ids then
@@ -347,16 +381,20 @@ def make_pretrain_iterator(dataset_dir_or_source, *, split: str = "train", seq_l
   `num_shards`-th document, global_batch_size // num_shards rows per batch,
   masks drawn from its own stream. `worker_count` > 0 runs the
   pipeline in grain worker processes (a different but equally exact order).
+  `masking`: 'token', 'whole_word' or 'ngram' (up to `max_ngram` words), see
+  `masking.py`; the last two read the word starts of the tokenizer (given, or the
+  dataset directory's).
   """
   _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob, shard_index,
-              num_shards, num_epochs)
-  source, special = _resolve(dataset_dir_or_source, split, tokenizer)
+              num_shards, num_epochs, masking, max_ngram)
+  source, special = _resolve(dataset_dir_or_source, split, tokenizer, masking)
   docs = _documents(source, shard_index=shard_index, num_shards=num_shards,
                     shuffle=shuffle, seed=seed, num_epochs=num_epochs, read_threads=read_threads)
   ds = PackMaskDataset(docs, special=special, seq_len=seq_len,
                        batch_size=global_batch_size // num_shards,
                        max_predictions=max_predictions_per_seq, mask_prob=mask_prob, seed=seed,
-                       stream=shard_index, drop_remainder=True)
+                       stream=shard_index, drop_remainder=True, masking=masking,
+                       max_ngram=max_ngram)
   if worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   elif prefetch_batches > 0:
@@ -368,7 +406,8 @@ def make_eval_iterator(dataset_dir_or_source, *, split: str = "validation", seq_
                        max_predictions_per_seq: int, global_batch_size: int, tokenizer=None,
                        mask_prob: float = 0.15, seed: int = 0, shard_index: int = 0,
                        num_shards: int = 1, num_batches: int | None = None,
-                       read_threads: int = 4) -> grain.DatasetIterator:
+                       read_threads: int = 4, masking: str = "token",
+                       max_ngram: int = 3) -> grain.DatasetIterator:
   """One deterministic pass over `split` (no shuffle, fixed masking by `seed`).
 
   Nothing is dropped: the last batch is padded with all-padding rows
@@ -377,12 +416,13 @@ def make_eval_iterator(dataset_dir_or_source, *, split: str = "validation", seq_
   data unread): pass the same number to every shard to keep them in step.
   """
   _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob, shard_index,
-              num_shards)
-  source, special = _resolve(dataset_dir_or_source, split, tokenizer)
+              num_shards, masking=masking, max_ngram=max_ngram)
+  source, special = _resolve(dataset_dir_or_source, split, tokenizer, masking)
   docs = _documents(source, shard_index=shard_index, num_shards=num_shards,
                     shuffle=False, seed=seed, num_epochs=1, read_threads=read_threads)
   ds = PackMaskDataset(docs, special=special, seq_len=seq_len,
                        batch_size=global_batch_size // num_shards,
                        max_predictions=max_predictions_per_seq, mask_prob=mask_prob, seed=seed,
-                       stream=shard_index, drop_remainder=False, num_batches=num_batches)
+                       stream=shard_index, drop_remainder=False, num_batches=num_batches,
+                       masking=masking, max_ngram=max_ngram)
   return iter(ds)

@@ -24,7 +24,7 @@ take a dataset as finished only once that file is there, and read a bucket's
 dataset from a local copy (`files.local_copy`: ArrayRecord reads local files). Beside the TFDS files it holds
 `token_counts.npy` (int64[vocab], train split, for the `frequency` strategy),
 `corpus_meta.json` (vocab size, special ids, sizes, source fingerprint) and a
-copy of the tokenizer as `tokenizer.model`.
+copy of the tokenizer as `tokenizer.model` (SentencePiece) or `tokenizer.json` (WordPiece).
 
 Tokenizing is the slow part of a large build. With `workers > 1` chunks of
 documents are tokenized in a pool of processes while this one reads the
@@ -57,7 +57,7 @@ from tokendrop_jax.importance import count_token_ids
 TRAIN, VALIDATION = "train", "validation"
 META_FILE = "corpus_meta.json"
 COUNTS_FILE = "token_counts.npy"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # a WordPiece dataset has tokenizer.json (tok.file_name)
 _FORMAT_VERSION = 1
 _ENCODE_CHUNK = 8192  # sentences per sentencepiece batch call
 
@@ -538,7 +538,9 @@ def _fingerprint(source, tok: tokenizer_lib.Tokenizer) -> str:
   h = hashlib.sha256()
   h.update(json.dumps([_FORMAT_VERSION, str(TokendropTextCorpus.VERSION),
                        source.fingerprint_items()]).encode())
-  h.update(tok.serialized_model_proto())
+  # SentencePiece: its proto, as datasets built before WordPiece were fingerprinted.
+  h.update(tok.serialized_model_proto() if tok.kind == tokenizer_lib.SENTENCEPIECE
+           else tok.serialized())
   return h.hexdigest()
 
 
@@ -553,8 +555,8 @@ def build_from_source(source, tokenizer: tokenizer_lib.Tokenizer | str, data_dir
                       name: str | None = None, workers: int = 1,
                       progress: Progress | None = None, extra_meta: dict | None = None) -> str:
   """Like `build_corpus`, from any source (`TextFiles`, `TfdsText`, `Mixture`, `Carved`)."""
-  tok = tokenizer if isinstance(tokenizer, tokenizer_lib.Tokenizer) else tokenizer_lib.Tokenizer(
-      tokenizer)
+  tok = (tokenizer_lib.load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike))
+         else tokenizer)
   fingerprint = _fingerprint(source, tok)
   name = name or f"corpus-{fingerprint[:12]}"
   final = files.join(files.resolve(data_dir), name)
@@ -576,8 +578,8 @@ def build_from_source(source, tokenizer: tokenizer_lib.Tokenizer | str, data_dir
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     out = builder.data_dir  # tmp/<builder name>/<version>
     np.save(os.path.join(out, COUNTS_FILE), builder.token_counts)
-    with open(os.path.join(out, TOKENIZER_FILE), "wb") as f:
-      f.write(files.read_bytes(tok.model_path))
+    with open(os.path.join(out, tok.file_name), "wb") as f:
+      f.write(tok.serialized())
     meta = {
         "format_version": _FORMAT_VERSION,
         "fingerprint": fingerprint,

@@ -30,10 +30,12 @@ from tokendrop_jax.training import workdir as workdir_lib
 # Changing any of these between a stop and a resume would silently change the run.
 RESUME_FIELDS = ("task", "init_from", "init_step", "model", "data.tokenizer_model",
                  "data.train_file", "data.seq_len", "data.global_batch_size", "data.seed",
-                 "optim", "train.num_epochs", "train.seed", "train.prng_impl")
+                 "optim", "train.num_epochs", "train.seed", "train.prng_impl", "data.lowercase")
 RESUME_ADDED = {"train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # older workdirs
-                "model.attention": "auto", "model.scan_layers": False}
-RESUME_CANONICAL = {"model.remat": remat_name}  # saved bools: True == "full"
+                "model.attention": "auto", "model.scan_layers": False,
+                "data.lowercase": "auto"}  # before WordPiece
+RESUME_CANONICAL = {"model.remat": remat_name,  # saved bools: True == "full"
+                    "data.lowercase": config_lib.lowercase_name}  # None == 'auto'
 
 
 @dataclasses.dataclass

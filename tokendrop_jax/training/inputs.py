@@ -181,21 +181,42 @@ def corpus_source(data, corpus_dir: str):
   return text_builder.Carved(source, data.valid_fraction) if carve else source
 
 
-def ensure_tokenizer(config, tok_path: str, source, corpus_dir: str) -> tokenizer_lib.Tokenizer:
-  """`tok_path`: a copy of `data.tokenizer_model`, or one trained on the corpus `source`
-  (`tokenizer_files`; kept if already there); its size must be `model.vocab_size`."""
+def given_tokenizer(data):
+  """`data.tokenizer_model` loaded (with `data.lowercase`); errors name the field."""
+  if not files.exists(data.tokenizer_model):
+    raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
+  try:
+    return tokenizer_lib.load_tokenizer(data.tokenizer_model,
+                                        config_lib.lowercase_option(data.get("lowercase")))
+  except ValueError as e:
+    raise ValueError(f"data.tokenizer_model: {e}") from None
+
+
+def ensure_tokenizer(config, tok_dir: str, source, corpus_dir: str):
+  """The tokenizer in `tok_dir` (tokenizer.model or tokenizer.json): a copy of
+  `data.tokenizer_model` (a vocab.txt saved as tokenizer.json), or one of
+  `data.tokenizer_type` trained on the corpus `source` (`tokenizer_files`); kept if
+  already there. Its size must be `model.vocab_size`."""
   data, vocab_size = config.data, config.model.vocab_size
+  existing = workdir_lib.find_tokenizer(tok_dir)
   if data.tokenizer_model:
-    if not files.exists(data.tokenizer_model):
-      raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
-    if not workdir_lib.exists(tok_path):
-      workdir_lib.atomic_copy(data.tokenizer_model, tok_path)
-  elif not workdir_lib.exists(tok_path):
+    given = given_tokenizer(data)
+    if existing is None:
+      workdir_lib.atomic_write(workdir_lib.tokenizer_target(tok_dir, given), given.serialized())
+  elif existing is None:
     sample = tokenizer_files(source, corpus_dir)
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
-    tokenizer_lib.train_tokenizer(sample, vocab_size, tok_path[:-len(".model")],
-                                  model_type=data.tokenizer_type)
-  tok = tokenizer_lib.Tokenizer(tok_path)
+    if data.tokenizer_type == "wordpiece":
+      lowercase = config_lib.lowercase_option(data.lowercase)
+      tokenizer_lib.train_wordpiece(
+          sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_JSON),
+          lowercase=True if lowercase is None else lowercase)
+    else:
+      tokenizer_lib.train_tokenizer(
+          sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_FILE)[:-len(".model")],
+          model_type=data.tokenizer_type)
+  tok_path = workdir_lib.tokenizer_path(tok_dir)
+  tok = tokenizer_lib.load_tokenizer(tok_path)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"model.vocab_size={vocab_size} but the tokenizer {tok_path} has "
                      f"{tok.vocab_size} pieces")
@@ -213,10 +234,9 @@ def build_dataset(source, tok, data_dir: str, **options) -> str:
 def _build(config, workdir: str) -> tuple[str, str]:
   corpus_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
   source = corpus_source(config.data, corpus_dir)
-  tok_path = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
-  tok = ensure_tokenizer(config, tok_path, source, corpus_dir)
+  tok = ensure_tokenizer(config, workdir, source, corpus_dir)
   data_dir = config.data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
-  return build_dataset(source, tok, data_dir), tok_path
+  return build_dataset(source, tok, data_dir), workdir_lib.tokenizer_path(workdir)
 
 
 # ---------------------------------------------------------------- prepared ---
@@ -229,27 +249,36 @@ def _same_file(a: str, b: str) -> bool:
   return epath.Path(a).read_bytes() == epath.Path(b).read_bytes()
 
 
+def _same_tokenizer(given, saved_path: str) -> bool:
+  """Whether the loaded `given` is the tokenizer saved at `saved_path` (a vocab.txt
+  counts as its tokenizer.json)."""
+  return (files.basename(saved_path) == given.file_name
+          and given.serialized() == files.read_bytes(saved_path))
+
+
 def use_prepared(config, workdir: str) -> tuple[str, str]:
   """Checks the prepared `data.dataset_dir` against the config and the workdir and
   copies its tokenizer into the workdir -> (dataset_dir, its tokenizer)."""
   data, vocab_size = config.data, config.model.vocab_size
   dataset_dir = workdir_lib.resolve(data.dataset_dir)
-  tok_path = workdir_lib.path(dataset_dir, workdir_lib.TOKENIZER_FILE)
-  if not workdir_lib.exists(tok_path):
-    raise FileNotFoundError(f"data.dataset_dir={dataset_dir} has no {workdir_lib.TOKENIZER_FILE}: "
-                            "not a directory prepared by `python -m tokendrop_jax.prepare`")
-  if data.tokenizer_model and not _same_file(data.tokenizer_model, tok_path):
+  tok_path = workdir_lib.find_tokenizer(dataset_dir)
+  if tok_path is None:
+    raise FileNotFoundError(f"data.dataset_dir={dataset_dir} has no {workdir_lib.TOKENIZER_FILE} "
+                            f"(or {workdir_lib.TOKENIZER_JSON}): not a directory prepared by "
+                            "`python -m tokendrop_jax.prepare`")
+  if data.tokenizer_model and not _same_tokenizer(given_tokenizer(data), tok_path):
     raise ValueError(f"data.tokenizer_model={data.tokenizer_model} is not the tokenizer of the "
                      f"prepared data.dataset_dir ({tok_path}); the dataset was tokenized with "
                      "the latter: unset data.tokenizer_model, or prepare a dataset with it")
-  tok = tokenizer_lib.Tokenizer(tok_path)
+  tok = tokenizer_lib.load_tokenizer(tok_path)
   if tok.vocab_size != vocab_size:
     raise ValueError(f"model.vocab_size={vocab_size} but the tokenizer of the prepared "
                      f"data.dataset_dir, {tok_path}, has {tok.vocab_size} pieces")
-  in_workdir = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
-  if not workdir_lib.exists(in_workdir):
-    workdir_lib.atomic_copy(tok_path, in_workdir)
-  elif not _same_file(in_workdir, tok_path):
+  in_workdir = workdir_lib.find_tokenizer(workdir)
+  if in_workdir is None:
+    workdir_lib.atomic_copy(tok_path, workdir_lib.tokenizer_target(workdir, tok))
+  elif files.basename(in_workdir) != files.basename(tok_path) or not _same_file(in_workdir,
+                                                                                tok_path):
     raise ValueError(f"{in_workdir} is not the tokenizer of data.dataset_dir ({tok_path}): the "
                      f"run in {workdir} was started with another tokenizer; use another "
                      "--workdir or the dataset it was started with")
@@ -289,7 +318,8 @@ def inputs_here(found: tuple[str, str], process_index: int, process_count: int,
         "`python -m tokendrop_jax.prepare --config=<the same config> --output=<a shared path>` "
         "(or copy the prepared directory to the same path on every host), then launch with "
         "--config.data.dataset_dir=<that path>")
-  return dataset_dir, workdir_lib.path(dataset_dir, workdir_lib.TOKENIZER_FILE)
+  # The dataset's copy of process 0's tokenizer: the same name (tokenizer.model or .json).
+  return dataset_dir, workdir_lib.path(dataset_dir, files.basename(tok_path))
 
 
 def _find_or_build(config, workdir: str) -> tuple[str, str]:
@@ -298,7 +328,8 @@ def _find_or_build(config, workdir: str) -> tuple[str, str]:
   return _build(config, workdir)
 
 
-def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
+def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
+                                           tokenizer_lib.WordPieceTokenizer]:
   """Finds (prepared) or builds the tokenizer and dataset -> (local dataset_dir, tokenizer).
 
   On a pod, process 0 does it and hands the paths, or its error, to the others,
@@ -321,7 +352,7 @@ def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer]:
     raise ValueError(f"process 0 could not prepare the inputs: {payload['error']}")
   dataset_dir, tok_path = inputs_here(tuple(payload["found"]), index, count)
   # A bucket's dataset is read from a copy on this host's disk (ArrayRecord reads local files).
-  return text_builder.local_dataset(dataset_dir), tokenizer_lib.Tokenizer(tok_path)
+  return text_builder.local_dataset(dataset_dir), tokenizer_lib.load_tokenizer(tok_path)
 
 
 def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
@@ -333,7 +364,8 @@ def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> Shard
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
       shard_index=v, num_shards=plan.num_shards, worker_count=data.worker_count,
-      read_threads=threads) for v in plan.shards}, plan.num_shards, plan.owned)
+      read_threads=threads, masking=data.masking, max_ngram=data.max_ngram)
+      for v in plan.shards}, plan.num_shards, plan.owned)
 
 
 def eval_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
@@ -344,4 +376,5 @@ def eval_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> Sharde
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
       shard_index=v, num_shards=plan.num_shards, num_batches=config.train.eval_batches,
-      read_threads=max(1, 4 // len(plan.shards))) for v in plan.shards}, plan.num_shards, plan.owned)
+      read_threads=max(1, 4 // len(plan.shards)), masking=data.masking,
+      max_ngram=data.max_ngram) for v in plan.shards}, plan.num_shards, plan.owned)

@@ -23,12 +23,15 @@ from tokendrop_jax.training import workdir as workdir_lib
 
 # Changing these between a stop and a resume would silently change the run.
 RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq", "data.num_shards",
-                 "train.prng_impl")
+                 "train.prng_impl", "data.lowercase", "data.masking", "data.max_ngram")
 RESUME_ADDED = {"data.num_shards": 1,  # workdirs from before virtual shards read one stream
                 "train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # jax's, BERT's
                 # Another kernel would not resume bit for bit; another layout has other params.
-                "model.attention": "auto", "model.scan_layers": False}
-RESUME_CANONICAL = {"model.remat": remat_name}  # saved bools: True == "full"
+                "model.attention": "auto", "model.scan_layers": False,
+                "data.lowercase": "auto",  # before WordPiece
+                "data.masking": "token", "data.max_ngram": 3}  # before masking options
+RESUME_CANONICAL = {"model.remat": remat_name,  # saved bools: True == "full"
+                    "data.lowercase": config_lib.lowercase_name}  # None == 'auto'
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tokendrop_jax import config_lib, files
-from tokendrop_jax.data.tokenizer import Tokenizer
+from tokendrop_jax.data.tokenizer import Tokenizer, WordPieceTokenizer, load_tokenizer
 from tokendrop_jax.model.bert import BertConfig
 from tokendrop_jax.training import fingerprint
 from tokendrop_jax.training import workdir as workdir_lib
@@ -129,7 +129,7 @@ def load_pretrained(workdir, step: int | None = None):
 class InitSource:
   """Where the encoder and tokenizer come from (params are read later)."""
   model_cfg: BertConfig
-  tokenizer: Tokenizer
+  tokenizer: Tokenizer | WordPieceTokenizer
   workdir: str                # '' for random init
   pretrain_config: Optional[ml_collections.ConfigDict]
 
@@ -162,9 +162,12 @@ def resolve_init(config) -> InitSource:
     where = f"config.model.vocab_size={model_cfg.vocab_size}"
     if not tok_path:
       raise ValueError("config.data.tokenizer_model is required with init_from='' (random "
-                       "init): a SentencePiece model made by tokendrop_jax.data.tokenizer")
+                       "init): a SentencePiece .model, tokenizer.json or BERT vocab.txt")
   model_cfg.validate()
-  tok = Tokenizer(tok_path)
+  try:
+    tok = load_tokenizer(tok_path, config_lib.lowercase_option(config.data.get("lowercase")))
+  except ValueError as e:
+    raise ValueError(f"config.data.tokenizer_model / data.lowercase: {e}") from None
   if tok.vocab_size != model_cfg.vocab_size:
     raise ValueError(f"the tokenizer {tok_path} has {tok.vocab_size} pieces but {where}; "
                      "use the tokenizer the model was pretrained with")

@@ -1,7 +1,8 @@
 """A run's folder: what is in it, and the one module that reads and writes it.
 
   WORKDIR/config.json        the run's config (written at start; checked on resume)
-  WORKDIR/tokenizer.model    the SentencePiece model (pretraining; copied or trained)
+  WORKDIR/tokenizer.model    the SentencePiece model (pretraining; copied or trained),
+   or tokenizer.json         or the WordPiece tokenizer (`find_tokenizer` says which)
   WORKDIR/corpus/            the built-in or TFDS-sampled text (pretraining)
   WORKDIR/data/              the ArrayRecord dataset, unless data.dataset_dir is set
   WORKDIR/checkpoints/<step>/  orbax: item `state` (+ `data`, the grain iterator)
@@ -28,7 +29,9 @@ from etils import epath
 from tokendrop_jax import files
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.model"
+TOKENIZER_FILE = "tokenizer.model"  # SentencePiece
+TOKENIZER_JSON = "tokenizer.json"   # WordPiece (an HF tokenizer.json)
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_JSON)  # tokenizer.SAVED_NAMES; one is there
 CORPUS_DIR = "corpus"
 DATA_DIR = "data"
 CHECKPOINT_DIR = "checkpoints"
@@ -156,11 +159,26 @@ def checkpoint_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
+def find_tokenizer(directory) -> str | None:
+  """DIR/tokenizer.model (SentencePiece) or DIR/tokenizer.json (WordPiece), whichever
+  is there; None if neither. Both there is an error: which one was used is unknown."""
+  found = [path(directory, n) for n in TOKENIZER_FILES if files.exists(path(directory, n))]
+  if len(found) > 1:
+    raise ValueError(f"{directory} holds both {' and '.join(TOKENIZER_FILES)}: one run or "
+                     "dataset has one tokenizer; remove the one it was not made with")
+  return found[0] if found else None
+
+
 def tokenizer_path(workdir) -> str:
-  """WORKDIR/tokenizer.model; FileNotFoundError naming it when absent."""
-  source = path(workdir, TOKENIZER_FILE)
-  if not epath.Path(source).exists():
+  """WORKDIR's tokenizer file (`find_tokenizer`); FileNotFoundError naming it when absent."""
+  found = find_tokenizer(workdir)
+  if found is None:
     raise FileNotFoundError(
-        f"No tokenizer at {source}: not a pretraining workdir (the train main "
-        f"writes {TOKENIZER_FILE} next to {CONFIG_FILE}).")
-  return source
+        f"No tokenizer at {path(workdir, TOKENIZER_FILE)} (or {TOKENIZER_JSON}): not a "
+        f"pretraining workdir (the train main writes it next to {CONFIG_FILE}).")
+  return found
+
+
+def tokenizer_target(directory, tok) -> str:
+  """Where `tok` is saved in `directory`: tokenizer.model or tokenizer.json by its kind."""
+  return path(directory, tok.file_name)
