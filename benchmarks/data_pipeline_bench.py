@@ -9,12 +9,21 @@ training and corpus building use every core; the pipeline itself is then
 measured pinned to one core (--one_core), worker_count=0, as one process of a
 multi-host job would run it. Writes benchmarks/results/data_pipeline.json (the
 top-level tokenizer_train_s / corpus_build_s are SentencePiece's, as before).
+
+Also (issue #16): `prepare` throughput, the first tokenizer's dataset built
+with 1 worker and with every core (`--prepare_workers`), in MB of text per
+second; and, with `--emulator` (fake-gcs-server from the test extras), that
+dataset uploaded to a local GCS-protocol server, copied back to the host cache
+as a pod's hosts read it (ArrayRecord reads local files), and the pipeline's
+tokens/s on that copy next to the same pipeline on the local build.
 """
+import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -38,6 +47,10 @@ flags.DEFINE_integer("read_threads", 4, "grain read threads (they share the pinn
 flags.DEFINE_list("tokenizers", ["sentencepiece", "wordpiece"], "Tokenizer kinds to measure.")
 flags.DEFINE_list("maskings", ["token", "whole_word", "ngram"], "data.masking modes to measure.")
 flags.DEFINE_integer("max_ngram", 3, "data.max_ngram of the ngram rows.")
+flags.DEFINE_list("prepare_workers", ["1", str(os.cpu_count() or 1)],
+                  "Worker counts to time the dataset build with (prepare throughput).")
+flags.DEFINE_bool("emulator", True, "Time the dataset's round trip through a local GCS "
+                  "emulator and the pipeline on its copy (needs the test extras).")
 flags.DEFINE_bool("one_core", True, "Pin the pipeline measurement to one CPU core.")
 flags.DEFINE_string("output", os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                            "results", "data_pipeline.json"), "JSON output.")
@@ -85,7 +98,51 @@ def _prepare(result):
     if kind == "sentencepiece":  # the top-level fields of the earlier single-tokenizer runs
       result.update({k: v for k, v in info.items()})
     paths[kind] = (path, tok)
-  return paths
+  return paths, train, valid
+
+
+def _prepare_throughput(result, train, valid, tok):
+  """The dataset build (what `python -m tokendrop_jax.prepare` runs) per worker count."""
+  out = {}
+  for workers in sorted({int(w) for w in FLAGS.prepare_workers}):
+    data_dir = tempfile.mkdtemp(dir=FLAGS.workdir, prefix="prepare-")
+    t0 = time.perf_counter()
+    text_builder.build_corpus([train], [valid], tok, data_dir, workers=workers)
+    build_s = time.perf_counter() - t0
+    shutil.rmtree(data_dir)
+    mb_per_s = result["corpus_bytes"] / 1e6 / build_s
+    out[str(workers)] = {"build_s": round(build_s, 2), "mb_per_s": round(mb_per_s, 2),
+                         "mb_per_s_per_worker": round(mb_per_s / workers, 2)}
+  result["prepare"] = {"tokenizer": tok.kind, "by_workers": out}
+
+
+def _dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def _through_emulator(result, path, stack):
+  """Uploads the dataset to the emulator and copies it back as a host would -> the copy.
+
+  `stack` (an ExitStack) keeps the emulator running until the measurements end.
+  """
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs loads
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax import files  # pylint: disable=g-import-not-at-top
+  stack.enter_context(gcs_emulator.running(os.path.join(FLAGS.workdir, "emulator.log")))
+  os.environ[files.CACHE_ENV] = tempfile.mkdtemp(dir=FLAGS.workdir, prefix="cache-")
+  remote = f"gs://{gcs_emulator.BUCKET}/{os.path.basename(path)}"
+  size = _dir_bytes(path)
+  t0 = time.perf_counter()
+  files.publish_dir(path, remote, text_builder.META_FILE)  # a bucket: copied, marker last
+  upload_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  local = text_builder.local_dataset(remote)  # what every host does once before reading
+  copy_s = time.perf_counter() - t0
+  assert _dir_bytes(local) == size, (local, size)
+  result["emulator"] = {"dataset_mb": round(size / 1e6, 2), "upload_s": round(upload_s, 2),
+                        "host_copy_s": round(copy_s, 2),
+                        "host_copy_mb_per_s": round(size / 1e6 / copy_s, 2)}
+  return remote
 
 
 def _text_bytes(path):
@@ -125,15 +182,26 @@ def _measure(path, tok, kind, mode, seq_len):
 def main(argv):
   del argv
   result = {"python": platform.python_version(), "cpus": os.cpu_count()}
-  paths = _prepare(result)
-  if FLAGS.one_core and hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    result["pinned_cores"] = sorted(os.sched_getaffinity(0))
-  if FLAGS.maskings != ["token"]:
-    result["max_ngram"] = FLAGS.max_ngram
-  result["pipeline"] = [_measure(path, tok, kind, mode, int(s))
-                        for kind, (path, tok) in paths.items()
-                        for mode in FLAGS.maskings for s in FLAGS.seq_lens]
+  paths, train, valid = _prepare(result)
+  first_path, first_tok = next(iter(paths.values()))
+  _prepare_throughput(result, train, valid, first_tok)
+  with contextlib.ExitStack() as stack:
+    remote = _through_emulator(result, first_path, stack) if FLAGS.emulator else None
+    if FLAGS.one_core and hasattr(os, "sched_setaffinity"):
+      os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+      result["pinned_cores"] = sorted(os.sched_getaffinity(0))
+    if FLAGS.maskings != ["token"]:
+      result["max_ngram"] = FLAGS.max_ngram
+    result["pipeline"] = [_measure(path, tok, kind, mode, int(s))
+                          for kind, (path, tok) in paths.items()
+                          for mode in FLAGS.maskings for s in FLAGS.seq_lens]
+    if remote:  # the same rows, local build and the bucket's host copy, back to back
+      seq = int(FLAGS.seq_lens[0])
+      rows = {where: _measure(p, first_tok, first_tok.kind, "token", seq)
+              for where, p in (("local", first_path), ("gs_host_copy", remote))}
+      result["emulator"]["pipeline_seq_len"] = seq
+      result["emulator"]["tokens_per_s"] = {k: r["tokens_per_s"] for k, r in rows.items()}
+      result["emulator"]["tokens_per_cpu_s"] = {k: r["tokens_per_cpu_s"] for k, r in rows.items()}
   print(json.dumps(result, indent=2))
   benchmark.write_results(result, FLAGS.output)
 
