@@ -1,0 +1,193 @@
+"""Where the train step's time goes: a jax.profiler trace, summed by HLO op and by layer part.
+
+  python benchmarks/profile_step.py --config=configs/bench_cpu.py [--kind=full|drop] \
+      [--steps=3] [--output=benchmarks/results/profile_bench_cpu.json]
+
+Runs the jitted train step of `tokendrop_jax.benchmark` (the one the step
+table times) under `jax.profiler`, reads the trace back with
+`jax.profiler.ProfileData` (no TensorBoard needed), and sums the time of each
+executed HLO instruction over the timed steps. Each instruction is labelled
+from the compiled HLO: its opcode and what it fuses (dot, reduce, rng, gather,
+...), and the part of the model its `op_name` metadata names (attention, ffn,
+mlm_head, embeddings, layer_norm, optimizer, dropout's random bits, ...). The JSON
+has the top instructions and both groupings as shares of the profiled time.
+
+The profiler adds a little overhead per op; the shares are what to read. On a
+CPU the op events are the XLA runtime's thunks; on a GPU they are the kernels.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_CONFIG = flags.DEFINE_string("config", "configs/bench_cpu.py", "configs/x.py[:variant]")
+_KIND = flags.DEFINE_enum("kind", "full", ["full", "drop"], "Which step to profile.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after a warm-up step).")
+_TOP = flags.DEFINE_integer("top", 40, "Instructions listed in the JSON.")
+_OUTPUT = flags.DEFINE_string("output", "", "JSON path (default: print only).")
+
+# Part of the model, from the op_name metadata (first match wins; order matters).
+PARTS = (
+    ("optimizer", r"optax|adam|scale_by|clip|/update|apply_updates|global_norm"),
+    ("random bits", r"random_bits|threefry|rng_bit|random_wrap|random_unwrap|dropout"),
+    ("importance update", r"importance|segment_sum|loss_ema"),
+    ("token selection", r"select_kept|sort|top_k|gather_tokens|scatter_tokens"),
+    ("mlm head", r"mlm|predictions|attend|log_softmax|cls_head|head"),
+    ("attention", r"attention|einsum.*bhqd|softmax|HeadProjection|query|key|value"),
+    ("ffn", r"intermediate|ffn|mlp|gelu|output_dense|Dense_1|dense"),
+    ("layer norm", r"layer_norm|LayerNorm"),
+    ("embeddings", r"embed|Embed|position|token_type"),
+)
+# What an instruction computes, from its opcode or fused computation.
+KINDS = (("dot", r" dot\(| convolution\(|custom-call.*(matmul|gemm)"),
+         ("random bits", r"random_bits|threefry|rng"), ("sort", r" sort\("),
+         ("scatter", r" scatter\("), ("gather", r" gather\("), ("reduce", r" reduce\("),
+         ("copy/transpose", r" copy\(| transpose\("), ("loop", r" while\("))
+
+
+def hlo_labels(hlo_text: str) -> dict[str, dict]:
+  """instruction name -> {op_name, opcode, kind} from compiled HLO text."""
+  computations: dict[str, str] = {}
+  name, body = None, []
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if m and not line.startswith(" "):
+      name, body = m.group(1), []
+      continue
+    if line.startswith("}") and name:
+      computations[name] = "\n".join(body)
+      name = None
+      continue
+    if name:
+      body.append(line)
+  out = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^()]*\)|\S+) ([\w\-]+)\(", line)
+    if not m:
+      continue
+    inst, opcode = m.group(1), m.group(2)
+    op = re.search(r'op_name="([^"]*)"', line)
+    called = re.findall(r"calls=%?([\w.\-]+)", line)
+    text = line + "\n" + "\n".join(computations.get(c, "") for c in called)
+    kind = next((k for k, pat in KINDS if re.search(pat, text)), "elementwise")
+    if kind == "loop" and re.search(r"\bu32\[", line):  # jax's threefry: a loop of u32 rounds
+      kind = "random bits"
+    shape = re.match(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\([^()]*\)|\S+)", line).group(1)
+    out[inst] = {"op_name": op.group(1) if op else "", "opcode": opcode, "kind": kind,
+                 "shape": re.sub(r"\{[^}]*\}", "", shape)}
+  return out
+
+
+def part_of(op_name: str) -> str:
+  for part, pattern in PARTS:
+    if re.search(pattern, op_name, re.IGNORECASE):
+      return part
+  return "rest of a layer (GELU, residuals, biases)" if "/layer_" in op_name else "other"
+
+
+def pass_of(op_name: str) -> str:
+  """forward / backward (jax's transpose of the forward) / the rest (optimizer, metrics)."""
+  if "transpose(" in op_name:
+    return "backward"
+  return "forward" if "jvp(" in op_name else "rest"
+
+
+def op_times(xplane_path: str) -> collections.Counter:
+  """Summed duration (s) per event name on the device or the CPU's XLA threads."""
+  import jax
+  data = jax.profiler.ProfileData.from_file(xplane_path)
+  gpu = [p for p in data.planes if p.name.startswith("/device:")]
+  planes = gpu or [p for p in data.planes if p.name == "/host:CPU"]
+  total = collections.Counter()
+  for plane in planes:
+    for line in plane.lines:
+      if not gpu and not line.name.startswith("tf_XLA"):
+        continue  # the CPU's Python and bookkeeping threads
+      for ev in line.events:
+        if ev.duration_ns > 0 and not ev.name.startswith(("ThreadpoolListener", "end: ",
+                                                          "ThunkExecutor", "SlinkyThreadPool")):
+          total[ev.name] += ev.duration_ns / 1e9
+  return total
+
+
+def profile(config, kind: str, steps: int) -> dict:
+  import jax
+
+  from tokendrop_jax import benchmark
+  bench = benchmark.setup(config, "loss_ema")
+  settings = bench.settings.full() if kind == "full" else bench.settings
+  fn = bench.jit_step(settings)
+  state = bench.init(bench.key(0))
+  compiled = fn.lower(state, bench.batch).compile()
+  labels = hlo_labels(compiled.as_text())
+  state, m = fn(state, bench.batch)  # compile + a warm-up step
+  jax.block_until_ready(m)
+  trace_dir = tempfile.mkdtemp(prefix="profile_step-")
+  t0 = time.perf_counter()
+  jax.profiler.start_trace(trace_dir)
+  for _ in range(steps):
+    state, m = fn(state, bench.batch)
+    jax.block_until_ready(m)
+  jax.profiler.stop_trace()
+  wall = (time.perf_counter() - t0) / steps
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+  times = op_times(path)
+  # An event is an instruction's name, possibly with a suffix the runtime adds.
+  def label(ev):
+    return labels.get(ev) or labels.get(ev.split(":")[0]) or {"op_name": "", "opcode": "?",
+                                                               "kind": "unmatched", "shape": ""}
+  total = sum(times.values())
+  by_kind, by_part, by_pass = collections.Counter(), collections.Counter(), collections.Counter()
+  copies = collections.Counter()  # layout copies and transposes, by the shape they write
+  for ev, t in times.items():
+    lab = label(ev)
+    by_kind[lab["kind"]] += t
+    by_part["random bits" if lab["kind"] == "random bits" else part_of(lab["op_name"])] += t
+    by_pass[pass_of(lab["op_name"])] += t
+    if lab["kind"] == "copy/transpose":
+      copies[lab["shape"]] += t
+  share = lambda c: {k: round(v / total, 4) for k, v in c.most_common()}  # noqa: E731
+  top = [{"instruction": ev, "s_per_step": t / steps, "share": t / total, **label(ev)}
+         for ev, t in times.most_common(_TOP.value)]
+  return {"config": config.name, "kind": kind, "steps": steps, "device": jax.devices()[0].device_kind,
+          "wall_s_per_step_profiled": wall, "op_s_per_step": total / steps,
+          "by_pass": share(by_pass), "by_kind": share(by_kind), "by_part": share(by_part),
+          "copies_by_shape": dict(list(share(copies).items())[:10]), "top": top,
+          "instructions_matched": sum(1 for ev in times if ev in labels or ev.split(":")[0] in labels),
+          "instructions_seen": len(times)}
+
+
+def main(argv):
+  del argv
+  from tokendrop_jax import config_lib
+  path, _, variant = _CONFIG.value.partition(":")
+  config = config_lib.load_file(os.path.join(ROOT, path), variant or None)
+  result = profile(config, _KIND.value, _STEPS.value)
+  print(f"{result['config']} {result['kind']} step: {result['wall_s_per_step_profiled']:.3f} s "
+        f"profiled, ops {result['op_s_per_step']:.3f} s "
+        f"({result['instructions_matched']}/{result['instructions_seen']} instructions labelled)")
+  for name in ("by_pass", "by_part", "by_kind"):
+    print(name + ": " + ", ".join(f"{k} {v:.1%}" for k, v in result[name].items()))
+  for row in result["top"][:10]:
+    print(f"  {row['share']:6.1%} {row['instruction']:<28} {row['kind']:<14} {row['shape']:<22} "
+          f"{row['op_name'][-60:]}")
+  if _OUTPUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
