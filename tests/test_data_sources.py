@@ -327,6 +327,43 @@ def test_tfds_splits_are_checked_before_anything_runs(tmp_path, monkeypatch):
   assert recipe["data.valid_fraction"] == 0.25 and "data.tfds_valid_split" not in recipe
 
 
+def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
+  """'tfds:NAME@W' beside file patterns (the paper's Wikipedia + books): its
+  data.tfds_train_split is read, the weights hold as for files, its split is checked
+  before any work, and prepare builds it and records what the TFDS member read."""
+  src = str(tmp_path / "tfds")
+  TinyWikiDs(data_dir=src, file_format="array_record").download_and_prepare()
+  books = mixture_files[2]
+  c = tiny_config(sources=f"tfds:tiny_wiki_ds@0.5,{books}@0.5", tfds_data_dir=src,
+                  valid_fraction=0.25)
+  source = inputs.corpus_source(c.data, "")
+  mix = source.source
+  assert isinstance(mix, text_builder.Mixture)
+  assert isinstance(mix.parts[0], text_builder.TfdsText) and mix.parts[0].train_split == "train"
+  wiki = list(mix.parts[0].documents(TRAIN))
+  stream = list(mix.documents(TRAIN))
+  from_wiki = [doc for doc in stream if doc in wiki]
+  assert from_wiki == wiki[:len(from_wiki)] and 0 < len(from_wiki) < len(stream)
+  assert list(inputs.corpus_source(c.data, "").source.documents(TRAIN)) == stream
+  # A split the member lacks, or no name, is refused naming the member and the field.
+  c.data.tfds_train_split = "training"
+  monkeypatch.setattr(text_builder, "build_from_source", _refuse)
+  with pytest.raises(ValueError, match=r"data.tfds_train_split='training'.*tiny_wiki_ds"):
+    prepare_lib.prepare(c, str(tmp_path / "bad"), say=lambda line: None)
+  with pytest.raises(ValueError, match=r"data.sources: 'tfds:@1' names no TFDS dataset"):
+    config_lib.mixture_sources(f"tfds:@1,{books}@1")
+  monkeypatch.undo()
+  assert not (tmp_path / "bad").exists()
+  c.data.tfds_train_split = "train[:30]"
+  result = prepare_lib.prepare(c, str(tmp_path / "out"), workers=1, say=lambda line: None)
+  recipe = text_builder.load_corpus_meta(result["output"])["prepared"]["recipe"]
+  assert recipe["data.sources"] == f"tfds:tiny_wiki_ds@0.5,{books}@0.5"
+  assert recipe["data.tfds_train_split"] == "train[:30]"
+  assert list(recipe["files of data.sources"]) == [os.path.abspath(books)]
+  assert result["splits"]["train"]["documents"] > 0 and result["splits"]["validation"]["documents"] > 0
+  assert result["mixture"][0]["files"] == "tfds:tiny_wiki_ds split 'train[:30]'"
+
+
 # ---------------------------------------------------------- prepare->train ---
 def tiny_config(**data):
   """`tiny` with a small tokenizer and model, for 2 steps (as in tests/test_prepare.py)."""

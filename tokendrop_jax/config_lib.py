@@ -281,10 +281,20 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
   return config
 
 
+TFDS_PREFIX = "tfds:"  # a data.sources member that is a TFDS dataset: tfds:NAME@WEIGHT
+
+
+def tfds_member(pattern: str) -> str:
+  """The TFDS name of a `data.sources` member 'tfds:NAME', or '' for a file pattern."""
+  return pattern[len(TFDS_PREFIX):] if pattern.startswith(TFDS_PREFIX) else ""
+
+
 def mixture_sources(spec: str) -> list[tuple[str, float]]:
   """`data.sources` 'PATTERN@WEIGHT,PATTERN@WEIGHT,...' -> [(pattern, weight)].
 
-  Weights are relative (they need not sum to 1); each must be > 0.
+  Weights are relative (they need not sum to 1); each must be > 0. A pattern
+  'tfds:NAME' is a TFDS text dataset (its `data.tfds_train_split`, field
+  `data.tfds_text_field`, prepared as ArrayRecord in `data.tfds_data_dir`).
   """
   out = []
   for entry in spec.split(","):
@@ -293,6 +303,9 @@ def mixture_sources(spec: str) -> list[tuple[str, float]]:
       value = float(weight)
     except ValueError:
       value = float("nan")
+    if pattern == TFDS_PREFIX:
+      raise ValueError(f"data.sources: {entry.strip()!r} names no TFDS dataset; expected "
+                       "e.g. 'tfds:wikipedia/20230601.en@0.7'")
     if not pattern or not 0 < value < float("inf"):
       raise ValueError(f"data.sources: {entry.strip()!r} is not PATTERN@WEIGHT with a weight > 0; "
                        "expected e.g. 'gs://b/wiki/*.parquet@0.7,gs://b/books/*.txt@0.3'")

@@ -55,6 +55,8 @@ def _stamps(patterns, field: str) -> dict[str, list[int]]:
   """{absolute path: [size, mtime_ns]} of the files a config field names."""
   from tokendrop_jax.data import tokenizer as tokenizer_lib
   out = {}
+  if not patterns:  # e.g. a mixture of TFDS datasets only
+    return out
   for p in tokenizer_lib.expand_files(patterns, field):
     out[files.resolve(p)] = files.size_and_mtime(p)
   return out
@@ -95,7 +97,11 @@ def recipe(config) -> dict:
     from tokendrop_jax import config_lib
     mixture = config_lib.mixture_sources(data.sources)
     out["data.sources"] = ",".join(f"{pattern}@{weight:g}" for pattern, weight in mixture)
-    out["files of data.sources"] = _stamps([p for p, _ in mixture], "data.sources")
+    out["files of data.sources"] = _stamps(
+        [p for p, _ in mixture if not config_lib.tfds_member(p)], "data.sources")
+    if any(config_lib.tfds_member(p) for p, _ in mixture):  # what its TFDS members read
+      for k in ("tfds_text_field", "tfds_train_split", "tfds_data_dir"):
+        out[f"data.{k}"] = data[k]
     if not carve:
       inputs.need_validation(data, "data.sources")
     listed += list(out["files of data.sources"])
@@ -249,8 +255,11 @@ def mixture_used(source: dict) -> list[dict]:
     return []
   out = []
   for part, used in zip(source["parts"], source["used"]):
-    names = part["train"]
-    shown = names[0] + (f" and {len(names) - 1} more file(s)" if len(names) > 1 else "")
+    if part.get("kind") == "tfds":
+      shown = f"tfds:{part['name']} split {part['train_split']!r}"
+    else:
+      names = part["train"]
+      shown = names[0] + (f" and {len(names) - 1} more file(s)" if len(names) > 1 else "")
     out.append({**used, "weight": part["weight"], "files": shown})
   return out
 

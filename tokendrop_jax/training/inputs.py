@@ -70,21 +70,27 @@ def tfds_source(data) -> text_builder.TfdsText:
                                data.tfds_valid_split, data.tfds_data_dir or None)
 
 
-def check_tfds_splits(data) -> None:
+def check_tfds_splits(data, name: str | None = None, where: str = "") -> None:
   """Fails, naming the field and listing the dataset's splits, on a TFDS split that the
-  dataset lacks (slices such as 'train[:99%]' count as their split)."""
+  dataset lacks (slices such as 'train[:99%]' count as their split).
+
+  `name`: a TFDS member of a `data.sources` mixture (`where` names it); only its
+  train split is read. Default: `data.tfds_name`, both splits unless carved.
+  """
   import tensorflow_datasets as tfds
+  field = where or "data.tfds_name"
+  name = name or data.tfds_name
   try:
-    builder = tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None)
+    builder = tfds.builder(name, data_dir=data.tfds_data_dir or None)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"data.tfds_name={data.tfds_name!r}: {str(e).splitlines()[0]}") from None
+    raise ValueError(f"{field}={name!r}: {str(e).splitlines()[0]}") from None
   splits = builder.info.splits
   if not list(splits):
-    raise ValueError(f"data.tfds_name={data.tfds_name!r} is not prepared in {builder.data_dir} "
+    raise ValueError(f"{field}={name!r} is not prepared in {builder.data_dir} "
                      "(no splits there): prepare it with file_format='array_record', and set "
                      "data.tfds_data_dir to where it is")
   fields = [("data.tfds_train_split", data.tfds_train_split)]
-  if not data.valid_fraction:
+  if not data.valid_fraction and not where:
     fields.append(("data.tfds_valid_split", data.tfds_valid_split))
   for field, split in fields:
     try:
@@ -93,7 +99,7 @@ def check_tfds_splits(data) -> None:
       hint = ("; or set data.valid_fraction (e.g. 0.01) to carve a validation split from the "
               "train split" if field == "data.tfds_valid_split" else "")
       raise ValueError(f"{field}={split!r}: {e}; the splits of TFDS dataset "
-                       f"{data.tfds_name!r}: {list(splits)}{hint}") from None
+                       f"{name!r}: {list(splits)}{hint}") from None
 
 
 def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
@@ -144,8 +150,14 @@ def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
 def _mixture(data, carve: bool) -> text_builder.Mixture:
   parts, weights = [], []
   for pattern, weight in config_lib.mixture_sources(data.sources):
-    paths = _checked_files([pattern], f"data.sources ({pattern})", data.text_field)
-    part = text_builder.TextFiles(paths, (), data.text_field)
+    name = config_lib.tfds_member(pattern)
+    if name:  # its data.tfds_train_split, field data.tfds_text_field, in data.tfds_data_dir
+      check_tfds_splits(data, name, f"data.sources ({pattern})")
+      part = text_builder.TfdsText(name, data.tfds_text_field, data.tfds_train_split,
+                                   data.tfds_valid_split, data.tfds_data_dir or None)
+    else:
+      paths = _checked_files([pattern], f"data.sources ({pattern})", data.text_field)
+      part = text_builder.TextFiles(paths, (), data.text_field)
     if next(part.documents(text_builder.TRAIN), None) is None:
       raise ValueError(f"data.sources: {pattern!r} holds no document")
     parts.append(part)
