@@ -242,6 +242,7 @@ def test_sctd_paper_kl_is_zero_and_the_update_unchanged_when_nothing_is_dropped(
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_sctd_paper_compares_two_layers_and_changes_the_update_when_dropping():
   state, plain = _setup(K, WIDE)
   _, sctd = _setup(K, WIDE, consistency_weight=0.05, consistency_form="paper")
@@ -280,6 +281,7 @@ def optax_global_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_random_ties_change_what_the_first_steps_keep():
   """At init every id has the same EMA: leftmost-first and random ties keep other tokens."""
   state, plain = _setup(K)
@@ -290,6 +292,7 @@ def test_random_ties_change_what_the_first_steps_keep():
   assert abs(float(m_ties["loss"]) - float(m_plain["loss"])) > 1e-5
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_consistency_with_accumulation_equals_one_big_batch():
   cfg = BertConfig(**{**WIDE.__dict__, "dropout_rate": 0.0, "attention_dropout_rate": 0.0})
   s1, step1 = _setup(K, cfg, consistency_weight=0.5)
@@ -339,6 +342,7 @@ def _all_options(root):
   return c
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_all_options_resume_mid_schedule_exactly(tmp_path):
   config = _all_options(tmp_path)
   ref_dir, workdir = str(tmp_path / "ref"), str(tmp_path / "preempted")

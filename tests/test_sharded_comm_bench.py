@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,6 +16,7 @@ def _script():
   return module
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_smoke_run_writes_every_mesh_and_kind(tmp_path):
   bench = _script()
   out = tmp_path / "sharded_comm.json"

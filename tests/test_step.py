@@ -133,6 +133,7 @@ def test_eval_step_runs_the_full_model():
   assert float(sums["weight_sum"]) == B * P
 
 
+@pytest.mark.slow  # over 30 s on 2 cores; CI runs it in the slow suite
 def test_a_new_strategy_is_one_definition():
   """Registering a Strategy is all it takes: configs accept it, the step plan drops with
   it, and the train step scores and updates with its functions."""
