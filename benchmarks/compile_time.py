@@ -14,7 +14,6 @@ and the compiled program's size are recorded. --smoke: config tiny.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -49,6 +48,8 @@ def compile_case(name: str, scan: bool) -> dict:
 def main(argv):
   del argv
   import jax
+
+  from tokendrop_jax import benchmark
   names = ["tiny"] if _SMOKE.value else _CONFIGS.value
   results = {"device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
              "global_batch": _BATCH, "configs": {}}
@@ -62,10 +63,7 @@ def main(argv):
     u, s = results["configs"][name]["unrolled"], results["configs"][name]["scanned"]
     results["configs"][name]["unrolled_over_scanned"] = {
         k: u[k]["compile_cpu_s"] / s[k]["compile_cpu_s"] for k in ("full", "drop")}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {_OUTPUT.value}")
+  benchmark.write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

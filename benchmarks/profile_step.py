@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import glob
-import json
 import os
 import re
 import sys
@@ -170,7 +169,7 @@ def profile(config, kind: str, steps: int) -> dict:
 
 def main(argv):
   del argv
-  from tokendrop_jax import config_lib
+  from tokendrop_jax import benchmark, config_lib
   path, _, variant = _CONFIG.value.partition(":")
   config = config_lib.load_file(os.path.join(ROOT, path), variant or None)
   result = profile(config, _KIND.value, _STEPS.value)
@@ -183,10 +182,7 @@ def main(argv):
     print(f"  {row['share']:6.1%} {row['instruction']:<28} {row['kind']:<14} {row['shape']:<22} "
           f"{row['op_name'][-60:]}")
   if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(result, f, indent=2)
-    print(f"wrote {_OUTPUT.value}")
+    benchmark.write_results(result, _OUTPUT.value)
 
 
 if __name__ == "__main__":

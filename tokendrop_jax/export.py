@@ -225,6 +225,24 @@ def _bert_template(ids: Mapping[str, int]) -> dict[str, Any]:
           "special_tokens": {p: {"id": p, "ids": [ids[p]], "tokens": [p]} for p in (cls, sep)}}
 
 
+def _tokenizer_config(tokenizer_class: str, model_max_length: int, added: list,
+                      **normaliser) -> dict[str, Any]:
+  """tokenizer_config.json: the class, BERT's framing and specials, and (WordPiece) the
+  normaliser settings the fast class rebuilds its normaliser from."""
+  return {
+      "tokenizer_class": tokenizer_class,
+      **normaliser,
+      "model_max_length": int(model_max_length),
+      "padding_side": "right",
+      "truncation_side": "right",
+      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+      "clean_up_tokenization_spaces": False,
+      "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
+                               for a in added},
+      **_SPECIAL,
+  }
+
+
 def hf_wordpiece_files(tok, model_max_length: int) -> dict[str, Any]:
   """{filename: json object or text} of `BertTokenizerFast` equal to the WordPiece `tok`:
   its tokenizer.json with the specials as added tokens and BERT's framing, BERT's
@@ -236,20 +254,9 @@ def hf_wordpiece_files(tok, model_max_length: int) -> dict[str, Any]:
   added = _added_specials(ids)
   spec.update(added_tokens=added, post_processor=_bert_template(ids))
   norm = tok.normalizer_settings
-  config = {
-      "tokenizer_class": "BertTokenizerFast",
-      "do_lower_case": norm["lowercase"],
-      "strip_accents": norm["strip_accents"],
-      "tokenize_chinese_chars": norm["handle_chinese_chars"],
-      "model_max_length": int(model_max_length),
-      "padding_side": "right",
-      "truncation_side": "right",
-      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-      "clean_up_tokenization_spaces": False,
-      "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
-                               for a in added},
-      **_SPECIAL,
-  }
+  config = _tokenizer_config("BertTokenizerFast", model_max_length, added,
+                             do_lower_case=norm["lowercase"], strip_accents=norm["strip_accents"],
+                             tokenize_chinese_chars=norm["handle_chinese_chars"])
   return {"tokenizer.json": spec, "tokenizer_config.json": config,
           "special_tokens_map.json": dict(_SPECIAL), "vocab.txt": tok.vocab_txt()}
 
@@ -313,19 +320,9 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
       "decoder": metaspace,
       "model": model,
   }
-  config = {
-      # The generic fast class: BertTokenizerFast would swap in its WordPiece
-      # normaliser. Everything it needs is in tokenizer.json.
-      "tokenizer_class": "PreTrainedTokenizerFast",
-      "model_max_length": int(model_max_length),
-      "padding_side": "right",
-      "truncation_side": "right",
-      "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-      "clean_up_tokenization_spaces": False,
-      "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"}
-                               for a in added},
-      **_SPECIAL,
-  }
+  # The generic fast class: BertTokenizerFast would swap in its WordPiece normaliser.
+  # Everything it needs is in tokenizer.json.
+  config = _tokenizer_config("PreTrainedTokenizerFast", model_max_length, added)
   return {"tokenizer.json": tokenizer, "tokenizer_config.json": config,
           "special_tokens_map.json": dict(_SPECIAL)}
 
