@@ -1,8 +1,5 @@
 """Options beyond the paper: layer-wise random dropping, ScTD consistency, keep schedules."""
 import os
-import signal
-import threading
-import time
 
 import flax.linen as nn
 import jax
@@ -12,13 +9,14 @@ import pytest
 from absl import flags
 
 from tests import reference_bert
+from tests.resume_checks import final_state, sigterm_once_training
 from tests.test_config import load
 from tests.test_model import CFG as MODEL_CFG
 from tests.test_step import B, CFG, K, OPTIM, P, S
 from tokendrop_jax import config_lib, flops, importance, synthetic
 from tokendrop_jax.model import token_drop
 from tokendrop_jax.model.bert import BertConfig, BertForPretraining
-from tokendrop_jax.training import checkpoint, loop, optim, state as state_lib, step as step_lib
+from tokendrop_jax.training import loop, optim, state as state_lib, step as step_lib
 from tokendrop_jax.training import metrics, step_plan
 
 flags.FLAGS.mark_as_parsed()
@@ -354,24 +352,14 @@ def test_all_options_resume_mid_schedule_exactly(tmp_path):
   kl_steps = [r["step"] for r in rows if "consistency_kl" in r]
   assert kl_steps == [14, 28]  # the logged (every 2) consistency steps (every 7) before full
 
-  def preempt_when_running():
-    path = os.path.join(workdir, "metrics.jsonl")
-    while not (os.path.exists(path) and os.path.getsize(path) > 0):
-      time.sleep(0.01)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-  threading.Thread(target=preempt_when_running, daemon=True).start()
+  sigterm_once_training(workdir)
   first = loop.train_and_evaluate(config, workdir)
   assert 2 <= first["step"] < 36  # stopped inside the schedule
   second = loop.train_and_evaluate(config, workdir)
   assert second["step"] == 40 and all(v <= 1 for v in second["jit_cache_sizes"].values())
 
   def final(d):
-    run = loop.build(config, synthetic.SPECIAL_IDS)
-    ckpt = checkpoint.Checkpointer(os.path.join(d, "checkpoints"), save_every=1, keep=0)
-    state, _ = ckpt.restore(run.layout.abstract)
-    ckpt.close()
-    return jax.tree_util.tree_leaves(jax.device_get(state))
+    return jax.tree_util.tree_leaves(final_state(config, d)[0])
 
   for a, b in zip(final(ref_dir), final(workdir)):
     np.testing.assert_array_equal(a, b)

@@ -7,17 +7,15 @@ the vocabulary is trained on the demo corpus and the models are random.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import jax
 import numpy as np
 import pytest
 from absl import flags
 
+from tests.resume_checks import final_state, losses, sigterm_once_training
 from tests.test_config import load
 from tokendrop_jax import config_lib, export
 from tokendrop_jax import import_hf as import_lib
@@ -365,22 +363,6 @@ def test_bert_model_import_initialises_the_head_as_bert(tmp_path, corpus, caplog
 # Continued pretraining: token dropping, resumed bit for bit after SIGTERM.
 
 
-def _final_state(config, workdir):
-  tok = tokenizer_lib.load_tokenizer(workdir_lib.tokenizer_path(workdir))
-  run = loop.build(config, tok.special_ids)
-  ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir), save_every=1, keep=0)
-  try:
-    state, step = ckpt.restore(run.layout.abstract)
-  finally:
-    ckpt.close()
-  return jax.device_get(state), step
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-
-
 @pytest.mark.slow
 def test_continued_pretraining_resumes_bit_exactly_after_sigterm(imported, corpus, tmp_path):
   hf, _ = imported
@@ -394,22 +376,14 @@ def test_continued_pretraining_resumes_bit_exactly_after_sigterm(imported, corpu
   summary = loop.train_and_evaluate(config, full)
   assert summary["step"] == 12 and summary["jit_cache_sizes"]["drop32"] == 1
 
-  sent = []
-
-  def preempt_when_running():
-    path = os.path.join(preempted, "metrics.jsonl")
-    while not (os.path.exists(path) and os.path.getsize(path) > 0):
-      time.sleep(0.01)
-    sent.append(True)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-  threading.Thread(target=preempt_when_running, daemon=True).start()
+  sent = sigterm_once_training(preempted)
   first = loop.train_and_evaluate(workdir_lib.read_config(preempted), preempted)
   assert sent and 2 <= first["step"] < 12
   second = loop.train_and_evaluate(workdir_lib.read_config(preempted), preempted)
   assert second["step"] == 12
-  a, _ = _final_state(config, full)
-  b, _ = _final_state(config, preempted)
+  special_ids = tokenizer_lib.load_tokenizer(workdir_lib.tokenizer_path(full)).special_ids
+  a, _ = final_state(config, full, special_ids)
+  b, _ = final_state(config, preempted, special_ids)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
-  assert _losses(full) == _losses(preempted)
+  assert losses(full) == losses(preempted)

@@ -2,15 +2,13 @@
 import json
 import os
 import shutil
-import signal
-import threading
-import time
 
 import jax
 import numpy as np
 import pytest
 from absl import flags
 
+from tests.resume_checks import final_state, losses, sigterm_once_training
 from tests.test_config import load
 from tokendrop_jax import synthetic
 from tokendrop_jax.training import checkpoint, host_rows, loop, step_plan
@@ -25,20 +23,6 @@ def tiny(tmp_root, **train):
                  keep_checkpoints=10, async_checkpoint=True)
   c.train.update(**train)
   return c
-
-
-def final_state(config, workdir):
-  run = loop.build(config, synthetic.SPECIAL_IDS)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
-  state, step = ckpt.restore(run.layout.abstract)
-  ckpt.close()
-  return jax.device_get(state), step
-
-
-def losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(l) for l in f]
-  return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +49,7 @@ def test_sigterm_then_resume_is_bit_exact(uninterrupted):
   root, ref_dir, _ = uninterrupted
   workdir = str(root / "preempted")
   config = tiny(root)
-  sent = []
-
-  def preempt_when_running():
-    path = os.path.join(workdir, "metrics.jsonl")
-    while not (os.path.exists(path) and os.path.getsize(path) > 0):
-      time.sleep(0.01)
-    sent.append(True)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-  threading.Thread(target=preempt_when_running, daemon=True).start()
+  sent = sigterm_once_training(workdir)
   first = loop.train_and_evaluate(config, workdir)
   assert sent and 5 <= first["step"] < 40  # stopped early by the signal...
   steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
