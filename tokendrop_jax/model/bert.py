@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from tokendrop_jax.model import attention as attention_lib
+from tokendrop_jax.model import random_bits
 from tokendrop_jax.model import token_drop
 
 Array = jax.Array
@@ -139,12 +140,12 @@ def _init(cfg: BertConfig, axes: tuple[Optional[str], ...]):
 
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:
-  """Dropout from 16-bit random bits: same semantics as `nn.Dropout`, ~3x fewer
-  random bits per element, which matters on CPU (with the default threefry PRNG,
-  full 32-bit dropout bits cost ~30% of a small BERT step on 2 cores)."""
+  """Dropout from 16-bit random bits: same semantics as `nn.Dropout`. The bits are
+  `jax.random.bits(rng, x.shape, uint16)`'s, computed as one fusion with their use
+  (`random_bits.bits16`): on CPU, JAX's own threefry loop writes every mask to memory."""
   if deterministic or rate == 0.0:
     return x
-  bits = jax.random.bits(module.make_rng("dropout"), x.shape, jnp.uint16)
+  bits = random_bits.bits16(module.make_rng("dropout"), x.shape)
   keep = bits >= jnp.uint16(min(round(rate * 65536), 65535))
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
