@@ -210,6 +210,19 @@ def options_table():
     print(f"| `{name}` | **{p['measured_ratio']:.3f}** | {p['flops_ratio']:.3f} |")
 
 
+def step_options_table():
+  r = _load("step_options_cpu.json")
+  if not r:
+    return
+  print(f"| row ({r['config']}: batch {r['batch_size']} × {r['seq_len']}, keep {r['keep_tokens']}) "
+        "| full step | full / default | drop step | drop / full |")
+  print("| --- | --- | --- | --- | --- |")
+  for name, p in r["rows"].items():
+    changes = ", ".join(f"`{k}={v}`" for k, v in p["changes"].items()) or "default"
+    print(f"| {name}: {changes} | {p['full_step_s']:.3f} s | {p['full_over_default']:.3f} "
+          f"| {p['drop_step_s']:.3f} s | {p['drop_over_full']:.3f} |")
+
+
 def other():
   r = _load("loop_overhead.json")
   if r:
@@ -231,6 +244,7 @@ def other():
 
 if __name__ == "__main__":
   for title, fn in (("Step time", step_table), ("Peer", peer_table), ("Scaling", scaling_table),
-                    ("Quality", quality_table), ("Options", options_table), ("Other", other)):
+                    ("Quality", quality_table), ("Options", options_table),
+                    ("Kernel options", step_options_table), ("Other", other)):
     print(f"\n### {title}\n")
     fn()

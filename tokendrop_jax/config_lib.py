@@ -36,8 +36,10 @@ TOKENIZER_TYPES = ("unigram", "bpe", "wordpiece")
 TOKENIZER_SUFFIXES = (".model", ".json", ".txt")  # SentencePiece, HF tokenizer.json, vocab.txt
 
 # train.prng_impl -> jax's name for it. threefry (the default) is jax's and the same
-# bits as before the option; rbg/unsafe_rbg draw random bits faster on CPU and TPU
-# (dropout masks) but give other streams, so other dropout masks and random scores.
+# bits as before the option; rbg/unsafe_rbg give other streams, so other dropout masks
+# and random scores. Dropout's threefry bits are fused with their use
+# (model/random_bits.py), which made threefry the fastest on CPU
+# (benchmarks/results/step_options_cpu.json); on a TPU, rbg is the usual choice.
 PRNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
 
 # Model fields a fine-tuning run sets for itself; the others (sizes) come from
