@@ -208,6 +208,11 @@ def test_mixture_config_syntax_and_validation():
        "set data.sources .* or data.train_files, not both"),
       (dict(sources="/d/a.txt@1", tfds_name="wiki"), "or data.tfds_name, not both"),
       (dict(sources="/d/a.txt@1", demo_corpus=True), "or data.demo_corpus, not both"),
+      (dict(train_files="/d/b.txt", demo_corpus=True),
+       r"set data.train_files or data.demo_corpus, not both \(configs/tiny.py .*"
+       r"--config.data.demo_corpus=False\)"),
+      (dict(train_files="/d/b.txt", tfds_name="wiki"),
+       "set data.train_files or data.tfds_name, not both"),
       (dict(valid_fraction=1.0), r"data.valid_fraction must be in \[0, 1\)"),
       (dict(valid_fraction=-0.1), "data.valid_fraction must be"),
       (dict(valid_fraction=0.1, valid_files="/d/v.txt"),

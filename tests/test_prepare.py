@@ -169,7 +169,8 @@ def test_rerun_with_other_inputs_refuses_and_keeps_everything(prepared, corpus):
       (config(corpus, valid_files=str(corpus["dir"] / "train-0.txt")),
        r"data.valid_files: new: .*train-0.txt; gone: .*valid.txt"),
       (config(corpus, tokenizer_type="bpe"), r"tokenizer: trained, data.tokenizer_type='bpe' now"),
-      (config(corpus, demo_corpus=True), r"data.demo_corpus: True now, not set"),
+      (config(corpus, demo_corpus=True, train_files="", valid_files=""),
+       r"data.demo_corpus: True now, not set"),
   ]
   small = config(corpus)
   small.model.vocab_size = 300

@@ -426,9 +426,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      "train documents), not both")
   if data.sources:
     mixture_sources(data.sources)
-    for other in ("train_files", "tfds_name", "demo_corpus"):
-      if data[other]:
-        raise ValueError(f"set data.sources (a mixture) or data.{other}, not both")
+  # One corpus: the readers would otherwise pick one and silently ignore the others.
+  corpora = [name for name in ("sources", "train_files", "tfds_name", "demo_corpus") if data[name]]
+  if len(corpora) > 1:
+    hint = (" (configs/tiny.py and configs/demo.py set data.demo_corpus=True: add "
+            "--config.data.demo_corpus=False)" if "demo_corpus" in corpora else "")
+    what = " (a mixture)" if corpora[0] == "sources" else ""
+    raise ValueError(f"set data.{corpora[0]}{what} or data.{corpora[1]}, not both{hint}")
   if data.global_batch_size % optim.grad_accum_steps:
     raise ValueError(f"optim.grad_accum_steps ({optim.grad_accum_steps}) must divide "
                      f"data.global_batch_size ({data.global_batch_size})")

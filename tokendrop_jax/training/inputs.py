@@ -106,8 +106,9 @@ def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
   """(train files, validation files) of the corpus the config names; None for TFDS or a
   mixture (`data.sources`). No validation files when `data.valid_fraction` > 0.
 
-  `data.tfds_name` wins, then `data.demo_corpus` (written into `corpus_dir`),
-  then `data.sources`, then `data.train_files`/`data.valid_files`.
+  A config names one corpus (`config_lib.validate` refuses two): `data.tfds_name`,
+  `data.demo_corpus` (written into `corpus_dir`), `data.sources` or
+  `data.train_files`/`data.valid_files`.
   """
   if data.tfds_name:
     return None
