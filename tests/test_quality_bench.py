@@ -135,7 +135,8 @@ def test_run_names_and_configs(bench):
 
 
 SETTINGS = {"num_steps": 600, "sst2_train_examples": 8000, "sst2_epochs": 1,
-            "sst2_seeds": [0, 1, 2, 3, 4], "batch_size": 16, "warmup_steps": 60, "eval_every": 50}
+            "sst2_seeds": [0, 1, 2, 3, 4], "batch_size": 16, "warmup_steps": 60, "eval_every": 50,
+            "model_config": "configs/small.py", "dtype": "", "train_time_s": None}
 
 
 def test_load_results_keeps_runs_and_refuses_other_settings(bench, tmp_path):
