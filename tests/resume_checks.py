@@ -1,5 +1,5 @@
 """What the stop-and-resume tests share: a SIGTERM once a run is training, the state
-it ends with, and the losses it logged."""
+it ends with, and the losses it logged (workdirs local or gs://, through `files`)."""
 import json
 import os
 import signal
@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from tokendrop_jax import synthetic
+from tokendrop_jax import files, synthetic
 from tokendrop_jax.training import checkpoint, loop
 
 
@@ -31,7 +31,7 @@ def sigterm_once_training(workdir: str) -> list:
 def final_state(config, workdir, special_ids=synthetic.SPECIAL_IDS):
   """(host copy of the newest checkpointed train state, its step)."""
   run = loop.build(config, special_ids)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=0)
+  ckpt = checkpoint.Checkpointer(files.join(workdir, "checkpoints"), save_every=1, keep=0)
   try:
     state, step = ckpt.restore(run.layout.abstract)
   finally:
@@ -41,5 +41,5 @@ def final_state(config, workdir, special_ids=synthetic.SPECIAL_IDS):
 
 def losses(workdir):
   """{step: loss} of the training rows of metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+  with files.open(files.join(workdir, "metrics.jsonl")) as f:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}

@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 
 from tests import gcs_emulator
+from tests.resume_checks import final_state, losses
 from tokendrop_jax import files
 
 flags.FLAGS.mark_as_parsed()
@@ -121,25 +122,6 @@ def _tiny(corpus, dataset_dir, **train):
   return c
 
 
-def _final_params(config, workdir):
-  from tokendrop_jax import synthetic
-  from tokendrop_jax.training import checkpoint, loop
-  run = loop.build(config, synthetic.SPECIAL_IDS)
-  ckpt = checkpoint.Checkpointer(files.join(workdir, "checkpoints"), save_every=1, keep=0)
-  try:
-    state, step = ckpt.restore(run.layout.abstract)
-  finally:
-    ckpt.close()
-  return jax.device_get(state), step
-
-
-def _losses(workdir):
-  from tokendrop_jax.training import metrics
-  rows = metrics.read_metrics(files.join(workdir, "metrics.jsonl"))
-  return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-@pytest.mark.slow
 def test_bucket_run_prepare_sigterm_resume_export_finetune_equals_local(gcs, tmp_path,
                                                                         monkeypatch):
   from tests.test_finetune import write_task
@@ -183,11 +165,12 @@ def test_bucket_run_prepare_sigterm_resume_export_finetune_equals_local(gcs, tmp
   assert first["step"] == 11
   second = loop.train_and_evaluate(config, remote)
   assert second["step"] == 20
-  a, b = _final_params(config, local), _final_params(config, remote)
+  a, b = final_state(config, local), final_state(config, remote)
   assert a[1] == b[1] == 20
   for x, y in zip(jax.tree_util.tree_leaves(a[0]), jax.tree_util.tree_leaves(b[0]), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert _losses(local) == _losses(remote) and len(_losses(remote)) == 20
+  assert losses(local) == losses(remote)
+  assert len(losses(remote)) == 20
   for name in ("config.json", "tokenizer.model", "summary.json", "plots/loss.png"):
     assert files.exists(files.join(remote, name)), name
   assert files.listdir(files.join(remote, "tensorboard"))
