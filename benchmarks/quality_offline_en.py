@@ -12,6 +12,11 @@ evaluation. Then:
   - plots of validation loss vs training time and vs step (one curve per run);
   - a table at equal steps (the last eval) and at equal wall-clock (every run's
     loss interpolated at the shortest run's total training time);
+  - equal cost: every run's loss at the same time on the **calibrated clock**,
+    which charges each step its kind's step time as measured by `calibrate`
+    (every strategy's step kinds timed interleaved in one process, kept in the
+    JSON). Runs trained on other days, on a busier machine or with an older
+    (slower) version of the code compare on it; measured clocks do not;
   - optionally fine-tunes each on SST-2 with identical settings (`--sst2_dir`),
     once per seed (`--sst2_seeds`), and reports each encoder's mean dev accuracy
     and its paired difference from `none` pretrained with the same seed (same
@@ -82,6 +87,10 @@ _TRAIN_TIME = flags.DEFINE_float(
     "long (from its strategy's measured step time); 0 = every run takes --num_steps.")
 _EVALS = flags.DEFINE_integer("evals_per_run", 10, "With --train_time_s: evaluations per run.")
 _DATA_WORKERS = flags.DEFINE_integer("data_workers", 0, "data.worker_count of every run.")
+_CALIBRATE_ONLY = flags.DEFINE_bool(
+    "calibrate_only", False, "Measure the step costs of every strategy the JSON holds and "
+    "--strategies names (the calibrated clock; replaces the JSON's), write the JSON, train "
+    "nothing. Without it, a fixed-step command calibrates only when a strategy has no cost yet.")
 _CACHE = flags.DEFINE_string("compilation_cache_dir", "", "JAX's persistent compilation cache "
                              "('' = none): the calibration's compiles serve the runs.")
 
@@ -184,10 +193,41 @@ def calibrate(configs: dict, steps: int = 8, warmup: int = 2) -> dict[str, dict]
     total = sum(kinds.values())
     mean = sum(c * step_s[_kind_name(k)] for k, c in kinds.items()) / total
     out[strategy] = {"step_s": mean, "step_s_by_kind": step_s,
-                     "kind_shares": {_kind_name(k): c / total for k, c in kinds.items()},
-                     "num_steps": planned_steps(_TRAIN_TIME.value, mean)}
+                     "kind_shares": {_kind_name(k): c / total for k, c in kinds.items()}}
+    if _TRAIN_TIME.value:
+      out[strategy]["num_steps"] = planned_steps(_TRAIN_TIME.value, mean)
     print(f"calibration {strategy}: {mean * 1e3:.1f} ms per step ("
           + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in step_s.items()) + ")", flush=True)
+  return out
+
+
+def step_kind_names(config) -> list[str]:
+  """The kind of each of the run's `train.num_steps` steps, in order (`step_plan.kind_at`)."""
+  from tokendrop_jax.training import step_plan
+  return [_kind_name(step_plan.kind_at(config, i)) for i in range(config.train.num_steps)]
+
+
+def cost_clock(kind_names: list[str], step_s_by_kind: dict, steps) -> list[float]:
+  """The calibrated clock after each of `steps`: the seconds the run's first s steps
+  take when each costs its kind's calibrated step time."""
+  total = np.concatenate([[0.0], np.cumsum([step_s_by_kind[k] for k in kind_names])])
+  return [float(total[s]) for s in steps]
+
+
+def cost_clocks(results: dict) -> dict[str, list[float]]:
+  """{run: its calibrated clock at each point of its curve}, for the runs whose
+  strategy the JSON's calibration covers."""
+  calibration, out = results.get("calibration") or {}, {}
+  for name, r in results["runs"].items():
+    cost = calibration.get(r.get("strategy"))
+    if not r.get("curve") or not cost:
+      continue
+    config = pretrain_config(r["strategy"], r["pretrain_seed"],
+                             results.get("model_config") or "configs/small.py",
+                             results.get("dtype") or "")
+    config.train.num_steps = r.get("num_steps") or results["num_steps"]
+    out[name] = cost_clock(step_kind_names(config), cost["step_s_by_kind"],
+                           [int(p[0]) for p in r["curve"]])
   return out
 
 
@@ -274,20 +314,33 @@ def _spread(by_seed: dict) -> dict:
           "max": float(x.max()), "n": len(x), "by_seed": dict(by_seed)}
 
 
-def add_run_figures(runs: dict) -> dict:
+def add_run_figures(runs: dict, clocks: dict | None = None) -> dict:
   """Adds each run's equal-step/equal-time losses and SST-2 figures; returns the budgets.
 
   Equal time: every run's loss at the shortest total training time among all the
-  runs (measured, and on the quiet clock). SST-2: mean and sd over the run's
+  runs (measured, and on the quiet clock); and, when `clocks` ({run: calibrated
+  clock at each curve point}, `cost_clocks`) covers every run, at the shortest
+  total on the calibrated clock (equal cost). SST-2: mean and sd over the run's
   fine-tuning seeds, and the paired difference from `none` with the same
   pretraining seed over the fine-tuning seeds both finished.
   """
-  done = [r for r in runs.values() if r.get("curve")]
+  done = {name: r for name, r in runs.items() if r.get("curve")}
+  clocks = clocks or {}
   budgets = {}
   if done:
-    budgets = {"equal_time_budget_s": min(r["curve"][-1][1] for r in done),
-               "equal_quiet_time_budget_s": min(r["curve"][-1][3] for r in done)}
-  for r in done:
+    budgets = {"equal_time_budget_s": min(r["curve"][-1][1] for r in done.values()),
+               "equal_quiet_time_budget_s": min(r["curve"][-1][3] for r in done.values())}
+  costed = bool(done) and set(done) <= set(clocks)
+  if costed:
+    budgets["equal_cost_budget_s"] = min(clocks[name][-1] for name in done)
+  for name, r in done.items():
+    for key in ("cost_clock_s", "equal_cost_loss", "total_cost_s"):
+      r.pop(key, None)
+    if costed:
+      clock, losses = np.asarray(clocks[name]), np.asarray([p[2] for p in r["curve"]])
+      r.update(cost_clock_s=[float(c) for c in clock], total_cost_s=float(clock[-1]),
+               equal_cost_loss=float(np.interp(budgets["equal_cost_budget_s"], clock, losses)))
+  for r in done.values():
     steps, times, losses, quiet_clock = map(np.asarray, zip(*r["curve"]))
     r["equal_steps_loss"] = float(losses[-1])
     r["equal_time_loss"] = float(np.interp(budgets["equal_time_budget_s"], times, losses))
@@ -316,7 +369,7 @@ def add_run_figures(runs: dict) -> dict:
 def summarize(runs: dict, baseline: str = BASELINE) -> dict:
   """Per strategy, its figures over pretraining seeds (runs as `add_run_figures` left them).
 
-  - Validation loss at equal steps and at equal quiet time: mean, sd, min, max over
+  - Validation loss at equal steps, equal quiet time and equal cost: mean, sd, min, max over
     the pretraining seeds; and the difference from `baseline` with the same
     pretraining seed (mean, sd, se = sd / sqrt(n)).
   - SST-2 dev accuracy: the paired difference from `baseline`, paired on
@@ -334,7 +387,7 @@ def summarize(runs: dict, baseline: str = BASELINE) -> dict:
   out = {}
   for strategy, seeds in by_strategy.items():
     s = {"pretrain_seeds": sorted(seeds)}
-    for key in ("equal_steps_loss", "equal_quiet_time_loss"):
+    for key in ("equal_steps_loss", "equal_quiet_time_loss", "equal_cost_loss"):
       values = {k: r[key] for k, r in sorted(seeds.items()) if key in r}
       if values:
         s[key] = _spread(values)
@@ -395,7 +448,9 @@ def load_results(path: str, settings: dict) -> dict:
 def write(results: dict, path: str) -> None:
   """Recomputes every derived figure, then writes the JSON (atomically) and the plot."""
   runs = results["runs"]
-  results.update(add_run_figures(runs))
+  for key in ("equal_cost_budget_s",):
+    results.pop(key, None)
+  results.update(add_run_figures(runs, cost_clocks(results)))
   results["summary"] = summarize(runs)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path + ".tmp", "w") as f:
@@ -419,15 +474,18 @@ def is_complete(r: dict | None, sst2_seeds: list[int]) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def code_version() -> str:
+def code_version(top: str | None = None) -> str:
   """The commit of the tokendrop_jax this command runs ('+dirty': with uncommitted
-  changes), or the COMMIT file beside a copy made with `git archive`."""
+  changes), or the COMMIT file beside a copy made with `git archive` (never read in a
+  git checkout, where it could only be stale)."""
   import subprocess
   import tokendrop_jax
-  top = os.path.dirname(os.path.dirname(os.path.abspath(tokendrop_jax.__file__)))
-  if os.path.exists(os.path.join(top, "COMMIT")):
-    with open(os.path.join(top, "COMMIT")) as f:
-      return f.read().strip()
+  top = top or os.path.dirname(os.path.dirname(os.path.abspath(tokendrop_jax.__file__)))
+  if not os.path.exists(os.path.join(top, ".git")):
+    if os.path.exists(os.path.join(top, "COMMIT")):
+      with open(os.path.join(top, "COMMIT")) as f:
+        return f.read().strip()
+    return "unknown"
   try:
     git = lambda *a: subprocess.run(["git", "-C", top, *a], capture_output=True, text=True,
                                     check=True).stdout.strip()
@@ -494,6 +552,9 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   timed = bool(_TRAIN_TIME.value)
+  if timed and _CALIBRATE_ONLY.value:
+    raise app.UsageError("--calibrate_only is for fixed-step runs: with --train_time_s the "
+                         "calibration plans the runs' steps and is kept")
   settings = {"num_steps": None if timed else _STEPS.value,
               "sst2_train_examples": _SST2_EXAMPLES.value or "all",
               "sst2_epochs": _SST2_EPOCHS.value, "sst2_seeds": sst2_seeds,
@@ -504,7 +565,7 @@ def main(argv):
   results = load_results(_OUTPUT.value, settings)
   runs = results["runs"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
-  calibration = results.setdefault("calibration", {}) if timed else None
+  calibration = results.setdefault("calibration", {})
   if timed and not _REPORT_ONLY.value:
     import jax
     results["device"] = jax.devices()[0].device_kind
@@ -512,7 +573,21 @@ def main(argv):
     missing = {s: run_config(s, 0, plan) for s in _STRATEGIES.value if s not in calibration}
     if missing:  # kept in the JSON: a rerun plans the same steps and resumes
       calibration.update(calibrate(missing))
+      results["calibration_info"] = calibration_info(code)
       write(results, _OUTPUT.value)
+  elif not _REPORT_ONLY.value:
+    # Equal steps: the step costs only make the calibrated clock, so every strategy
+    # is measured again together (one interleaved run) when one has no cost yet.
+    wanted = sorted(set(_STRATEGIES.value) | {r["strategy"] for r in runs.values()})
+    if _CALIBRATE_ONLY.value or not set(wanted) <= set(calibration):
+      plan = {"num_steps": _STEPS.value, "eval_every": _EVAL_EVERY.value,
+              "warmup_steps": warmup_steps()}
+      calibration.clear()
+      calibration.update(calibrate({s: run_config(s, 0, plan) for s in wanted}))
+      results["calibration_info"] = calibration_info(code)
+      write(results, _OUTPUT.value)
+  if _CALIBRATE_ONLY.value:
+    return
   train_file = sst2_train_file(_WORKDIR.value) if _SST2.value else ""
   order = [(s, int(k)) for k in _PRETRAIN_SEEDS.value for s in _STRATEGIES.value]
   print("runs, in order: " + ", ".join(
@@ -524,7 +599,7 @@ def main(argv):
       continue
     wd = os.path.join(_WORKDIR.value, name)
     had_summary = os.path.exists(os.path.join(wd, "summary.json"))
-    plan = run_plan(strategy, calibration)
+    plan = run_plan(strategy, calibration if timed else None)
     if not pretrain(strategy, seed, wd, plan):
       print(f"{name}: no finished run in {wd}; skipped", flush=True)
       continue
@@ -561,6 +636,12 @@ def main(argv):
   print_table(results)
 
 
+def calibration_info(code: str) -> dict:
+  import jax
+  return {"code": code, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
+          "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
+
+
 def print_table(results):
   for name, r in results["runs"].items():
     if not r.get("curve"):
@@ -568,6 +649,8 @@ def print_table(results):
     print(f"{name:26s} equal steps: val loss {r['equal_steps_loss']:.4f} | equal time: "
           f"{r['equal_time_loss']:.4f} | total {r['total_train_time_s']:.0f} s | quiet clock: "
           f"{r['equal_quiet_time_loss']:.4f}, total {r['total_quiet_clock_s']:.0f} s"
+          + (f" | equal cost: {r['equal_cost_loss']:.4f}, total {r['total_cost_s']:.0f} s"
+             if "equal_cost_loss" in r else "")
           + (f" | SST-2 dev {r['sst2_dev_accuracy']:.4f} over {len(r['sst2_seeds'])} seeds"
              if "sst2_dev_accuracy" in r else "")
           + (f", {r['sst2_paired_diff']:+.4f} vs {BASELINE}" if "sst2_paired_diff" in r else ""))
@@ -580,6 +663,7 @@ def plot(runs, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+  costed = all("cost_clock_s" in r for r in runs.values() if r.get("curve"))
   colors = {}
   for name, r in runs.items():
     if not r.get("curve"):
@@ -591,10 +675,11 @@ def plot(runs, path):
     style = dict(color=color, linestyle="-" if seed == 0 else "--", linewidth=1.5 if seed == 0 else 1,
                  label=strategy if first else None)
     axes[0].plot(np.asarray(times) / 60, losses, **style)
-    axes[1].plot(np.asarray(quiet) / 60, losses, **style)
+    axes[1].plot(np.asarray(r["cost_clock_s"] if costed else quiet) / 60, losses, **style)
     axes[2].plot(steps, losses, **style)
   axes[0].set_xlabel("measured training time (min)")
-  axes[1].set_xlabel("quiet-clock training time (min, p10 step time)")
+  axes[1].set_xlabel("calibrated clock (min): each step at its kind's measured time" if costed
+                     else "quiet-clock training time (min, p10 step time)")
   axes[2].set_xlabel("step (dashed: other pretraining seeds)")
   axes[0].set_ylabel("full-model validation MLM loss")
   for ax in axes:

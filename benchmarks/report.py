@@ -101,12 +101,15 @@ def quality_table():
   keys = {name: _run_key(name, r) for name, r in runs.items()}
   base = {seed: r for name, r in runs.items() for seed, strategy in [keys[name]]
           if strategy == "none"}
+  costed = "equal_cost_budget_s" in q
+  cost = (f", {q['equal_cost_budget_s']:.0f} s calibrated clock" if costed else "")
   print(f"Budget for equal time: {q['equal_time_budget_s']:.0f} s measured, "
-        f"{q['equal_quiet_time_budget_s']:.0f} s quiet clock (the fastest run's total).\n")
+        f"{q['equal_quiet_time_budget_s']:.0f} s quiet clock{cost} (the fastest run's total).\n")
   print("| variant | training time, measured (quiet clock) | vs `none` | val loss at "
         f"{q['num_steps']} steps | at equal measured time | at equal quiet time "
-        "| SST-2 dev acc, mean ± sd (seeds) | vs `none`, paired ± s.e. |")
-  print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        + ("| calibrated clock (vs `none`) | at equal cost " if costed else "")
+        + "| SST-2 dev acc, mean ± sd (seeds) | vs `none`, paired ± s.e. |")
+  print("| --- " * (10 if costed else 8) + "|")
   # Pretraining seed 0 first (the single-seed table), then the other seeds, each in run order.
   for name in sorted(runs, key=lambda n: keys[n][0]):
     r = runs[name]
@@ -123,9 +126,13 @@ def quality_table():
     if r.get("sst2_paired_diff") is not None and r is not b:
       sem = f" ± {r['sst2_paired_diff_sem'] * 100:.1f}" if r.get("sst2_paired_diff_sem") else ""
       diff = f"{r['sst2_paired_diff'] * 100:+.1f}{sem} pts"
+    cells = ""
+    if costed:
+      vs = f" ({r['total_cost_s'] / b['total_cost_s']:.3f}×)" if b else ""
+      cells = f"| {r['total_cost_s']:.0f} s{vs} | {r['equal_cost_loss']:.3f} "
     print(f"| `{name}` | {r['total_train_time_s']:.0f} s ({r['total_quiet_clock_s']:.0f} s) | {ratio} "
           f"| {r['equal_steps_loss']:.3f} | {r['equal_time_loss']:.3f} "
-          f"| {r['equal_quiet_time_loss']:.3f} | {acc} | {diff} |")
+          f"| {r['equal_quiet_time_loss']:.3f} {cells}| {acc} | {diff} |")
   seeds_table(q, keys)
   probe_table()
 
@@ -137,16 +144,20 @@ def seeds_table(q, keys):
   rows = [(s, e) for s, e in summary.items() if s in rerun]
   if not rows:
     return
+  # Equal cost (the calibrated clock) where the JSON has it: the seeds' runs were trained
+  # on different days and code versions, and their measured and quiet clocks do not compare.
+  timed = ("equal_cost_loss", "equal cost", q.get("equal_cost_budget_s"))
+  if timed[2] is None:
+    timed = ("equal_quiet_time_loss", "equal quiet time", q["equal_quiet_time_budget_s"])
   print(f"\nOver pretraining seeds (mean ± sd [min, max] over the seeds; differences from `none` "
-        f"with the same pretraining seed; equal quiet time = "
-        f"{q['equal_quiet_time_budget_s']:.0f} s):\n")
+        f"with the same pretraining seed; {timed[1]} = {timed[2]:.0f} s):\n")
   print(f"| variant | pretraining seeds | val loss at {q['num_steps']} steps | vs `none` "
-        "| at equal quiet time | vs `none` | SST-2 dev acc | vs `none`, paired ± s.e. "
+        f"| at {timed[1]} | vs `none` | SST-2 dev acc | vs `none`, paired ± s.e. "
         "(both levels; fine-tuning only) | pairs |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for strategy, e in rows:
     cells = [f"`{strategy}`", ", ".join(map(str, e["pretrain_seeds"]))]
-    for key in ("equal_steps_loss", "equal_quiet_time_loss"):
+    for key in ("equal_steps_loss", timed[0]):
       cells.append(_pm(e[key]) if key in e else "-")
       d = e.get(key + "_diff")
       cells.append(f"{d['mean']:+.3f}" + (f" ± {d['se']:.3f}" if d.get("se") is not None else "")

@@ -121,6 +121,83 @@ def test_add_run_figures_equal_time_and_pairs(bench):
   assert runs["none@seed1"]["sst2_seeds"] == [0, 1]
 
 
+def test_cost_clock_charges_each_step_its_kinds_time(bench):
+  kinds = ["full", "keep8", "keep8", "keep8+sctd", "keep8"]
+  cost = {"full": 1.0, "keep8": 0.5, "keep8+sctd": 0.75}
+  assert bench.cost_clock(kinds, cost, [0, 1, 3, 5]) == pytest.approx([0.0, 1.0, 2.0, 3.25])
+
+
+def test_step_kind_names_follow_the_step_plan(bench):
+  c = bench.pretrain_config("loss_ema+sctd", 0)
+  c.train.num_steps = 600
+  names = bench.step_kind_names(c)
+  keep = f"keep{c.token_drop.keep_tokens}"
+  assert len(names) == 600 and names.count(keep + "+sctd") == 60
+  assert all(n == (keep + "+sctd" if (i + 1) % 10 == 0 else keep) for i, n in enumerate(names))
+  c = bench.pretrain_config("none", 0)
+  c.train.num_steps = 10
+  assert bench.step_kind_names(c) == ["full"] * 10
+
+
+def test_add_run_figures_equal_cost_needs_a_clock_for_every_run(bench):
+  runs = _curves(_two_seeds())
+  clocks = {"none": [50.0, 100.0], "loss_ema": [40.0, 80.0], "none@seed1": [50.0, 100.0],
+            "loss_ema@seed1": [40.0, 80.0]}
+  budgets = bench.add_run_figures(runs, clocks)
+  assert budgets["equal_cost_budget_s"] == 80.0
+  assert runs["none"]["equal_cost_loss"] == pytest.approx(7.5 - 0.6)  # 80 of 50..100: 60%
+  assert runs["loss_ema"]["equal_cost_loss"] == pytest.approx(6.0)
+  assert runs["loss_ema"]["total_cost_s"] == 80.0
+  assert runs["loss_ema"]["cost_clock_s"] == [40.0, 80.0]
+  s = bench.summarize(runs)["loss_ema"]
+  assert s["equal_cost_loss_diff"]["mean"] == pytest.approx(6.05 - 6.85)
+  # A run without a clock (a strategy not calibrated): no equal-cost figures at all.
+  del clocks["loss_ema@seed1"]
+  budgets = bench.add_run_figures(runs, clocks)
+  assert "equal_cost_budget_s" not in budgets
+  assert not any("equal_cost_loss" in r or "cost_clock_s" in r for r in runs.values())
+
+
+def test_cost_clocks_from_the_jsons_calibration(bench):
+  runs = _curves(_two_seeds())
+  results = {"num_steps": 100, "model_config": "configs/small.py", "dtype": "", "runs": runs,
+             "calibration": {"none": {"step_s_by_kind": {"full": 1.0}},
+                             "loss_ema": {"step_s_by_kind": {"keep128": 0.75}}}}
+  clocks = bench.cost_clocks(results)
+  assert clocks["none"] == pytest.approx([50.0, 100.0])
+  assert clocks["loss_ema@seed1"] == pytest.approx([37.5, 75.0])
+  del results["calibration"]["loss_ema"]
+  assert set(bench.cost_clocks(results)) == {"none", "none@seed1"}
+
+
+def test_calibrate_only_refuses_a_timed_json(bench, tmp_path):
+  bench.flags.FLAGS(["quality", f"--output={tmp_path / 'q.json'}", "--train_time_s=60",
+                     "--calibrate_only", f"--workdir={tmp_path / 'wd'}"])
+  try:
+    with pytest.raises(bench.app.UsageError, match="--calibrate_only is for fixed-step"):
+      bench.main([])
+  finally:
+    bench.flags.FLAGS.unparse_flags()
+  assert not (tmp_path / "q.json").exists()
+
+
+def test_code_version_reads_git_in_a_checkout_and_commit_in_a_copy(bench, tmp_path):
+  import subprocess
+  copy = tmp_path / "copy"
+  copy.mkdir()
+  (copy / "COMMIT").write_text("abc123 (git archive)\n")
+  assert bench.code_version(str(copy)) == "abc123 (git archive)"
+  assert bench.code_version(str(tmp_path)) == "unknown"
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+  git("init", "-q")
+  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+  (repo / "COMMIT").write_text("stale\n")  # left over in a checkout: not read
+  assert bench.code_version(str(repo)) == git("rev-parse", "HEAD")
+
+
 def test_run_names_and_configs(bench):
   assert bench.run_name("loss_ema+sctd", 0) == "loss_ema+sctd"
   assert bench.run_name("loss_ema+sctd", 2) == "loss_ema+sctd@seed2"
@@ -221,6 +298,26 @@ def test_report_prints_every_quality_table(bench, tmp_path, monkeypatch, capsys)
   assert "| `none` | 0.660 | 0.650 |" in out  # the probe table
 
 
+def test_report_uses_the_calibrated_clock_where_the_json_has_one(bench, tmp_path, monkeypatch,
+                                                                 capsys):
+  results = {**SETTINGS, "sst2_seeds": [0, 1], "runs": _curves(_two_seeds())}
+  clocks = {"none": [50.0, 100.0], "loss_ema": [40.0, 80.0], "none@seed1": [50.0, 100.0],
+            "loss_ema@seed1": [40.0, 80.0]}
+  results.update(bench.add_run_figures(results["runs"], clocks))
+  results["summary"] = bench.summarize(results["runs"])
+  (tmp_path / "quality_offline_en.json").write_text(json.dumps(results))
+  monkeypatch.setattr(report, "RESULTS", str(tmp_path))
+  report.quality_table()
+  lines = capsys.readouterr().out.splitlines()
+  assert any("80 s calibrated clock" in line for line in lines)
+  row = next(line for line in lines if line.startswith("| `loss_ema@seed1` |"))
+  assert "| 80 s (0.800×) | 6.100 |" in row
+  assert any("equal cost = 80 s" in line for line in lines)
+  # Seeds table: equal-cost loss 6.0 and 6.1 (none: 6.9 and 6.8, at 60% of 50..100 s).
+  row = next(line for line in lines if line.startswith("| `loss_ema` | 0, 1 |"))
+  assert "| 6.050 ± 0.071 [6.000, 6.100] | -0.800 ± 0.100 |" in row
+
+
 def _smoke_inputs(tmp_path):
   """A tiny corpus (train/valid .txt.gz from the demo corpus) and SST-2 TSVs."""
   import gzip
@@ -273,3 +370,26 @@ def test_quality_gpu_smoke_plans_equal_time_runs(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "calibration" not in again.stdout
   assert json.loads((out / "quality_gpu.json").read_text())["runs"] == results["runs"]
+
+
+@pytest.mark.slow
+def test_calibrate_only_measures_every_strategys_step_kinds(tmp_path):
+  """The calibrated clock's step costs for a fixed-step JSON, with tiny; nothing trains."""
+  import subprocess
+  import sys
+  out = tmp_path / "q.json"
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "quality_offline_en.py"),
+         "--model_config=configs/tiny.py", "--num_steps=20", "--eval_every=10",
+         f"--output={out}", f"--workdir={tmp_path / 'wd'}", f"--corpus_dir={tmp_path / 'none'}",
+         "--calibrate_only", "--strategies=none,loss_ema+sctd"]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(out.read_text())
+  cal = results["calibration"]
+  assert set(cal) == {"none", "loss_ema+sctd"}
+  assert set(cal["loss_ema+sctd"]["step_s_by_kind"]) == {"keep32", "keep32+sctd"}
+  assert cal["loss_ema+sctd"]["kind_shares"]["keep32+sctd"] == pytest.approx(0.1)
+  assert all(t > 0 for c in cal.values() for t in c["step_s_by_kind"].values())
+  assert "num_steps" not in cal["none"]  # fixed steps: the costs plan nothing
+  assert results["calibration_info"]["cpu_count"] == os.cpu_count()
+  assert results["runs"] == {} and not (tmp_path / "wd" / "none").exists()
