@@ -146,20 +146,20 @@ def seeds_table(q, keys):
     return
   # Equal cost (the calibrated clock) where the JSON has it: the seeds' runs were trained
   # on different days and code versions, and their measured and quiet clocks do not compare.
-  timed = ("equal_cost_loss", "equal cost", q.get("equal_cost_budget_s"))
-  if timed[2] is None:
-    timed = ("equal_quiet_time_loss", "equal quiet time", q["equal_quiet_time_budget_s"])
+  key, label, budget = "equal_cost_loss", "equal cost", q.get("equal_cost_budget_s")
+  if budget is None:
+    key, label, budget = "equal_quiet_time_loss", "equal quiet time", q["equal_quiet_time_budget_s"]
   print(f"\nOver pretraining seeds (mean ± sd [min, max] over the seeds; differences from `none` "
-        f"with the same pretraining seed; {timed[1]} = {timed[2]:.0f} s):\n")
+        f"with the same pretraining seed; {label} = {budget:.0f} s):\n")
   print(f"| variant | pretraining seeds | val loss at {q['num_steps']} steps | vs `none` "
-        f"| at {timed[1]} | vs `none` | SST-2 dev acc | vs `none`, paired ± s.e. "
+        f"| at {label} | vs `none` | SST-2 dev acc | vs `none`, paired ± s.e. "
         "(both levels; fine-tuning only) | pairs |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for strategy, e in rows:
     cells = [f"`{strategy}`", ", ".join(map(str, e["pretrain_seeds"]))]
-    for key in ("equal_steps_loss", timed[0]):
-      cells.append(_pm(e[key]) if key in e else "-")
-      d = e.get(key + "_diff")
+    for k in ("equal_steps_loss", key):
+      cells.append(_pm(e[k]) if k in e else "-")
+      d = e.get(k + "_diff")
       cells.append(f"{d['mean']:+.3f}" + (f" ± {d['se']:.3f}" if d.get("se") is not None else "")
                    if d else "-")
     cells.append(_pm(e["sst2_dev_accuracy"]) if "sst2_dev_accuracy" in e else "not run")
