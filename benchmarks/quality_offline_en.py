@@ -664,7 +664,8 @@ def plot(runs, path):
   fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
   costed = all("cost_clock_s" in r for r in runs.values() if r.get("curve"))
   colors = {}
-  for name, r in runs.items():
+  # Seed 0 first, so that each strategy's legend entry shows the solid line.
+  for r in sorted(runs.values(), key=lambda r: r["pretrain_seed"]):
     if not r.get("curve"):
       continue
     strategy, seed = r["strategy"], r["pretrain_seed"]
