@@ -122,6 +122,7 @@ def _tiny(corpus, dataset_dir, **train):
   return c
 
 
+@pytest.mark.slow
 def test_bucket_run_prepare_sigterm_resume_export_finetune_equals_local(gcs, tmp_path,
                                                                         monkeypatch):
   from tests.test_finetune import write_task
