@@ -22,10 +22,15 @@ import statistics
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Config file.")
-_OUTPUT = flags.DEFINE_string("output", "benchmarks/results/peer_flax_bert.json", "JSON path.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per contender.")
-_WARMUP = flags.DEFINE_integer("warmup", 15, "Untimed steps after compiling.")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only when this is the main: `matmul_floor.py` imports `peer_step_fn`."""
+  config_flags.DEFINE_config_file("config", "configs/bench_cpu.py", "Config file.")
+  flags.DEFINE_string("output", "benchmarks/results/peer_flax_bert.json", "JSON path.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per contender.")
+  flags.DEFINE_integer("warmup", 15, "Untimed steps after compiling.")
 
 
 def peer_step_fn(config):
@@ -78,7 +83,7 @@ def main(argv):
 
   from tokendrop_jax import benchmark
 
-  config = _CONFIG.value
+  config = FLAGS.config
   bench = benchmark.setup(config)
   data, td, batch = config.data, config.token_drop, bench.batch
   peer_state, peer_step = peer_step_fn(config)
@@ -89,21 +94,21 @@ def main(argv):
   }
   times, _ = benchmark.time_steps({k: fn for k, (fn, _) in contenders.items()},
                                   {k: s for k, (_, s) in contenders.items()}, batch,
-                                  _STEPS.value, _WARMUP.value)
+                                  FLAGS.steps, FLAGS.warmup)
   med = {k: statistics.median(v) for k, v in times.items()}
   results = {
       "config": config.name,
       "median_step_s": med,
       "ours_full_over_peer": med["ours_full"] / med["flax_bert_peer"],
       "ours_drop_over_peer": med["ours_drop"] / med["flax_bert_peer"],
-      "step_times_s": times, "warmup_steps": _WARMUP.value,
+      "step_times_s": times, "warmup_steps": FLAGS.warmup,
       "batch_size": data.global_batch_size, "seq_len": data.seq_len,
       "keep_tokens": td.keep_tokens, "device": jax.devices()[0].device_kind,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   print(json.dumps({k: results[k] for k in ("median_step_s", "ours_full_over_peer",
                                             "ours_drop_over_peer")}, indent=2))
-  benchmark.write_results(results, _OUTPUT.value, _plot)
+  benchmark.write_results(results, FLAGS.output, _plot)
 
 
 def _plot(results, path):
@@ -125,4 +130,5 @@ def _plot(results, path):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

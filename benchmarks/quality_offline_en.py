@@ -565,24 +565,16 @@ def main(argv):
   runs = results["runs"]
   os.makedirs(_WORKDIR.value, exist_ok=True)
   calibration = results.setdefault("calibration", {})
-  if timed and not _REPORT_ONLY.value:
-    import jax
-    results["device"] = jax.devices()[0].device_kind
-    plan = {"num_steps": _STEPS.value, "eval_every": _STEPS.value, "warmup_steps": 0}
-    missing = {s: run_config(s, 0, plan) for s in _STRATEGIES.value if s not in calibration}
-    if missing:  # kept in the JSON: a rerun plans the same steps and resumes
-      calibration.update(calibrate(missing))
-      results["calibration_info"] = calibration_info(code)
-      write(results, _OUTPUT.value)
-  elif not _REPORT_ONLY.value:
-    # Equal steps: the step costs only make the calibrated clock, so every strategy
-    # is measured again together (one interleaved run) when one has no cost yet.
-    wanted = sorted(set(_STRATEGIES.value) | {r["strategy"] for r in runs.values()})
-    if _CALIBRATE_ONLY.value or not set(wanted) <= set(calibration):
-      plan = {"num_steps": _STEPS.value, "eval_every": _EVAL_EVERY.value,
-              "warmup_steps": warmup_steps()}
-      calibration.clear()
-      calibration.update(calibrate({s: run_config(s, 0, plan) for s in wanted}))
+  if not _REPORT_ONLY.value:
+    if timed:
+      import jax
+      results["device"] = jax.devices()[0].device_kind
+    todo = to_calibrate(timed, calibration, runs)
+    if todo:
+      plan, strategies = todo
+      if not timed:
+        calibration.clear()
+      calibration.update(calibrate({s: run_config(s, 0, plan) for s in strategies}))
       results["calibration_info"] = calibration_info(code)
       write(results, _OUTPUT.value)
   if _CALIBRATE_ONLY.value:
@@ -633,6 +625,26 @@ def main(argv):
         write(results, _OUTPUT.value)
   write(results, _OUTPUT.value)
   print_table(results)
+
+
+def to_calibrate(timed: bool, calibration: dict, runs: dict) -> tuple[dict, list[str]] | None:
+  """(step plan, strategies) whose step costs to measure now, or None.
+
+  Timed runs: the strategies with no cost yet; the costs plan their runs' steps, so
+  they are kept, and a rerun plans the same steps and resumes. Equal steps: the costs
+  only make the calibrated clock, so every strategy is measured again together (one
+  interleaved run) when one has no cost yet, or on --calibrate_only.
+  """
+  if timed:
+    missing = [s for s in _STRATEGIES.value if s not in calibration]
+    plan = {"num_steps": _STEPS.value, "eval_every": _STEPS.value, "warmup_steps": 0}
+    return (plan, missing) if missing else None
+  wanted = sorted(set(_STRATEGIES.value) | {r["strategy"] for r in runs.values()})
+  if _CALIBRATE_ONLY.value or not set(wanted) <= set(calibration):
+    plan = {"num_steps": _STEPS.value, "eval_every": _EVAL_EVERY.value,
+            "warmup_steps": warmup_steps()}
+    return plan, wanted
+  return None
 
 
 def calibration_info(code: str) -> dict:
