@@ -4,7 +4,7 @@
       [--output=benchmarks/results/step_options_cpu.json] [--smoke]
 
 Each row changes one option from the config's defaults (einsum attention, threefry,
-no remat); the full and the token-drop train step of every row are compiled, then
+no remat, unrolled layers); the full and the token-drop train step of every row are compiled, then
 all timed alternately on one synthetic batch (`tokendrop_jax.benchmark.time_steps`),
 so the machine's noise hits every row alike; medians and ratios to the default row
 are reported. The fused kernels have no attention dropout, so `xla` is compared with
@@ -43,6 +43,7 @@ ROWS = {
     "einsum_no_attention_dropout": {"model.attention_dropout_rate": 0.0},
     "xla": {"model.attention": "xla", "model.attention_dropout_rate": 0.0},
     "no_dropout": {"model.dropout_rate": 0.0, "model.attention_dropout_rate": 0.0},
+    "scan_layers": {"model.scan_layers": True},
 }
 
 
