@@ -1,7 +1,7 @@
 """Where the train step's time goes: a jax.profiler trace, summed by HLO op and by layer part.
 
   python benchmarks/profile_step.py --config=configs/bench_cpu.py [--kind=full|drop] \
-      [--steps=3] [--output=benchmarks/results/profile_bench_cpu.json]
+      [--steps=3] [--output=benchmarks/results/profile_bench_cpu.json] [--config.a.b=value ...]
 
 Runs the jitted train step of `tokendrop_jax.benchmark` (the one the step
 table times) under `jax.profiler`, reads the trace back with
@@ -26,11 +26,14 @@ import tempfile
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_CONFIG = flags.DEFINE_string("config", "configs/bench_cpu.py", "configs/x.py[:variant]")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(ROOT, "configs/bench_cpu.py"),
+    "configs/x.py[:variant]; fields can be overridden, e.g. --config.model.dtype=bfloat16")
 _KIND = flags.DEFINE_enum("kind", "full", ["full", "drop"], "Which step to profile.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after a warm-up step).")
 _TOP = flags.DEFINE_integer("top", 40, "Instructions listed in the JSON.")
@@ -160,6 +163,8 @@ def profile(config, kind: str, steps: int) -> dict:
   top = [{"instruction": ev, "s_per_step": t / steps, "share": t / total, **label(ev)}
          for ev, t in times.most_common(_TOP.value)]
   return {"config": config.name, "kind": kind, "steps": steps, "device": jax.devices()[0].device_kind,
+          "batch_size": config.data.global_batch_size, "seq_len": config.data.seq_len,
+          "dtype": config.model.dtype,
           "wall_s_per_step_profiled": wall, "op_s_per_step": total / steps,
           "by_pass": share(by_pass), "by_kind": share(by_kind), "by_part": share(by_part),
           "copies_by_shape": dict(list(share(copies).items())[:10]), "top": top,
@@ -169,9 +174,8 @@ def profile(config, kind: str, steps: int) -> dict:
 
 def main(argv):
   del argv
-  from tokendrop_jax import benchmark, config_lib
-  path, _, variant = _CONFIG.value.partition(":")
-  config = config_lib.load_file(os.path.join(ROOT, path), variant or None)
+  from tokendrop_jax import benchmark
+  config = _CONFIG.value
   result = profile(config, _KIND.value, _STEPS.value)
   print(f"{result['config']} {result['kind']} step: {result['wall_s_per_step_profiled']:.3f} s "
         f"profiled, ops {result['op_s_per_step']:.3f} s "
