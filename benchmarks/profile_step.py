@@ -105,6 +105,15 @@ def pass_of(op_name: str) -> str:
   return "forward" if "jvp(" in op_name else "rest"
 
 
+def _hlo_op(event) -> str:
+  """The HLO instruction an event ran: its `hlo_op` stat where the runtime records one
+  (a GPU kernel's own name, e.g. cuBLAS's, is not the instruction's), else its name."""
+  for key, value in event.stats:
+    if key == "hlo_op" and value:
+      return str(value)
+  return event.name
+
+
 def op_times(xplane_path: str) -> collections.Counter:
   """Summed duration (s) per event name on the device or the CPU's XLA threads."""
   import jax
@@ -119,7 +128,7 @@ def op_times(xplane_path: str) -> collections.Counter:
       for ev in line.events:
         if ev.duration_ns > 0 and not ev.name.startswith(("ThreadpoolListener", "end: ",
                                                           "ThunkExecutor", "SlinkyThreadPool")):
-          total[ev.name] += ev.duration_ns / 1e9
+          total[_hlo_op(ev)] += ev.duration_ns / 1e9
   return total
 
 
