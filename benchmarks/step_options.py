@@ -49,7 +49,7 @@ ROWS = {
 
 def row_config(base, changes: dict):
   config = base.copy_and_resolve_references()
-  config.model.update(attention="einsum", remat="none")
+  config.model.update(attention="einsum", remat="none", scan_layers=False)
   config.train.prng_impl = "threefry"
   for field, value in changes.items():
     section, name = field.split(".")
