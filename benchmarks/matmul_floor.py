@@ -70,19 +70,13 @@ def layer_matmuls(cfg, batch: int, n_q: int, n_k: int) -> list[Matmul]:
 
 def step_matmuls(cfg, batch: int, seq_len: int, head_positions: int,
                  keep_tokens: int | None = None) -> list[Matmul]:
-  """Every matrix product of a train step, in the layer order of `flops.forward_flops`.
+  """Every matrix product of a train step, layer by layer as `flops.layer_rows` has them.
 
   `head_positions`: rows the MLM head runs on per sequence (our masked positions,
   or every position for a head like Hugging Face's)."""
-  s, last = cfg.split_layer, cfg.num_layers - 1
-  out = []
-  for layer in range(cfg.num_layers):
-    if keep_tokens is None or layer < s or layer == last:
-      out += layer_matmuls(cfg, batch, seq_len, seq_len)
-    elif layer == s:
-      out += layer_matmuls(cfg, batch, keep_tokens, seq_len)  # the cross layer
-    else:
-      out += layer_matmuls(cfg, batch, keep_tokens, keep_tokens)
+  from tokendrop_jax import flops
+  out = [mm for n_q, n_k in flops.layer_rows(cfg, seq_len, keep_tokens)
+         for mm in layer_matmuls(cfg, batch, n_q, n_k)]
   m, e = batch * head_positions, cfg.hidden_size
   return out + dense(m, e, e) + dense(m, e, cfg.vocab_size)  # transform; tied decoder
 

@@ -24,21 +24,28 @@ def layer_flops(cfg: BertConfig, n_queries: int, n_keys: int) -> int:
   return q_proj + kv_proj + attention + out_proj + ffn
 
 
-def forward_flops(cfg: BertConfig, seq_len: int, num_predictions: int,
-                  keep_tokens: int | None = None, layerwise: bool = False) -> int:
-  """Forward FLOPs for one sequence; `keep_tokens=None` is the full model.
+def layer_rows(cfg: BertConfig, seq_len: int, keep_tokens: int | None = None,
+               layerwise: bool = False) -> list[tuple[int, int]]:
+  """(queries, keys) of each layer for one sequence; `keep_tokens=None` is the full model.
 
   `layerwise`: random-LTD's per-layer subsets, with no cross layer.
   """
   s, last = cfg.split_layer, cfg.num_layers - 1
-  total = 0
+  rows = []
   for layer in range(cfg.num_layers):
     if keep_tokens is None or layer < s or layer == last:
-      total += layer_flops(cfg, seq_len, seq_len)
+      rows.append((seq_len, seq_len))
     elif layer == s and not layerwise:
-      total += layer_flops(cfg, keep_tokens, seq_len)  # cross layer
+      rows.append((keep_tokens, seq_len))  # cross layer
     else:
-      total += layer_flops(cfg, keep_tokens, keep_tokens)
+      rows.append((keep_tokens, keep_tokens))
+  return rows
+
+
+def forward_flops(cfg: BertConfig, seq_len: int, num_predictions: int,
+                  keep_tokens: int | None = None, layerwise: bool = False) -> int:
+  """Forward FLOPs for one sequence; `keep_tokens=None` is the full model (see `layer_rows`)."""
+  total = sum(layer_flops(cfg, q, k) for q, k in layer_rows(cfg, seq_len, keep_tokens, layerwise))
   h = cfg.hidden_size
   mlm_head = 2 * num_predictions * h * h + 2 * num_predictions * h * cfg.vocab_size
   return total + mlm_head
