@@ -5,15 +5,29 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 WORKDIR ?= workdir/demo
+# The accelerator to install for: cpu (default), tpu (libtpu) or cuda (NVIDIA CUDA 12 plugin).
+ACCEL ?= cpu
+ifeq ($(filter $(ACCEL),cpu tpu cuda),)
+$(error ACCEL=$(ACCEL): use cpu, tpu or cuda)
+endif
 
-.PHONY: install install-dev test test-slow demo bench clean
+.PHONY: install install-dev test test-slow demo bench check-extras clean
 
 install: $(STAMP)
+ifneq ($(ACCEL),cpu)
+install: $(VENV)/.installed-$(ACCEL)
+endif
 
-# Test extras (transformers + CPU torch) for the Hugging Face export round trip.
+# An accelerator's extra on top of the core install (requirements-tpu.txt, requirements-cuda.txt).
+$(VENV)/.installed-%: $(STAMP) requirements-%.txt
+	$(PY) -m pip install --quiet -r requirements-$*.txt
+	touch $@
+
+# Test extras (transformers + CPU torch) for the Hugging Face export round trip, and the TPU
+# extra: the tests compile for TPU slices with the TPU compiler (no TPU needed).
 install-dev: $(DEV_STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
+$(DEV_STAMP): $(STAMP) $(VENV)/.installed-tpu requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(DEV_STAMP)
 
@@ -35,6 +49,11 @@ demo: install
 
 bench: install
 	$(PY) -m tokendrop_jax.benchmark --config=configs/bench_cpu.py --output=benchmarks/results/step_bench_cpu.json
+
+# Each accelerator extra resolves with the core pins (pip resolves, installs nothing).
+check-extras: $(STAMP)
+	$(PY) -m pip install --quiet --dry-run --ignore-installed -r requirements-tpu.txt
+	$(PY) -m pip install --quiet --dry-run --ignore-installed -r requirements-cuda.txt
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -16,8 +16,8 @@ Usage: sbatch [sbatch options] launch/gpu_slurm.sh --config=PATH[:variant] --wor
 
 Starts, with srun, one process per GPU (--per=gpu, default) or per node
 (--per=node), each running
-  PYTHON -m tokendrop_jax.train --config=... --workdir=... [flags]
-with the variables that tokendrop_jax.training.sharding.maybe_initialize_distributed
+  PYTHON -m tokendrop_jax.train --platform=gpu --config=... --workdir=... [flags]
+(--platform=gpu stops a task whose JAX would run on its CPUs) with the variables that tokendrop_jax.training.sharding.maybe_initialize_distributed
 reads: JAX_COORDINATOR_ADDRESS (first node, port 12000 + job id % 20000),
 JAX_NUM_PROCESSES, JAX_PROCESS_ID (= SLURM_PROCID) and, per GPU,
 JAX_LOCAL_DEVICE_IDS (= SLURM_LOCALID).
@@ -29,6 +29,8 @@ Options:
   --python=PY         interpreter (default: REPO/.venv/bin/python)
   --module=NAME       main module (default: tokendrop_jax.train)
   --port=P            coordinator port
+  --install           first run `make install ACCEL=cuda` in the repository (jaxlib's CUDA
+                      plugin; the repository must be on a file system all nodes share)
   --dry-run           print the srun command and exit (or DRY_RUN=1)
   -h, --help          this help
 Any other flag (e.g. --config.train.num_steps=1000) is passed to the main. The
@@ -46,6 +48,7 @@ CONFIG=""
 WORKDIR=""
 PORT=""
 DRY_RUN="${DRY_RUN:-0}"
+INSTALL=0
 PASS=()
 
 while [[ $# -gt 0 ]]; do
@@ -58,6 +61,7 @@ while [[ $# -gt 0 ]]; do
     --python=*) PYTHON_BIN="${1#*=}" ;;
     --module=*) MODULE="${1#*=}" ;;
     --port=*) PORT="${1#*=}" ;;
+    --install) INSTALL=1 ;;
     --config=*) CONFIG="${1#*=}" ;;
     --workdir=*) WORKDIR="${1#*=}" ;;
     --) shift; PASS+=("$@"); break ;;
@@ -92,7 +96,9 @@ else
 fi
 PORT="${PORT:-$(( 12000 + ${SLURM_JOB_ID:-0} % 20000 ))}"
 
-MAIN="$(printf '%q ' "$PYTHON_BIN" -m "$MODULE" "--config=$CONFIG" "--workdir=$WORKDIR" \
+PLATFORM=()
+[[ "$MODULE" == tokendrop_jax.train || "$MODULE" == tokendrop_jax.finetune ]] && PLATFORM=(--platform=gpu)
+MAIN="$(printf '%q ' "$PYTHON_BIN" -m "$MODULE" "${PLATFORM[@]+"${PLATFORM[@]}"}" "--config=$CONFIG" "--workdir=$WORKDIR" \
   "${PASS[@]+"${PASS[@]}"}")"
 # Per-task variables are expanded by the task's shell, not here.
 TASK_ENV='export JAX_PROCESS_ID=$SLURM_PROCID;'
@@ -103,9 +109,12 @@ ENV=("JAX_COORDINATOR_ADDRESS=$HEAD_NODE:$PORT" "JAX_NUM_PROCESSES=$NUM_PROCESSE
 CMD=(srun "--nodes=$NODES" "--ntasks=$NUM_PROCESSES" "--ntasks-per-node=$TASKS_PER_NODE"
      --kill-on-bad-exit=1 bash -c "$TASK")
 
+INSTALL_CMD=(make -C "$REPO_DIR" install ACCEL=cuda)
 if [[ "$DRY_RUN" == 1 ]]; then
+  [[ "$INSTALL" == 1 ]] && echo "$(printf '%q ' "${INSTALL_CMD[@]}")"
   echo "$(printf '%q ' "${ENV[@]}")$(printf '%q ' "${CMD[@]}")"
   exit 0
 fi
+[[ "$INSTALL" == 1 ]] && "${INSTALL_CMD[@]}"
 export "${ENV[@]}"
 exec "${CMD[@]}"

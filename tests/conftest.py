@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The mains the tests start as subprocesses run on the CPU too: with libtpu installed (the
+# TPU extra, for the compile tests), JAX would first look for a TPU and log that it found none.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 

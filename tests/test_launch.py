@@ -51,10 +51,29 @@ def test_tpu_pod_dry_run():
   for part in ("gcloud compute tpus tpu-vm ssh pod-1", "--zone=us-central2-b",
                "--project=proj", "--worker=all", "TOKENDROP_DISTRIBUTED=1",
                "--config=configs/bert_base.py:loss_ema",
-               "--workdir=gs://bucket/run", "--config.train_steps=1000"):
+               "--workdir=gs://bucket/run", "--config.train_steps=1000",
+               "--platform=tpu"):
     assert part in out
+  assert "make install" not in out and "tokendrop_jax.compile" not in out
   res = _run("tpu_pod.sh", "--dry-run", "--config=c", "--workdir=w")
   assert res.returncode == 2 and "--tpu" in res.stderr
+
+
+def test_tpu_pod_installs_and_checks_the_fit_first():
+  res = _run("tpu_pod.sh", "--dry-run", "--install", "--check-fit=v5e-16",
+             "--config=configs/bert_base.py:loss_ema", "--workdir=gs://bucket/run",
+             "--config.data.global_batch_size=256",
+             env={"TPU_NAME": "pod-1", "ZONE": "us-central2-b"})
+  assert res.returncode == 0, res.stderr
+  fit, launch = res.stdout.strip().splitlines()
+  for part in ("-m tokendrop_jax.compile", "--topology=v5e-16",
+               "--config=configs/bert_base.py:loss_ema", "--config.data.global_batch_size=256"):
+    assert part in fit
+  assert "make\\ install\\ ACCEL=tpu\\ \\&\\&\\ TOKENDROP_DISTRIBUTED=1" in launch
+  # A main that takes no --platform (prepare) is launched without it.
+  res = _run("tpu_pod.sh", "--dry-run", "--module=tokendrop_jax.prepare", "--config=c",
+             "--workdir=w", env={"TPU_NAME": "p", "ZONE": "z"})
+  assert "--platform" not in res.stdout
 
 
 def test_gpu_slurm_dry_run():
@@ -68,9 +87,12 @@ def test_gpu_slurm_dry_run():
                "JAX_PROCESS_ID=\\$SLURM_PROCID",
                "JAX_LOCAL_DEVICE_IDS=\\$SLURM_LOCALID",
                "--config=configs/bert_base.py", "--workdir=/shared/run",
-               "--config.train_steps=10"):
+               "--config.train_steps=10", "--platform=gpu"):
     assert part in out
+  assert "ACCEL=cuda" not in out
   res = _run("gpu_slurm.sh", "--dry-run", "--per=node", "--config=c",
              "--workdir=w", env={"SLURM_JOB_NUM_NODES": "2"})
   assert "JAX_NUM_PROCESSES=2" in res.stdout
   assert "JAX_LOCAL_DEVICE_IDS" not in res.stdout
+  res = _run("gpu_slurm.sh", "--dry-run", "--install", "--config=c", "--workdir=w")
+  assert res.stdout.splitlines()[0].strip().endswith("install ACCEL=cuda")

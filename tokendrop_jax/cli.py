@@ -32,6 +32,25 @@ def run_or_exit(fn: Callable[[], T]) -> T:
     raise
 
 
+def define_platform_flag():
+  """`--platform`: the accelerator the run expects (accelerator.check); the launchers set it."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from tokendrop_jax import accelerator  # pylint: disable=import-outside-toplevel
+  return flags.DEFINE_enum(
+      "platform", "any", accelerator.PLATFORMS,
+      "The backend this run must get (tpu, gpu, cpu); stops at once, naming the install "
+      "command, when JAX starts another. 'any': whatever JAX finds.")
+
+
+def start_platform(expected: str) -> None:
+  """jax.distributed (multi-process launches), then the platform check, before any work;
+  a wrong platform exits 2 with the message."""
+  from tokendrop_jax import accelerator  # pylint: disable=import-outside-toplevel
+  from tokendrop_jax.training import sharding  # pylint: disable=import-outside-toplevel
+  distributed = sharding.maybe_initialize_distributed()
+  run_or_exit(lambda: accelerator.start(expected, distributed))
+
+
 def refuse_renamed_flags(argv: Sequence[str], renamed: Mapping[str, str]) -> None:
   """Exits 2 on a `--config.<old name>` flag, naming the new field (absl would only
   say the attribute does not exist)."""

@@ -328,9 +328,15 @@ def is_glue(config) -> bool:
   return "task" in config
 
 
-def model_config(config) -> BertConfig:
-  """The BertConfig of `config.model` (a GLUE config's unset fields left out)."""
-  return BertConfig.from_dict({k: v for k, v in config.model.to_dict().items() if v is not None})
+def model_config(config, platform: str | None = None) -> BertConfig:
+  """The BertConfig of `config.model` (a GLUE config's unset fields left out); with
+  `platform`, model.attention='auto' resolved to that platform's kernel."""
+  cfg = BertConfig.from_dict({k: v for k, v in config.model.to_dict().items() if v is not None})
+  if platform is None:
+    return cfg
+  from tokendrop_jax.model import attention  # pylint: disable=import-outside-toplevel
+  return dataclasses.replace(cfg, attention=attention.resolve(
+      cfg.attention, platform, cfg.dtype, cfg.attention_dropout_rate))
 
 
 # ---------------------------------------------------------------------------
@@ -384,13 +390,15 @@ def _validate_shared(config) -> BertConfig:
   return cfg
 
 
-def check_platform(config) -> None:
-  """What this machine must have for `config` (model.attention's kernel), checked
-  before any input is prepared or anything compiles; errors name the field."""
+def check_platform(config, platform: str | None = None) -> None:
+  """What `platform` (default: this machine's backend) must have for `config`
+  (model.attention's kernel), checked before any input is prepared or anything
+  compiles; errors name the field."""
   import jax  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.model import attention  # pylint: disable=g-import-not-at-top
   cfg = model_config(config)
-  attention.check(cfg.attention, jax.default_backend(), cfg.dtype, cfg.attention_dropout_rate)
+  attention.check(cfg.attention, platform or jax.default_backend(), cfg.dtype,
+                  cfg.attention_dropout_rate)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

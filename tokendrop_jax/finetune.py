@@ -17,18 +17,18 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokendrop_jax import files
+from tokendrop_jax import cli, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/glue.py:<task>")
+_PLATFORM = cli.define_platform_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and metrics go.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax import cli
-  from tokendrop_jax.training import finetune_loop, sharding
-  sharding.maybe_initialize_distributed()
+  from tokendrop_jax.training import finetune_loop
+  cli.start_platform(_PLATFORM.value)
   logging.set_verbosity(logging.WARNING)
   summary = cli.run_or_exit(
       lambda: finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))

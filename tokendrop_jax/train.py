@@ -15,19 +15,19 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tokendrop_jax import files
+from tokendrop_jax import cli, files
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/x.py[:variant]; default: WORKDIR/config.json (resume, or an import)")
+_PLATFORM = cli.define_platform_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax import cli
-  from tokendrop_jax.training import loop, sharding
-  sharding.maybe_initialize_distributed()
+  from tokendrop_jax.training import loop
+  cli.start_platform(_PLATFORM.value)
   logging.set_verbosity(logging.WARNING)
   from tokendrop_jax.training import workdir as workdir_lib
 

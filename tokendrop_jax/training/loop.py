@@ -49,9 +49,11 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
           devices=None) -> Run:
   """Model, mesh, shardings and jitted step functions for `config`."""
   config_lib.validate(config)
-  cfg = config_lib.model_config(config)
   td, data = config.token_drop, config.data
   mesh = sharding.make_checked_mesh(config, devices)
+  # model.attention='auto' picks by the mesh's platform, not this host's backend: a
+  # program compiled here for a TPU slice (tokendrop_jax.compile) gets the TPU kernel.
+  cfg = config_lib.model_config(config, platform=mesh.devices.flat[0].platform)
   rules = sharding.rules_from_config(config.mesh.rules)
   model = BertForPretraining(cfg)
   optimizer, schedule = optim.make_optimizer(config.optim, config.train.num_steps)

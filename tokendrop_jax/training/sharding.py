@@ -57,16 +57,37 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
         f"fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = {total} "
         f"do not match the {n} devices.")
   shape = tuple(sizes[a] for a in MESH_AXES)
-  try:
-    # Topology-aware placement on TPU/GPU; plain reshape where unsupported.
-    from jax.experimental import mesh_utils
-    dev_array = mesh_utils.create_device_mesh(shape, devices=devices)
-  except Exception:  # pylint: disable=broad-except
-    dev_array = np.asarray(devices, dtype=object).reshape(shape)
+  dev_array = _device_array(shape, devices)
   # Auto axes: jax 0.10's make_mesh defaults to Explicit, which breaks
   # ordinary indexing of sharded arrays.
   return Mesh(dev_array, MESH_AXES,
               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_array(shape: tuple[int, ...], devices: list) -> np.ndarray:
+  """Devices arranged as `shape` along the physical topology (TPU torus, GPU node).
+
+  Devices of several TPU slices (multi-slice) split the 'data' axis across slices:
+  data parallelism is the only traffic that crosses the data-center network.
+  """
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+  slices = sorted({getattr(d, "slice_index", None) or 0 for d in devices})
+  if len(slices) > 1:
+    n = len(slices)
+    if shape[0] % n:
+      raise ValueError(f"mesh.data={shape[0]}: the devices span {n} TPU slices, and data "
+                       f"parallelism is what crosses between slices, so mesh.data must be a "
+                       f"multiple of {n}")
+    return mesh_utils.create_hybrid_device_mesh((shape[0] // n,) + tuple(shape[1:]),
+                                                (n,) + (1,) * (len(shape) - 1), devices=devices)
+  try:
+    return mesh_utils.create_device_mesh(shape, devices=devices)
+  except Exception as e:  # pylint: disable=broad-except
+    if devices[0].platform != "cpu":  # a CPU has no topology to lose; an accelerator does
+      logging.warning("mesh %s: jax's topology-aware layout failed (%s); devices are laid out "
+                      "in list order, which may put neighbours of the mesh far apart on the "
+                      "interconnect.", shape, e)
+    return np.asarray(devices, dtype=object).reshape(shape)
 
 
 def check_batch(mesh: Mesh, field: str, size: int, microbatches: int = 1) -> None:

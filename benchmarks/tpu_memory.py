@@ -1,0 +1,110 @@
+"""BERT-base/large per-chip memory and collectives on TPU slices, from the TPU compiler.
+
+  .venv/bin/python benchmarks/tpu_memory.py [--cases=base_v5e8,...] [--table]
+
+Each case is one `python -m tokendrop_jax.compile` run (needs libtpu, no TPU):
+its JSON goes to benchmarks/results/tpu/<case>.json, and a case whose JSON is
+there is not compiled again, so the grid can be filled over several sessions.
+--table prints the README's table from whatever JSONs exist. A bert_base step
+kind takes minutes to compile on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "tpu")
+
+
+def _case(config, topology, kinds, *overrides):
+  return {"config": f"configs/{config}.py:loss_ema", "topology": topology, "kinds": kinds,
+          "overrides": list(overrides)}
+
+
+# The paper's batch (512 x 512) on the smallest slice of each chip, then larger slices;
+# `rows<r>`: r rows per chip (global batch = r x chips), to bracket what fits.
+CASES = {
+    "base_v4-8": _case("bert_base", "v4-8", "full,drop256"),
+    "base_v5e-8": _case("bert_base", "v5e-8", "full,drop256"),
+    "base_v5p-8": _case("bert_base", "v5p-8", "full,drop256"),
+    "large_v5p-8": _case("bert_large", "v5p-8", "full,drop256"),
+    # No attention dropout: model.attention=auto then takes the splash kernel on a TPU.
+    "base_v5e-8_splash": _case("bert_base", "v5e-8", "full,drop256",
+                               "--config.model.attention_dropout_rate=0.0"),
+    "base_v4-32": _case("bert_base", "v4-32", "full,drop256"),
+    "base_v5e-16": _case("bert_base", "v5e-16", "full,drop256"),
+    "large_v4-8": _case("bert_large", "v4-8", "full,drop256"),
+    "large_v5e-8": _case("bert_large", "v5e-8", "full,drop256"),
+    # The largest global batch per slice (a few compiles per kind: --max_batch).
+    "base_v5e-8_max": _case("bert_base", "v5e-8", "full,drop256", "--max_batch"),
+    "base_v5e-8_max_remat": _case("bert_base", "v5e-8", "full,drop256", "--max_batch",
+                                  "--config.model.remat=full"),
+    "base_v4-8_max": _case("bert_base", "v4-8", "full,drop256", "--max_batch"),
+    "base_v4-8_max_remat": _case("bert_base", "v4-8", "full,drop256", "--max_batch",
+                                 "--config.model.remat=full"),
+    "large_v5p-8_max": _case("bert_large", "v5p-8", "full,drop256", "--max_batch"),
+}
+
+_CASES = flags.DEFINE_list("cases", list(CASES), "Which cases to compile (in this order).")
+_TABLE = flags.DEFINE_bool("table", False, "Only print the table of the existing JSONs.")
+
+
+def run_case(name: str) -> None:
+  path = os.path.join(RESULTS, f"{name}.json")
+  if os.path.exists(path):
+    print(f"{name}: have {os.path.relpath(path, ROOT)}", flush=True)
+    return
+  c = CASES[name]
+  cmd = [sys.executable, "-m", "tokendrop_jax.compile", f"--config={c['config']}",
+         f"--topology={c['topology']}", f"--kinds={c['kinds']}", *c["overrides"],
+         f"--output={path}"]
+  print(f"{name}: {' '.join(cmd[1:])}", flush=True)
+  code = subprocess.call(cmd, cwd=ROOT)
+  if code not in (0, 5):  # 5: a kind does not fit, which is a result too
+    print(f"{name}: exit {code}", flush=True)
+
+
+def table() -> str:
+  rows = ["| config | slice | global batch (rows/chip) | remat | step | peak GiB/chip (of HBM) "
+          "| all-reduce MB | other collectives MB | compile s | host GiB |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for name in CASES:
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      r = json.load(f)
+    hbm = r["hbm_bytes_per_chip"] / 2**30
+    for kind, k in r["kinds"].items():
+      if "peak_bytes" in k:
+        peak = f"{k['peak_bytes'] / 2**30:.1f} ({k['peak_bytes'] / r['hbm_bytes_per_chip']:.0%} of {hbm:.0f})"
+        coll = k["collective_bytes"]
+        ar = f"{coll.get('all-reduce', 0) / 1e6:.0f}"
+        other = f"{(k['collective_bytes_total'] - coll.get('all-reduce', 0)) / 1e6:.0f}"
+      else:
+        need = k.get("needed_bytes")
+        peak = (f"does not fit: {need / 2**30:.1f} needed of {k['available_bytes'] / 2**30:.2f}"
+                if need else "does not fit")
+        ar = other = "-"
+      rows.append(f"| {r['config']} | {r['topology']} | {r['global_batch_size']} "
+                  f"({r['rows_per_chip']:g}) | {r['remat']} | {kind} | {peak} | {ar} | {other} "
+                  f"| {k['compile_s']:.0f} | {k.get('host_peak_gib', 0):.1f} |")
+  return "\n".join(rows)
+
+
+def main(argv):
+  del argv
+  if not _TABLE.value:
+    os.makedirs(RESULTS, exist_ok=True)
+    for name in _CASES.value:
+      run_case(name)
+  print(table())
+
+
+if __name__ == "__main__":
+  app.run(main)

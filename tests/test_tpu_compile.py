@@ -1,0 +1,212 @@
+"""Compiling for TPU slices with the TPU compiler (libtpu, no TPU): slice names, the
+multi-slice mesh, per-kind memory and collectives, the compile main's refusals,
+and splash attention lowered for a TPU."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tokendrop_jax import config_lib
+from tokendrop_jax.training import aot, loop, sharding, slice_plan, tpu_slice
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OOM = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+       "temporaries (44.23G) exceeds available HBM (15.75G).")
+
+
+def _main(*args, module="tokendrop_jax.compile", timeout=300):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def _tiny(variant="loss_ema", **data):
+  config = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py"), variant)
+  config.data.update(data)
+  return config
+
+
+@pytest.mark.parametrize("name,generation,chips,slices,compiler", [
+    ("v4-8", "v4", 4, 1, "v4:2x2x1"),
+    ("v4-32", "v4", 16, 1, "v4:2x2x4"),
+    ("v5litepod-16", "v5e", 16, 1, "v5e:4x4"),
+    ("v5e-16", "v5e", 16, 1, "v5e:4x4"),
+    ("v5p-128", "v5p", 64, 1, "v5:4x4x4"),
+    ("v6e-8", "v6e", 8, 1, "v6e:2x4"),
+    ("2xv5e-16", "v5e", 16, 2, "v5e:4x4"),
+])
+def test_slice_names_map_to_the_compilers_topologies(name, generation, chips, slices, compiler):
+  s = tpu_slice.parse(name)
+  assert (s.generation, s.chips, s.num_slices, s.compiler_topology) == (
+      generation, chips, slices, compiler)
+
+
+def test_slice_devices_are_the_slices_chips():
+  devices = tpu_slice.devices(tpu_slice.parse("v4-32"))
+  assert len(devices) == 16 and {d.platform for d in devices} == {"tpu"}
+  assert devices[0].device_kind == "TPU v4"
+  assert len({d.process_index for d in devices}) == 4  # four hosts of four chips
+
+
+@pytest.mark.parametrize("name,words", [
+    ("v9-8", ["unknown TPU slice", "v4-{8,16", "v5e-{1,4,8", "v5p-", "v6e-"]),
+    ("v5e-12", ["v5e slices come in sizes", "v5e-16"]),
+    ("v4-6", ["v4-8", "counts TensorCores"]),
+])
+def test_bad_slice_names_list_the_known(name, words):
+  with pytest.raises(ValueError) as e:
+    tpu_slice.parse(name)
+  for w in words:
+    assert w in str(e.value)
+
+
+def test_multislice_mesh_puts_data_parallelism_across_slices():
+  devices = tpu_slice.devices(tpu_slice.parse("2xv5e-4"))
+  mesh = sharding.make_mesh(-1, 2, 1, devices)
+  assert mesh.shape == {"data": 4, "fsdp": 2, "tensor": 1}
+  # The data axis's outer half is one slice, the other half the other: only data-parallel
+  # traffic crosses the data-center network; fsdp stays inside a slice.
+  grid = mesh.devices  # [data, fsdp, tensor]
+  assert {d.slice_index for d in grid[:2].flat} == {0}
+  assert {d.slice_index for d in grid[2:].flat} == {1}
+  with pytest.raises(ValueError, match=r"mesh.data=1: the devices span 2 TPU slices"):
+    sharding.make_mesh(1, 8, 1, devices)
+
+
+def test_oom_sizes_read_the_compilers_message():
+  assert aot.oom_sizes(OOM) == (int(44.23 * 2**30), int(15.75 * 2**30))
+  assert aot.oom_sizes("RESOURCE_EXHAUSTED: something else") is None
+
+
+def _compile_every_kind(variant, topology):
+  config = _tiny(variant, global_batch_size=32)
+  s = tpu_slice.parse(topology)
+  names = slice_plan.kind_names(config)
+  return config, s, names, slice_plan.compile_kinds(config, s, tpu_slice.devices(s), names)
+
+
+@pytest.mark.parametrize("variant,topology", [
+    ("loss_ema", "v5e-4"),
+    pytest.param("loss_ema+sctd", "v4-8", marks=pytest.mark.slow)])
+def test_every_step_kind_compiles_for_a_slice(variant, topology):
+  """tiny's kinds (full, drop, drop+ScTD) and eval, on a 4-chip slice: memory fields
+  present and within the chip; no drop kind moves more than the full step."""
+  config, s, names, reports = _compile_every_kind(variant, topology)
+  assert names == ["full", "drop32"] + (["drop32_sctd"] if "sctd" in variant else []) + ["eval"]
+  for name, r in reports.items():
+    assert r["fits"], name
+    for key in ("argument_bytes", "output_bytes", "temp_bytes", "peak_bytes", "code_bytes"):
+      assert r[key] >= 0, (name, key)
+    assert 0 < r["peak_bytes"] < s.hbm_bytes
+  full = reports["full"]
+  assert full["collective_bytes"]["all-reduce"] > 0  # data parallel: gradients all-reduced
+  # As on the CPU mesh (test_sharded_comm): a drop step may add the loss-EMA table's
+  # reduction (4 bytes a vocabulary entry), and ScTD its full-model forward (eval's bytes).
+  forward = reports["eval"]["collective_bytes_total"]
+  for name in names[1:-1]:
+    bound = (full["collective_bytes_total"] + 4 * config.model.vocab_size
+             + (forward if name.endswith("_sctd") else 0))
+    assert reports[name]["collective_bytes_total"] <= bound, name
+  assert reports["drop32"]["model_flops_per_device"] < full["model_flops_per_device"]
+  # The state sits on every chip (pure data parallel): arguments hold at least it.
+  assert full["argument_bytes"] >= full["state_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_every_schedule_kind_compiles_for_a_v4_slice():
+  config, _, names, reports = _compile_every_kind("loss_ema+schedule", "v4-8")
+  assert len(names) > 3
+  full = reports["full"]["collective_bytes_total"] + 4 * config.model.vocab_size
+  for name, r in reports.items():
+    assert r["fits"] and r["peak_bytes"] > 0, name
+    assert r["collective_bytes_total"] <= full, name
+
+
+def test_compile_main_writes_json_and_table(tmp_path):
+  out = tmp_path / "plan.json"
+  res = _main("--config=configs/tiny.py:loss_ema", "--topology=v4-8", "--kinds=drop32,eval",
+              f"--output={out}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["chips"] == 4 and result["compiler_topology"] == "v4:2x2x1"
+  assert set(result["kinds"]) == {"drop32", "eval"}
+  assert result["kinds"]["drop32"]["host_peak_gib"] > 0  # measured in its own process
+  assert result["kinds"]["drop32"]["steps_in_run"] == 300
+  assert result["versions"]["libtpu"]
+  assert "drop32" in res.stdout and "peak GiB" in res.stdout
+
+
+def test_compile_main_reports_a_batch_that_does_not_fit(tmp_path):
+  out = tmp_path / "plan.json"
+  res = _main("--config=configs/tiny.py:loss_ema", "--topology=v5e-4", "--kinds=full",
+              "--config.data.global_batch_size=262144", f"--output={out}")
+  assert res.returncode == 5, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
+  assert "exceeds available HBM" in res.stdout  # the compiler's own words
+  assert "does not fit by" in res.stderr and "--config.model.remat=full" in res.stderr
+  assert "optim.grad_accum_steps=2" in res.stderr
+  report = json.loads(out.read_text())["kinds"]["full"]
+  assert report["fits"] is False and report["needed_bytes"] > report["available_bytes"]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--topology=v5e-12"], ["--topology='v5e-12'", "v5e-16"]),
+    (["--topology=v5e-16", "--config.mesh.data=3"], ["mesh.data=3", "16 devices"]),
+    (["--topology=v5e-32"], ["data.global_batch_size=16", "32 shards"]),
+    (["--topology=v5e-4", "--kinds=drop99"], ["--kinds: drop99", "drop32"]),
+])
+def test_compile_main_refuses_bad_input_before_compiling(args, words):
+  res = _main("--config=configs/tiny.py:loss_ema", *args, timeout=120)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert "Traceback" not in res.stderr and "compiling" not in res.stdout
+  for w in words:
+    assert w in res.stderr
+
+
+def test_auto_attention_follows_the_target_platform():
+  config = _tiny(seq_len=256)
+  config.model.update(max_position=256, attention_dropout_rate=0.0)
+  assert config_lib.model_config(config, platform="tpu").attention == "splash"
+  assert config_lib.model_config(config, platform="cpu").attention == "einsum"
+  config.token_drop.keep_tokens = 128
+  run = loop.build(config, (0, 1, 2, 3, 4), devices=tpu_slice.devices(tpu_slice.parse("v5e-4")))
+  assert run.model.cfg.attention == "splash"
+
+
+def test_splash_attention_lowers_for_a_tpu():
+  """The Pallas splash kernel compiles for a v5e (TPU custom calls in the program),
+  in the full step and in the drop step's kept-token layers."""
+  config = _tiny(seq_len=256, max_predictions_per_seq=32)
+  config.model.update(max_position=256, attention_dropout_rate=0.0)
+  config.token_drop.keep_tokens = 128
+  s = tpu_slice.parse("v5e-4")
+  reports = slice_plan.compile_kinds(config, s, tpu_slice.devices(s), ["drop128"])
+  assert reports["drop128"]["fits"]
+  run = loop.build(config, (0, 1, 2, 3, 4), devices=tpu_slice.devices(s))
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  batch = aot.abstract_batch(run.layout.mesh, 32, 256, 32)
+  kind = [k for k in run.train_steps if not k.full][0]
+  with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
+    text = run.train_steps[kind].lower(run.layout.abstract, batch).as_text()
+  assert text.count("tpu_custom_call") >= 3  # forward and backward kernels
+
+
+@pytest.mark.parametrize("start", [8, 64, 296, 304, 1024])
+def test_max_batch_search_brackets_the_largest_batch_that_fits(start):
+  """A compiler whose temporaries grow as 100 + 3 x batch bytes against a 1000-byte chip:
+  the largest multiple of 8 that fits is 296 (988 bytes), wherever the search starts."""
+  calls = []
+
+  def compile_at(b):
+    calls.append(b)
+    temp = 100 + 3 * b
+    if temp <= 1000:
+      return {"fits": True, "temp_bytes": temp}
+    return {"fits": False, "needed_bytes": temp, "available_bytes": 1000}
+
+  found = slice_plan.search_max_batch(compile_at, start, 8, resolution=0.0)
+  assert (found["max_batch"], found["refused_at"]) == (296, 304)
+  assert len(calls) == len(set(calls)) <= 10  # no batch compiled twice, a few compiles
+  assert found["tried"]["296"] == {"fits": True, "temp_bytes": 988}

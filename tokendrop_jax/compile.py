@@ -1,0 +1,164 @@
+"""Compile a run's steps for a TPU slice that is not here: does it fit, what does it move.
+
+  python -m tokendrop_jax.compile --config=configs/bert_base.py:loss_ema --topology=v5e-16 \
+      [--config.data.global_batch_size=1024 ...] [--output=plan.json]
+
+Needs libtpu (make install ACCEL=tpu) and no TPU: the TPU compiler runs on this
+host. The mesh, shardings and step functions are the train main's own
+(`loop.build` on the slice's devices), so every step kind the config trains
+(full, each drop keep, ScTD, schedule stages) and the eval step are compiled as
+the pod would compile them. Per kind and per chip: argument, temporary and peak
+bytes against the chip's HBM, collective bytes by kind, FLOPs, compile time and
+this host's memory. Each kind compiles in its own process (--isolate), so host
+memory stays that of one compile.
+
+Exit status: 0 every kind fits; 5 one does not (the compiler's message, by how
+much, and what would help); 2 bad input (an unknown topology, a mesh or batch
+that does not divide the slice), before any compile.
+"""
+from __future__ import annotations
+
+import os
+
+# The host backend only runs the compiler: keep JAX off any local accelerator.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tokendrop_jax import cli  # noqa: E402
+from tokendrop_jax.training import slice_plan  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: v4-32, v5e-16 (v5litepod-16), "
+                                "v5p-128, v6e-8; 2xv5e-16 for two slices")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON report path (default: none, table only)")
+_KINDS = flags.DEFINE_list("kinds", None, "Compile only these (full, drop256, drop256_sctd, "
+                           "eval); default: every kind the config trains, and eval")
+_ISOLATE = flags.DEFINE_bool("isolate", True, "Compile each kind in its own process (bounds "
+                             "host memory to one compile)")
+_MAX_BATCH = flags.DEFINE_bool(
+    "max_batch", False, "Also find, per train kind, the largest data.global_batch_size that "
+    "fits (a few compiles per kind: a line through two, then the predicted largest and the "
+    "next size up)")
+
+EXIT_DOES_NOT_FIT = 5
+_OWN_FLAGS = ("--output", "--kinds", "--isolate", "--noisolate", "--max_batch", "--nomax_batch")
+_BATCH_FLAG = "--config.data.global_batch_size"
+
+
+def _host_gib(rusage) -> float:
+  return rusage.ru_maxrss * 1024 / 2**30  # Linux reports KiB
+
+
+def _compile_isolated(argv: list[str], name: str) -> dict:
+  """One kind in a child process; its report with the child's peak host memory."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "kind.json")
+    cmd = [sys.executable, "-m", "tokendrop_jax.compile", *argv, f"--kinds={name}",
+           "--noisolate", f"--output={path}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, rusage = os.wait4(proc.pid, 0)
+    proc.stderr.close()
+    code = os.waitstatus_to_exitcode(status)
+    if not os.path.exists(path):
+      tail = "\n".join(stderr.strip().splitlines()[-15:])
+      print(f"error: compiling {name} failed in its process (exit {code}):\n{tail}",
+            file=sys.stderr)
+      sys.exit(1)
+    with open(path) as f:
+      report = json.load(f)["kinds"][name]
+  report["host_peak_gib"] = _host_gib(rusage)
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  the_slice, devices = cli.run_or_exit(lambda: slice_plan.setup(config, _TOPOLOGY.value))
+  names = _KINDS.value or slice_plan.kind_names(config)
+  known = slice_plan.kind_names(config)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    print(f"error: --kinds: {', '.join(unknown)} not among this config's kinds: "
+          f"{', '.join(known)}", file=sys.stderr)
+    sys.exit(cli.EXIT_BAD_INPUT)
+  d = config.data
+  own = [a for a in sys.argv[1:] if not a.startswith(_OWN_FLAGS)]
+  result = {
+      "command": " ".join(["python -m tokendrop_jax.compile", *own]),
+      "config": config.get("name", ""), "topology": the_slice.name,
+      "generation": the_slice.generation, "chips": the_slice.total_chips,
+      "slices": the_slice.num_slices, "hosts": the_slice.hosts,
+      "compiler_topology": the_slice.compiler_topology,
+      "hbm_bytes_per_chip": the_slice.hbm_bytes,
+      "peak_bf16_flops_per_chip": the_slice.gen.peak_bf16_flops,
+      "global_batch_size": d.global_batch_size, "seq_len": d.seq_len,
+      "rows_per_chip": d.global_batch_size / the_slice.total_chips,
+      "grad_accum_steps": config.optim.grad_accum_steps,
+      "remat": str(config.model.remat), "dtype": config.model.dtype,
+      "mesh": {a: int(config.mesh[a]) for a in ("data", "fsdp", "tensor")},
+      "versions": slice_plan.versions(), "kinds": {},
+  }
+  isolate = _ISOLATE.value and len(names) > 1
+  for i, name in enumerate(names):
+    print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
+          f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)
+    if isolate:
+      report = cli.run_or_exit(lambda n=name: _compile_isolated(own, n))
+    else:
+      report = cli.run_or_exit(
+          lambda n=name: slice_plan.compile_kinds(config, the_slice, devices, [n])[n])
+      report["host_peak_gib"] = _host_gib(resource.getrusage(resource.RUSAGE_SELF))
+    result["kinds"][name] = report
+    if report["fits"]:
+      print(f"    peak {report['peak_bytes'] / 2**30:.2f} GiB of "
+            f"{the_slice.hbm_bytes / 2**30:.0f} GiB per chip, compiled in "
+            f"{report['compile_s']:.0f} s", flush=True)
+    else:
+      report["advice"] = slice_plan.advice(config, the_slice, report)
+      print(f"    the TPU compiler: {report['error'][:300]}\n    {report['advice']}", flush=True)
+  if _MAX_BATCH.value:
+    step = slice_plan.batch_step(config, the_slice.total_chips)
+    base = [a for a in own if not a.startswith(_BATCH_FLAG)]
+    result["max_batch"] = {}
+    for name in [n for n in names if n != "eval"]:
+      print(f"largest batch for {name} (in steps of {step}):", flush=True)
+
+      def compile_at(b, name=name):
+        r = result["kinds"][name] if b == d.global_batch_size else cli.run_or_exit(
+            lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name))
+        print(f"    global batch {b}: {'fits' if r['fits'] else 'does not fit'}", flush=True)
+        return r
+
+      found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step)
+      result["max_batch"][name] = found
+      print(f"    largest that fits: {found['max_batch']} ({found['max_batch'] / the_slice.total_chips:g}"
+            f" rows per chip); {found['refused_at']} does not", flush=True)
+  if _OUTPUT.value:
+    from tokendrop_jax import files  # pylint: disable=import-outside-toplevel
+    files.atomic_write(_OUTPUT.value, json.dumps(result, indent=2))
+  print(f"\n{result['config']} on {the_slice.name}: global batch {d.global_batch_size} x "
+        f"seq {d.seq_len} ({result['rows_per_chip']:g} rows per chip), remat "
+        f"{result['remat']}, mesh {result['mesh']}")
+  print(slice_plan.table(result))
+  refused = [n for n, r in result["kinds"].items() if not r["fits"]]
+  if refused:
+    print(f"\nerror: {', '.join(refused)} does not fit a {the_slice.generation} chip: "
+          f"{result['kinds'][refused[0]]['advice']}", file=sys.stderr)
+  if not all(r["fits"] for r in result["kinds"].values()):
+    sys.exit(EXIT_DOES_NOT_FIT)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["topology"])
+  app.run(main)
