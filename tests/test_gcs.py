@@ -9,6 +9,9 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 import uuid
 
 import jax
@@ -101,7 +104,8 @@ def test_metrics_writer_resumes_by_truncating_in_place(root):
   with metrics.MetricsWriter(root, is_main=True) as w:
     for step in (1, 2, 3):
       w.write(step, {"loss": float(step)})
-    # Each record is in the folder as soon as it is written (a bucket has no append).
+    # After a flush (every checkpoint), every record is in the folder.
+    w.flush()
     assert [r["step"] for r in metrics.read_metrics(files.join(root, "metrics.jsonl"))] == [1, 2, 3]
   with metrics.MetricsWriter(root, is_main=True, resume_step=2) as w:
     w.write(3, {"loss": 30.0})
@@ -109,6 +113,25 @@ def test_metrics_writer_resumes_by_truncating_in_place(root):
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
   events = files.listdir(files.join(root, "tensorboard"))
   assert events and all(n.startswith("events.out.tfevents") for n in events)
+
+
+def test_bucket_metrics_upload_in_the_background_a_bounded_number_of_times(gcs):
+  """A record costs the writer no upload: the background thread sends the files at most
+  once an interval, whole records only, and close() sends what is left."""
+  del gcs
+  from tokendrop_jax.training import metrics
+  root = f"gs://{gcs_emulator.BUCKET}/bg-{uuid.uuid4().hex[:8]}"
+  w = metrics.MetricsWriter(root, is_main=True, tensorboard=False)
+  w._mirror.interval_s = 3600.0  # pylint: disable=protected-access
+  for step in range(1, 201):
+    w.write(step, {"loss": float(step)})
+  mirror = w._mirror  # pylint: disable=protected-access
+  time.sleep(1.0)
+  assert mirror.uploads <= 1  # 200 records, at most the first interval's upload
+  w.close()
+  rows = metrics.read_metrics(files.join(root, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == list(range(1, 201))  # nothing lost at close
+  assert mirror.uploads <= 2
 
 
 # ------------------------------------------------------------- whole path ---
@@ -208,3 +231,47 @@ def test_bucket_run_prepare_sigterm_resume_export_finetune_equals_local(gcs, tmp
   assert results["init_from"] == remote
   assert ft_local["results"]["last"] == ft_remote["results"]["last"]
   assert json.loads(open(tmp_path / "ft" / "results.json").read())["epochs"] == results["epochs"]
+
+
+# ------------------------------------------------------------- fail fast ---
+def _main(module, *args):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=root, capture_output=True,
+                        text=True, timeout=180, check=False)
+
+
+def test_a_missing_bucket_is_refused_before_any_work(gcs, tmp_path):
+  """Creating, listing and checking paths in a missing bucket all succeed against the
+  server; the mains probe with a write first and stop naming the bucket."""
+  del gcs
+  missing = "gs://no-such-bucket-4711/data"
+  files.makedirs(missing)  # what used to let everything through
+  with pytest.raises(ValueError, match=r"--output=gs://no-such-bucket-4711/data: cannot write "
+                                       r"there \(does the bucket gs://no-such-bucket-4711 exist"):
+    files.check_writable(missing, "--output")
+  files.check_writable(f"gs://{gcs_emulator.BUCKET}/ok", "--output")  # a real one passes
+  res = _main("tokendrop_jax.prepare", "--config=configs/tiny.py", f"--output={missing}",
+              "--workers=1")
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert "error: --output=gs://no-such-bucket-4711/data: cannot write there" in res.stderr
+  assert "Traceback" not in res.stderr and "tokeniz" not in res.stdout.lower()
+  res = _main("tokendrop_jax.train", "--config=configs/tiny.py",
+              "--workdir=gs://no-such-bucket-4711/run")
+  assert res.returncode == 2 and "error: --workdir=gs://no-such-bucket-4711/run" in res.stderr
+
+
+def test_a_read_only_folder_is_refused_before_any_work(tmp_path):
+  """A read-only mount (root may write anywhere else): the train main stops at once."""
+  mnt = tmp_path / "ro"
+  mnt.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)],
+                    capture_output=True, check=False).returncode:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    with pytest.raises(ValueError, match=r"--workdir=.*/ro/run: cannot write there: OSError"):
+      files.check_writable(str(mnt / "run"), "--workdir")
+    res = _main("tokendrop_jax.train", "--config=configs/tiny.py", f"--workdir={mnt / 'run'}")
+    assert res.returncode == 2 and f"error: --workdir={mnt / 'run'}: cannot write" in res.stderr
+    assert "Traceback" not in res.stderr and not (mnt / "run").exists()
+  finally:
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

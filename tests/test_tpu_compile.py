@@ -74,6 +74,16 @@ def test_multislice_mesh_puts_data_parallelism_across_slices():
     sharding.make_mesh(1, 8, 1, devices)
 
 
+def test_a_mesh_off_the_torus_is_an_error_unless_list_order_is_asked_for():
+  devices = tpu_slice.devices(tpu_slice.parse("v5e-16"))
+  with pytest.raises(ValueError, match=r"mesh \{'data': 2, 'fsdp': 8, 'tensor': 1\}: jax's "
+                                       r"topology-aware layout of the 16 TPU v5 lite devices"):
+    sharding.make_mesh(2, 8, 1, devices)
+  mesh = sharding.make_mesh(2, 8, 1, devices, device_order="list")
+  assert list(mesh.devices.flat) == devices
+  assert sharding.make_mesh(4, 4, 1, devices).shape["fsdp"] == 4  # one that follows the torus
+
+
 def test_oom_sizes_read_the_compilers_message():
   assert aot.oom_sizes(OOM) == (int(44.23 * 2**30), int(15.75 * 2**30))
   assert aot.oom_sizes("RESOURCE_EXHAUSTED: something else") is None
@@ -155,6 +165,9 @@ def test_compile_main_reports_a_batch_that_does_not_fit(tmp_path):
     (["--topology=v5e-16", "--config.mesh.data=3"], ["mesh.data=3", "16 devices"]),
     (["--topology=v5e-32"], ["data.global_batch_size=16", "32 shards"]),
     (["--topology=v5e-4", "--kinds=drop99"], ["--kinds: drop99", "drop32"]),
+    # data 2 x fsdp 8 does not map onto v5e-16's 4x4 torus: no silent list order.
+    (["--topology=v5e-16", "--config.mesh.data=2", "--config.mesh.fsdp=8"],
+     ["topology-aware layout", "--config.mesh.device_order=list"]),
 ])
 def test_compile_main_refuses_bad_input_before_compiling(args, words):
   res = _main("--config=configs/tiny.py:loss_ema", *args, timeout=120)

@@ -217,3 +217,68 @@ def test_rerunning_a_finished_run_changes_nothing(uninterrupted):
   again = loop.train_and_evaluate(tiny(root), workdir)
   assert again["step"] == 40 and again["eval/loss"] == summary["eval/loss"]
   assert before == {f: open(os.path.join(workdir, f), "rb").read() for f in files}
+
+
+def _tree_bytes(root) -> dict[str, bytes]:
+  out = {}
+  for folder, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+def test_a_resume_that_changes_what_the_run_is_is_refused_naming_every_field(
+    uninterrupted, tmp_path):
+  """Another strategy, learning rate, batch and data seed: each is named with both values,
+  the flag that would allow them is spelled out, and the workdir is byte for byte as it was."""
+  root, ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  config = tiny(root, num_steps=50)
+  config.token_drop.strategy = "frequency"
+  config.optim.learning_rate = 5e-3
+  config.data.update(global_batch_size=32, seed=7)
+  before = _tree_bytes(workdir)
+  with pytest.raises(ValueError) as e:
+    loop.train_and_evaluate(config, workdir)
+  message = str(e.value)
+  for part in ("token_drop.strategy='frequency' but the run in", "started with 'loss_ema'",
+               "optim.learning_rate=0.005", "started with 0.001",
+               "data.global_batch_size=32", "data.seed=7",
+               "--allow_change=data.global_batch_size,data.seed,optim.learning_rate,"
+               "token_drop.strategy"):
+    assert part in message, part
+  assert "train.num_steps" not in message  # how long to train is not what the run is
+  assert _tree_bytes(workdir) == before
+  config.optim.learning_rate = 1e-3
+  with pytest.raises(ValueError, match="--allow_change=data.global_batch_size,data.seed,"
+                                       "token_drop.strategy"):
+    loop.train_and_evaluate(config, workdir, allow_changes=["optim"])
+  with pytest.raises(ValueError, match="--allow_change=optim.lr: no such config field"):
+    loop.train_and_evaluate(config, workdir, allow_changes=["optim.lr"])
+  assert _tree_bytes(workdir) == before
+
+
+def test_allowed_changes_are_recorded_and_config_json_keeps_the_start(uninterrupted, tmp_path):
+  root, ref_dir, _ = uninterrupted
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  started = open(os.path.join(workdir, "config.json"), "rb").read()
+  config = tiny(root, num_steps=50)
+  config.optim.learning_rate = 5e-3
+  assert loop.train_and_evaluate(config, workdir,
+                                 allow_changes=["optim.learning_rate"])["step"] == 50
+  assert open(os.path.join(workdir, "config.json"), "rb").read() == started
+  with open(os.path.join(workdir, "config_changes.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert records == [{"step": 40, "changes": {"optim.learning_rate": [1e-3, 5e-3],
+                                              "train.num_steps": [40, 50]}}]
+  # The run's config is now the started one with its changes: what a resume without
+  # --config reads, and what the next resume is compared with (no flag needed again).
+  from tokendrop_jax.training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  effective = workdir_lib.read_config(workdir)
+  assert effective.optim.learning_rate == 5e-3 and effective.train.num_steps == 50
+  assert loop.train_and_evaluate(config, workdir)["step"] == 50
+  assert len(open(os.path.join(workdir, "config_changes.jsonl")).readlines()) == 1

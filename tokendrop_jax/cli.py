@@ -42,6 +42,15 @@ def define_platform_flag():
       "command, when JAX starts another. 'any': whatever JAX finds.")
 
 
+def define_allow_change_flag():
+  """`--allow_change`: the fields a resume may change (training/resume_fields.py)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  return flags.DEFINE_list(
+      "allow_change", [], "Config fields (or sections) a resume may change from the run's "
+      "own, e.g. optim.learning_rate,data.global_batch_size; each change is appended to "
+      "WORKDIR/config_changes.jsonl with the step. Others are refused.")
+
+
 def start_platform(expected: str) -> None:
   """jax.distributed (multi-process launches), then the platform check, before any work;
   a wrong platform exits 2 with the message."""

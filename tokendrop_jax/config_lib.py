@@ -156,6 +156,10 @@ def _mesh_section() -> ml_collections.ConfigDict:
       # Logical axis -> mesh axes. Data parallel by default, FSDP over the embed
       # dimension when fsdp > 1, tensor parallel over mlp/heads/vocab when tensor > 1.
       rules=[list(rule) for rule in partitioning.DEFAULT_RULES],
+      # 'topology': devices placed along the TPU torus / GPU interconnect (jax's mesh_utils;
+      # an error where it cannot); 'list': in jax.devices() order, which may put mesh
+      # neighbours far apart on the interconnect.
+      device_order="topology",
   ))
 
 
@@ -387,6 +391,9 @@ def _validate_shared(config) -> BertConfig:
     if not isinstance(size, int) or size == 0 or size < -1:
       raise ValueError(f"mesh.{axis} must be a positive int or -1 (fill), got {size!r}")
   partitioning.rules_from_config(config.mesh.rules)
+  if config.mesh.get("device_order", "topology") not in ("topology", "list"):
+    raise ValueError(f"mesh.device_order must be 'topology' or 'list', got "
+                     f"{config.mesh.device_order!r}")
   return cfg
 
 

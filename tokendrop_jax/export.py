@@ -389,6 +389,7 @@ def export(workdir: str, output: str, step: int | None = None,
 
   output = files.resolve(output)
   _check_output(output, overwrite)  # Fail before the (slow) restore.
+  files.check_writable(output, "--output")
   workdir_lib.read_config(workdir)  # Names a missing workdir or config first.
   tok = load_tokenizer(workdir_lib.tokenizer_path(workdir))
   params, config, step = pretrained.load_pretrained(workdir, step)

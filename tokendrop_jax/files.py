@@ -23,10 +23,15 @@ import builtins
 import glob as glob_lib
 import hashlib
 import json
+import logging
+import math
 import os
+import socket
 import shutil
 import tempfile
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 from etils import epath
 
@@ -71,6 +76,31 @@ def isfile(p) -> bool:
 
 def makedirs(p) -> None:
   epath.Path(p).mkdir(parents=True, exist_ok=True)
+
+
+def check_writable(target, what: str) -> None:
+  """ValueError naming `what` and `target` unless a file can be written (and removed) where
+  `target` will be: the folder itself or, locally, its nearest existing parent. A bucket
+  that does not exist accepts creating, listing and checking its paths; only a write
+  fails, so the mains probe before hours of work rather than at their first upload."""
+  target = resolve(target)
+  folder = target
+  if not is_remote(target):
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+      folder = os.path.dirname(folder)
+  probe = join(folder, f".tokendrop-write-probe-{socket.gethostname()}-{os.getpid()}")
+  try:
+    epath.Path(probe).write_bytes(b"")
+    epath.Path(probe).unlink()
+  except Exception as e:  # pylint: disable=broad-except  (OSError, gcsfs' HTTP errors)
+    reason = " ".join(str(e).split())[:300] or type(e).__name__
+    missing = is_remote(target) and ("404" in reason or "Not Found" in reason
+                                     or isinstance(e, FileNotFoundError))
+    bucket = target.split("/")[2] if is_remote(target) else ""
+    raise ValueError(f"{what}={target}: cannot write there"
+                     + (f" (does the bucket gs://{bucket} exist, and may this account write "
+                        "to it?)" if missing else "")
+                     + f": {type(e).__name__}: {reason}") from None
 
 
 def listdir(p) -> list[str]:
@@ -256,14 +286,21 @@ def local_copy(remote_dir, marker: str) -> str:
 class Mirror:
   """A local working copy of a folder that lives in a bucket (or locally).
 
-  Files appended to (metrics.jsonl, TensorBoard events) are written under
-  `local` and `sync()` uploads the ones that changed. For a local target,
-  `local` is the target itself and `sync()` does nothing.
+  Files appended to (metrics.jsonl, TensorBoard events) are written under `local`;
+  for a bucket, a background thread uploads the ones that changed, whole, at most
+  once every `interval_s` (an object store has no append), so the step loop never
+  waits on the network and a long run uploads its metrics a bounded number of times
+  per hour, not once per record. `sync()` asks for an upload; `flush()` uploads now
+  and waits (checkpoints, exit); `close()` flushes. Writers hold `lock` while they
+  append, so an upload never carries half a record. For a local target, `local` is
+  the target itself and all of this does nothing.
   """
 
-  def __init__(self, target, names: tuple[str, ...] = ()):
+  def __init__(self, target, names: tuple[str, ...] = (), interval_s: float = 30.0):
     self.target = resolve(target)
     self.remote = is_remote(self.target)
+    self.lock = threading.Lock()
+    self.before_upload: Callable[[], None] | None = None  # e.g. a TensorBoard writer's flush
     if not self.remote:
       makedirs(self.target)
       self.local = self.target
@@ -277,6 +314,15 @@ class Mirror:
         with builtins.open(dst, "wb") as f:
           f.write(read_bytes(join(self.target, name)))
         self._sent[name] = self._stamp(dst)
+    self.interval_s = interval_s
+    self.uploads = 0          # objects uploaded (the benchmark reads these)
+    self.bytes_uploaded = 0
+    self._error: BaseException | None = None
+    self._wanted = threading.Event()
+    self._stopping = threading.Event()
+    self._upload_lock = threading.Lock()  # one upload at a time: thread or flush
+    self._thread = threading.Thread(target=self._loop, name="tokendrop-mirror", daemon=True)
+    self._thread.start()
 
   @staticmethod
   def _stamp(path: str) -> tuple[int, int]:
@@ -286,17 +332,58 @@ class Mirror:
   def path(self, *names: str) -> str:
     return os.path.join(self.local, *names)
 
-  def sync(self) -> None:
-    """Uploads each file that changed since the last sync (whole, as one object)."""
-    if not self.remote:
-      return
-    for name in _files_under(self.local):
-      stamp = self._stamp(os.path.join(self.local, name))
-      if self._sent.get(name) != stamp:
-        copy_file(os.path.join(self.local, name), join(self.target, name))
+  def _upload_changed(self) -> None:
+    with self._upload_lock:
+      with self.lock:  # a consistent snapshot: no record half written
+        if self.before_upload is not None:
+          self.before_upload()
+        changed = []
+        for name in _files_under(self.local):
+          local = os.path.join(self.local, name)
+          stamp = self._stamp(local)
+          if self._sent.get(name) != stamp:
+            with builtins.open(local, "rb") as f:
+              changed.append((name, stamp, f.read()))
+      for name, stamp, data in changed:  # the network, outside the writers' lock
+        epath.Path(join(self.target, name)).write_bytes(data)
         self._sent[name] = stamp
+        self.uploads += 1
+        self.bytes_uploaded += len(data)
+
+  def _loop(self) -> None:
+    last = -math.inf
+    while True:
+      self._wanted.wait()
+      wait = last + self.interval_s - time.monotonic()
+      if self._stopping.is_set() or (wait > 0 and self._stopping.wait(wait)):
+        return  # close() uploads what is left
+      self._wanted.clear()
+      try:
+        self._upload_changed()
+        self._error = None
+      except Exception as e:  # pylint: disable=broad-except  (retried at the next sync)
+        if self._error is None:
+          logging.warning("Uploading to %s failed (%s); retrying at the next record, and "
+                          "checkpoints wait for it.", self.target, e)
+        self._error = e
+      last = time.monotonic()
+
+  def sync(self) -> None:
+    """Asks the background thread for an upload of what changed (returns at once)."""
+    if self.remote:
+      self._wanted.set()
+
+  def flush(self) -> None:
+    """Uploads what changed now and waits; raises if it cannot."""
+    if self.remote:
+      self._upload_changed()
 
   def close(self) -> None:
     if self.remote:
-      self.sync()
-      shutil.rmtree(self.local, ignore_errors=True)
+      self._stopping.set()
+      self._wanted.set()
+      self._thread.join()
+      try:
+        self.flush()
+      finally:
+        shutil.rmtree(self.local, ignore_errors=True)

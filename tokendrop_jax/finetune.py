@@ -21,6 +21,7 @@ from tokendrop_jax import cli, files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/glue.py:<task>")
 _PLATFORM = cli.define_platform_flag()
+_ALLOW_CHANGE = cli.define_allow_change_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and metrics go.")
 
 
@@ -31,7 +32,8 @@ def main(argv):
   cli.start_platform(_PLATFORM.value)
   logging.set_verbosity(logging.WARNING)
   summary = cli.run_or_exit(
-      lambda: finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+      lambda: finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                                 allow_changes=_ALLOW_CHANGE.value))
   import jax
   if jax.process_index() == 0 and "results" in summary:
     r = summary["results"]

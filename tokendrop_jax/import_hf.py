@@ -327,6 +327,7 @@ def import_hf(hf_dir: str, workdir: str, config, explicit: Iterable[str] = ()) -
 
   hf_dir, workdir = files.resolve(hf_dir), files.resolve(workdir)
   existed = _check_empty(workdir)
+  files.check_writable(workdir, "--workdir")
   hf = read_hf_config(hf_dir)
   config = apply_model(config, hf, explicit, files.join(hf_dir, HF_CONFIG))
   if "tokenizer_type" in config.data:  # says what W's tokenizer is; it is never retrained

@@ -340,6 +340,7 @@ def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
   found = _check_existing(output, now)
   if found:
     return found
+  files.check_writable(output, "--output")  # before hours of tokenizing
   clean_leftovers(output, say)
   staging = _staging_prefix(output) + f"{socket.gethostname()}-{os.getpid()}"
   os.makedirs(staging, exist_ok=True)

@@ -20,6 +20,7 @@ from tokendrop_jax import cli, files
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/x.py[:variant]; default: WORKDIR/config.json (resume, or an import)")
 _PLATFORM = cli.define_platform_flag()
+_ALLOW_CHANGE = cli.define_allow_change_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
 
 
@@ -35,7 +36,7 @@ def main(argv):
     config = _CONFIG.value
     if config is None:  # the run's own config (names a missing workdir or config.json)
       config = workdir_lib.read_config(files.resolve(_WORKDIR.value))
-    return loop.train_and_evaluate(config, _WORKDIR.value)
+    return loop.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
 
   summary = cli.run_or_exit(train)
   import jax

@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Iterator, Sequence
 
 import sentencepiece as spm
@@ -143,9 +144,17 @@ def train_tokenizer(input_files: Sequence[str] | str, vocab_size: int, model_pre
   try:
     _train(_training_sentences(paths, errors), model, vocab_size, model_type,
            character_coverage, max_sentences, seed_sentencepiece_size, num_threads)
-  except RuntimeError:
+  except RuntimeError as e:
     if errors:
       raise errors[0] from None
+    most = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)",
+                     str(e))
+    if most:  # the corpus has too few distinct pieces: name the field, not the trainer
+      raise ValueError(
+          f"model.vocab_size={vocab_size}: the text in {', '.join(paths[:3])}"
+          f"{' ...' if len(paths) > 3 else ''} gives a {model_type} tokenizer at most "
+          f"{most.group(1)} pieces; set --config.model.vocab_size={most.group(1)} or less, or "
+          "train on more text") from None
     raise
   path = model_prefix + ".model"
   files.atomic_write(path, model.getvalue())

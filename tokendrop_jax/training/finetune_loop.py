@@ -21,21 +21,14 @@ import numpy as np
 from tokendrop_jax import config_lib
 from tokendrop_jax.data import glue
 from tokendrop_jax.data import glue_batches as batches_lib
-from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification, remat_name
+from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification
 from tokendrop_jax.training import checkpoint, finetune_step, metrics as metrics_lib, optim
-from tokendrop_jax.training import host_rows, pretrained, runner, sharding
+from tokendrop_jax.training import host_rows, pretrained, resume_fields, runner, sharding
 from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import workdir as workdir_lib
 
-# Changing any of these between a stop and a resume would silently change the run.
-RESUME_FIELDS = ("task", "init_from", "init_step", "model", "data.tokenizer_model",
-                 "data.train_file", "data.seq_len", "data.global_batch_size", "data.seed",
-                 "optim", "train.num_epochs", "train.seed", "train.prng_impl", "data.lowercase")
-RESUME_ADDED = {"train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # older workdirs
-                "model.attention": "auto", "model.scan_layers": False,
-                "data.lowercase": "auto"}  # before WordPiece
-RESUME_CANONICAL = {"model.remat": remat_name,  # saved bools: True == "full"
-                    "data.lowercase": config_lib.lowercase_name}  # None == 'auto'
+# What a resume must not change (resume_fields.FINETUNE; names kept for the tests).
+RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL = resume_fields.FINETUNE
 
 
 @dataclasses.dataclass
@@ -149,7 +142,7 @@ def results_from_metrics(metrics_path: str, spec: glue.TaskSpec) -> dict:
           "last": epochs[-1] if epochs else None, "epochs": epochs}
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> dict:
   """Fine-tunes (resuming from `workdir`'s latest checkpoint) -> summary dict.
 
   `devices`: the mesh's devices in mesh order (default all); the results do
@@ -159,13 +152,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
   config_lib.check_platform(config)
   spec = glue.get_task(config.task)
   workdir = workdir_lib.create(workdir)
-  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL)
+  changes = workdir_lib.check_resume(config, workdir, *resume_fields.FINETUNE,
+                                     allow=allow_changes)
   is_main = jax.process_index() == 0
   init = pretrained.resolve_init(config)
   data = batches_lib.load_data(config.data, spec, init.tokenizer)
   n_train = len(data.train["input_ids"])
   run = build(config, spec, init.model_cfg, n_train, devices)
-  workdir_lib.write_config(config, workdir)
+  workdir_lib.write_started_config(config, workdir)
 
   train = config.train
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir),
@@ -182,6 +176,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
     return run.init_state(bert)
 
   state, start, host_state = runner.restore_or_init(ckpt, run.layout.abstract, fresh_state)
+  workdir_lib.record_changes(workdir, start, changes)
   # Records after the restored step came from the interrupted run: dropped.
   writer = metrics_lib.MetricsWriter(workdir, is_main=is_main, resume_step=start)
   if start == 0 and init.workdir:

@@ -13,25 +13,16 @@ import numpy as np
 
 from tokendrop_jax import config_lib, flops, importance
 from tokendrop_jax.data import text_builder
-from tokendrop_jax.model.bert import BertForPretraining, remat_name
+from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import checkpoint, inputs, metrics as metrics_lib, optim, plots
-from tokendrop_jax.training import host_rows, runner, sharding
+from tokendrop_jax.training import host_rows, resume_fields, runner, sharding
 from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import step as step_lib
 from tokendrop_jax.training import step_plan
 from tokendrop_jax.training import workdir as workdir_lib
 
-# Changing these between a stop and a resume would silently change the run.
-RESUME_FIELDS = ("model", "data.seq_len", "data.max_predictions_per_seq", "data.num_shards",
-                 "train.prng_impl", "data.lowercase", "data.masking", "data.max_ngram")
-RESUME_ADDED = {"data.num_shards": 1,  # workdirs from before virtual shards read one stream
-                "train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # jax's, BERT's
-                # Another kernel would not resume bit for bit; another layout has other params.
-                "model.attention": "auto", "model.scan_layers": False,
-                "data.lowercase": "auto",  # before WordPiece
-                "data.masking": "token", "data.max_ngram": 3}  # before masking options
-RESUME_CANONICAL = {"model.remat": remat_name,  # saved bools: True == "full"
-                    "data.lowercase": config_lib.lowercase_name}  # None == 'auto'
+# What a resume must not change (resume_fields.PRETRAIN; names kept for the tests).
+RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL = resume_fields.PRETRAIN
 
 
 @dataclasses.dataclass
@@ -98,23 +89,25 @@ def evaluate(run: Run, params, batches, plan: host_rows.ShardPlan) -> dict[str, 
           "mlm_accuracy": float(totals["correct_sum"]) / weight}
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> dict:
   """Pretrains (resuming from the latest checkpoint in `workdir`) -> final metrics.
 
   `devices`: the devices of the mesh (default all); a run may resume on another
-  number of devices than it was checkpointed on.
+  number of devices than it was checkpointed on. `allow_changes`: the fields of
+  `resume_fields.PRETRAIN` a resume may change (recorded in the workdir).
   """
   config_lib.validate(config)
   config_lib.check_platform(config)
   sharding.make_checked_mesh(config, devices)  # before building a corpus that may take hours
   workdir = workdir_lib.create(workdir)
-  workdir_lib.check_resume(config, workdir, RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL)
+  changes = workdir_lib.check_resume(config, workdir, *resume_fields.PRETRAIN,
+                                     allow=allow_changes)
   is_main = jax.process_index() == 0
   dataset_dir, tok = inputs.prepare(config, workdir)
   counts = (text_builder.load_token_counts(dataset_dir)
             if importance.get(config.token_drop.strategy).needs_counts else None)
   run = build(config, tok.special_ids, counts, devices=devices)
-  workdir_lib.write_config(config, workdir)
+  workdir_lib.write_started_config(config, workdir)
 
   plan = host_rows.plan(run.layout.mesh, config.data.global_batch_size, config.data.num_shards)
   host_rows.log_plan(plan, run.layout.mesh, config.data.global_batch_size)
@@ -125,6 +118,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict:
                                  async_save=train.async_checkpoint)
   state, start, host_state = runner.restore_or_init(ckpt, run.layout.abstract, run.init_state,
                                                     train_iter)
+  workdir_lib.record_changes(workdir, start, changes)
   summary_path = workdir_lib.path(workdir, workdir_lib.SUMMARY_FILE)
   if start >= train.num_steps and workdir_lib.exists(summary_path):
     ckpt.close()  # already finished: keep its summary, metrics and plots as they are

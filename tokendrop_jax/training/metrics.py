@@ -2,8 +2,9 @@
 
 Only process 0 writes. ``metrics.jsonl`` holds one JSON object per logged step
 with a ``step`` key, a ``wall_time`` (unix seconds) unless given, and floats.
-In a bucket workdir both are written to a local mirror and uploaded after each
-record (`files.Mirror`): an object store has no append.
+In a bucket workdir both are written to a local mirror and uploaded in the
+background, at most every 30 s, and at every checkpoint and at exit
+(`files.Mirror`): an object store has no append, and the step loop never waits on it.
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ class MetricsWriter:
     self._file = open(local, "a")
     if tensorboard:
       from tensorboardX import SummaryWriter  # No TensorFlow needed.
-      self._tb = SummaryWriter(self._mirror.path(workdir_lib.TENSORBOARD_DIR))
+      self._tb = SummaryWriter(self._mirror.path(workdir_lib.TENSORBOARD_DIR), flush_secs=10)
+      self._mirror.before_upload = self._tb.flush
 
   def write(self, step: int, scalars: Mapping[str, Any],
             prefix: str = "") -> None:
@@ -95,14 +97,21 @@ class MetricsWriter:
     for k, v in scalars.items():
       record[prefix + k] = _to_float(v)
     record.setdefault("wall_time", time.time())
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
-    if self._tb is not None:
-      for k, v in record.items():
-        if k not in ("step", "wall_time"):
-          self._tb.add_scalar(k, v, step)
-      self._tb.flush()
-    self._mirror.sync()
+    with self._mirror.lock:  # its uploads never take half a record
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+      if self._tb is not None:  # flushed by its own thread, before uploads, and at close
+        for k, v in record.items():
+          if k not in ("step", "wall_time"):
+            self._tb.add_scalar(k, v, step)
+    self._mirror.sync()  # a bucket: uploaded in the background
+
+  def flush(self) -> None:
+    """Every record written so far is in the workdir (a bucket's uploads done)."""
+    if self._mirror is not None:
+      if self._tb is not None and not self._mirror.remote:
+        self._tb.flush()  # a bucket's Mirror flushes it before each upload
+      self._mirror.flush()
 
   def write_eval(self, step: int, scalars: Mapping[str, Any]) -> None:
     self.write(step, scalars, prefix="eval/")

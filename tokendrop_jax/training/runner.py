@@ -139,6 +139,7 @@ def run(job: Job, state, start: int, ckpt: checkpoint.Checkpointer,
         saved_time = train_time + time.perf_counter() - window["t"]
         ckpt.save(step, state, job.data_iter, force=stop or last,
                   host_state={"skipped_steps": skipped, "train_time_s": saved_time})
+        writer.flush()  # the metrics up to a checkpoint are where its workdir is
       if stop:
         logging.warning("Preemption signal: saved step %d; exiting.", step)
         print(f"stopped by signal at step {step}; checkpoint saved in {ckpt.directory}",

@@ -21,10 +21,12 @@ from tokendrop_jax.partitioning import DEFAULT_RULES, LOGICAL_AXES, MESH_AXES  #
 from tokendrop_jax.partitioning import rules_from_config
 
 
-def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
+def make_mesh(data: int, fsdp: int, tensor: int, devices=None,
+              device_order: str = "topology") -> Mesh:
   """Builds the ('data', 'fsdp', 'tensor') mesh with Auto axis types.
 
   One size may be -1: it takes the devices left over by the other two.
+  `device_order`: 'topology' (physical placement, `_device_array`) or 'list'.
   Raises ValueError naming the offending config field (``mesh.data`` ...).
   """
   devices = list(jax.devices() if devices is None else devices)
@@ -57,7 +59,8 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
         f"fsdp={sizes['fsdp']} x tensor={sizes['tensor']} = {total} "
         f"do not match the {n} devices.")
   shape = tuple(sizes[a] for a in MESH_AXES)
-  dev_array = _device_array(shape, devices)
+  dev_array = (np.asarray(devices, dtype=object).reshape(shape) if device_order == "list"
+               else _device_array(shape, devices))
   # Auto axes: jax 0.10's make_mesh defaults to Explicit, which breaks
   # ordinary indexing of sharded arrays.
   return Mesh(dev_array, MESH_AXES,
@@ -83,11 +86,14 @@ def _device_array(shape: tuple[int, ...], devices: list) -> np.ndarray:
   try:
     return mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception as e:  # pylint: disable=broad-except
-    if devices[0].platform != "cpu":  # a CPU has no topology to lose; an accelerator does
-      logging.warning("mesh %s: jax's topology-aware layout failed (%s); devices are laid out "
-                      "in list order, which may put neighbours of the mesh far apart on the "
-                      "interconnect.", shape, e)
-    return np.asarray(devices, dtype=object).reshape(shape)
+    if devices[0].platform == "cpu":  # a CPU has no topology to lose
+      return np.asarray(devices, dtype=object).reshape(shape)
+    raise ValueError(
+        f"mesh {dict(zip(MESH_AXES, shape))}: jax's topology-aware layout of the "
+        f"{len(devices)} {devices[0].device_kind} devices failed ({e}). Choose mesh sizes "
+        "that follow the slice's shape, or set --config.mesh.device_order=list to lay the "
+        "devices out in list order (mesh neighbours may then be far apart on the "
+        "interconnect).") from None
 
 
 def check_batch(mesh: Mesh, field: str, size: int, microbatches: int = 1) -> None:
@@ -105,7 +111,8 @@ def check_batch(mesh: Mesh, field: str, size: int, microbatches: int = 1) -> Non
 
 def make_checked_mesh(config, devices=None) -> Mesh:
   """The mesh of `config` on `devices`; ValueError naming the field if a batch does not fit."""
-  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices)
+  mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices,
+                   config.mesh.get("device_order", "topology"))
   data = config.data
   check_batch(mesh, "data.global_batch_size", data.global_batch_size,
               config.optim.grad_accum_steps)

@@ -1,0 +1,89 @@
+"""What metrics cost the step loop in a bucket workdir, against the GCS emulator.
+
+  .venv/bin/python benchmarks/metrics_upload.py [--records=300] [--step_s=0.05] \
+      [--output=benchmarks/results/metrics_upload.json]
+
+The step loop calls `MetricsWriter.write` once per logged step (log_every=1 here:
+the worst case). A stand-in step (sleeping `--step_s`) runs between records, and
+the seconds spent inside `write` are summed, for three writers in one process,
+interleaved record by record: a local workdir; a gs:// workdir as the loop writes
+it now (uploads in a background thread, at most once per `--interval_s`, and at
+close); and a gs:// workdir uploaded synchronously after every record (what the
+loop did before: `flush()` after each write). Reports each one's write seconds as a
+fraction of the step time, and the uploads and bytes each sent. The server is the
+Go fake-gcs-server on 127.0.0.1 (requirements-dev.txt); a real bucket is slower.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tests.gcs_emulator
+
+_RECORDS = flags.DEFINE_integer("records", 300, "Records (logged steps) per writer.")
+_STEP_S = flags.DEFINE_float("step_s", 0.05, "Seconds of the stand-in step between records.")
+_INTERVAL = flags.DEFINE_float("interval_s", 30.0, "Background upload interval.")
+_OUTPUT = flags.DEFINE_string("output", "benchmarks/results/metrics_upload.json", "JSON path.")
+
+# A pretraining record's fields (runner.run), as floats.
+FIELDS = ("loss", "mlm_accuracy", "learning_rate", "grad_norm", "kept_fraction", "skipped",
+          "step_time_s", "tokens_per_s", "train_time_s", "mfu")
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  from tests import gcs_emulator  # pylint: disable=import-outside-toplevel
+  from tokendrop_jax import benchmark  # pylint: disable=import-outside-toplevel
+  from tokendrop_jax.training import metrics  # pylint: disable=import-outside-toplevel
+
+  with tempfile.TemporaryDirectory() as tmp, \
+      gcs_emulator.running(os.path.join(tmp, "emulator.log")):
+    prefix = f"gs://{gcs_emulator.BUCKET}/bench-{uuid.uuid4().hex[:8]}"
+    writers = {
+        "local": metrics.MetricsWriter(os.path.join(tmp, "local"), is_main=True),
+        "gs_background": metrics.MetricsWriter(f"{prefix}/background", is_main=True),
+        "gs_every_record": metrics.MetricsWriter(f"{prefix}/every", is_main=True),
+    }
+    writers["gs_background"]._mirror.interval_s = _INTERVAL.value  # pylint: disable=protected-access
+    spent = {name: 0.0 for name in writers}
+    t_start = time.perf_counter()
+    for step in range(1, _RECORDS.value + 1):
+      record = {k: 1.0 / step for k in FIELDS}
+      for name, w in writers.items():
+        time.sleep(_STEP_S.value / len(writers))  # the step between this writer's records
+        t0 = time.perf_counter()
+        w.write(step, record)
+        if name == "gs_every_record":
+          w.flush()  # the old synchronous upload of the whole files
+        spent[name] += time.perf_counter() - t0
+    wall = time.perf_counter() - t_start
+    results = {"records": _RECORDS.value, "step_s": _STEP_S.value,
+               "interval_s": _INTERVAL.value, "wall_s": wall, "writers": {}}
+    for name, w in writers.items():
+      mirror = w._mirror  # pylint: disable=protected-access
+      t0 = time.perf_counter()
+      w.close()
+      results["writers"][name] = {
+          "write_s_per_record": spent[name] / _RECORDS.value,
+          "fraction_of_step": spent[name] / _RECORDS.value / _STEP_S.value,
+          "close_s": time.perf_counter() - t0,
+          "uploads": getattr(mirror, "uploads", 0),
+          "bytes_uploaded": getattr(mirror, "bytes_uploaded", 0),
+      }
+      r = results["writers"][name]
+      print(f"{name:16s} {1e3 * r['write_s_per_record']:8.3f} ms/record "
+            f"({100 * r['fraction_of_step']:6.2f}% of a {_STEP_S.value * 1e3:.0f} ms step), "
+            f"{r['uploads']} uploads, {r['bytes_uploaded'] / 1e6:.2f} MB, close "
+            f"{r['close_s']:.2f} s", flush=True)
+  benchmark.write_results(results, _OUTPUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
