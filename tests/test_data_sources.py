@@ -164,10 +164,14 @@ def _mixture(paths, weights):
   return text_builder.Mixture(parts, tuple(weights))
 
 
-def test_mixture_keeps_the_weights_and_ends_when_a_source_runs_out(mixture_files):
-  weights = (0.5, 0.3, 0.2)
+@pytest.mark.parametrize("weights", [(0.5, 0.3, 0.2), (0.1, 0.1, 0.8)])
+def test_mixture_holds_the_weights_repeating_or_sampling_each_source(mixture_files, weights):
+  """The split is as long as the sources together; each source gets its weight of it,
+  read in its own order and from its start again when it runs out (epochs > 1), or in
+  part (epochs < 1)."""
   mixture = _mixture(mixture_files, weights)
   per_source = [list(text_builder.read_documents(p)) for p in mixture_files]
+  sizes = np.array([sum(_chars(d) for d in docs) for docs in per_source], float)
   origin = {tuple(doc): i for i, docs in enumerate(per_source) for doc in docs}
   stream = list(mixture.documents(TRAIN))
   longest = max(_chars(doc) for docs in per_source for doc in docs)
@@ -175,23 +179,25 @@ def test_mixture_keeps_the_weights_and_ends_when_a_source_runs_out(mixture_files
   for n, doc in enumerate(stream, 1):
     taken[origin[tuple(doc)]] += _chars(doc)
     total += _chars(doc)
-    if n >= 100:  # every prefix holds each share to within one document
+    if 100 <= n <= 0.9 * len(stream):  # every prefix holds each share to within a document
       assert np.all(np.abs(taken / total - weights) <= longest / total + 1e-12), n
-  # Documents come in each source's order, nothing repeated, until one source ran out.
-  for i, docs in enumerate(per_source):
+  assert abs(total - sizes.sum()) <= 3 * longest  # as long as the sources together
+  epochs = taken / sizes
+  np.testing.assert_allclose(epochs, np.array(weights) / (sizes / sizes.sum()),
+                             atol=3 * longest / sizes.min())
+  for i, docs in enumerate(per_source):  # each source in its own order, cycling
     mine = [doc for doc in stream if origin[tuple(doc)] == i]
-    assert mine == docs[:len(mine)]
+    assert mine == (docs * (len(mine) // len(docs) + 1))[:len(mine)], i
   used = mixture.used
   assert [u["documents"] for u in used] == [
       sum(origin[tuple(doc)] == i for doc in stream) for i in range(3)]
-  assert [u["ran_out"] for u in used].count(True) == 1
-  out = next(i for i, u in enumerate(used) if u["ran_out"])
-  assert used[out]["documents"] == len(per_source[out])
-  assert all(used[i]["documents"] < len(per_source[i]) for i in range(3) if i != out)
-  np.testing.assert_allclose([u["share"] for u in used], weights, atol=longest / total)
+  np.testing.assert_allclose([u["epochs"] for u in used], epochs, rtol=1e-3)
+  np.testing.assert_allclose([u["natural_share"] for u in used], sizes / sizes.sum(), atol=1e-5)
+  np.testing.assert_allclose([u["share"] for u in used], weights, atol=2 * longest / total)
+  assert max(epochs) > 1 > min(epochs)  # one source repeated, one sampled: both happen here
   # Deterministic: the same stream on every pass; relative weights.
   assert list(_mixture(mixture_files, weights).documents(TRAIN)) == stream
-  assert list(_mixture(mixture_files, (5, 3, 2)).documents(TRAIN))[:500] == stream[:500]
+  assert list(_mixture(mixture_files, tuple(10 * w for w in weights)).documents(TRAIN)) == stream
 
 
 def test_mixture_config_syntax_and_validation():
@@ -348,7 +354,8 @@ def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
   wiki = list(mix.parts[0].documents(TRAIN))
   stream = list(mix.documents(TRAIN))
   from_wiki = [doc for doc in stream if doc in wiki]
-  assert from_wiki == wiki[:len(from_wiki)] and 0 < len(from_wiki) < len(stream)
+  cycled = wiki * (len(from_wiki) // len(wiki) + 1)  # the small member repeats (epochs > 1)
+  assert from_wiki == cycled[:len(from_wiki)] and 0 < len(from_wiki) < len(stream)
   assert list(inputs.corpus_source(c.data, "").source.documents(TRAIN)) == stream
   # A split the member lacks, or no name, is refused naming the member and the field.
   c.data.tfds_train_split = "training"
@@ -403,8 +410,11 @@ def test_prepare_a_mixture(mixture):
   assert len(recipe["files of data.sources"]) == 3
   assert recipe["data.valid_fraction"] == 0.2 and recipe["data.text_field"] == "text"
   used = result["mixture"]
-  assert [u["weight"] for u in used] == [0.6, 0.4] and sum(u["ran_out"] for u in used) == 1
+  assert [u["weight"] for u in used] == [0.6, 0.4]
   np.testing.assert_allclose([u["share"] for u in used], [0.6, 0.4], atol=0.05)
+  np.testing.assert_allclose([u["epochs"] for u in used],
+                             [0.6 / u["natural_share"] if i == 0 else 0.4 / u["natural_share"]
+                              for i, u in enumerate(used)], rtol=0.1)
   lines = prepare_lib.report(result)
   assert any(line.lstrip().startswith("source 1") and "weight 0.4" in line for line in lines)
   # Validation is carved from the mixture: disjoint from train.

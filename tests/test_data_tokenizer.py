@@ -139,3 +139,14 @@ def test_load_tokenizer_dispatch(tok, tmp_path):
   assert tokenizer_lib.is_word_start("\u2581the", "sentencepiece")
   assert not tokenizer_lib.is_word_start("the", "sentencepiece")
   assert tok.is_word_start(tok.id_to_piece(tok.encode("the")[0]))
+
+
+def test_a_corpus_too_small_for_the_vocab_names_the_field(tmp_path):
+  """sentencepiece's own words ('Vocabulary size too high (1000) ... <= 22') become the
+  config field and the largest size this text allows."""
+  path = tmp_path / "small.txt"
+  path.write_text("hello world\nthe cat sat on the mat\n" * 50)
+  with pytest.raises(ValueError, match=r"model.vocab_size=1000: the text in .*small.txt gives a "
+                                       r"unigram tokenizer at most \d+ pieces; set "
+                                       r"--config.model.vocab_size=\d+ or less"):
+    tokenizer_lib.train_tokenizer(str(path), 1000, str(tmp_path / "m"))

@@ -250,6 +250,24 @@ def test_corrupt_latest_checkpoint_falls_back_and_finishes(ref, tmp_path, how, c
   assert_same(restore(fcfg(root), workdir)[0], restore(fcfg(root), ref_dir)[0])
 
 
+def test_no_readable_checkpoint_exits_6_without_a_traceback(ref, tmp_path):
+  """The only checkpoint is corrupt: the main says so (exit 6), names the step and changes
+  nothing; the user moves the directory away to start afresh."""
+  root, ref_dir = ref
+  workdir = copy_run(ref_dir, tmp_path / "run", keep_until=EVERY)
+  _corrupt(os.path.join(workdir, "checkpoints", str(EVERY)), "remove")
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  proc = subprocess.run([sys.executable, "-m", "tokendrop_jax.train", *cli_args(root, workdir)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 6, proc.stderr[-3000:]
+  assert "error: No readable checkpoint in" in proc.stderr and f"step {EVERY}:" in proc.stderr
+  assert "Nothing was changed" in proc.stderr
+  # No traceback through this package (orbax may still print its event-loop teardown race,
+  # the one pyproject.toml's warning filter describes).
+  assert not re.search(r'File ".*tokendrop_jax/', proc.stderr), proc.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
 # 4. NaN / Inf -------------------------------------------------------------------------------
 POISON_STEP = 15  # the step whose batch is poisoned (1-based, as logged)
 

@@ -3,6 +3,8 @@
   2  bad input (the message names the config field or the file)
   3  the loss went NaN/Inf (the last good checkpoint is kept)
   4  a checkpoint could not be written (disk full, read-only workdir)
+  5  a step does not fit the chip (tokendrop_jax.compile)
+  6  no checkpoint of the workdir could be read (nothing was changed)
 
 Anything else is a bug and keeps its traceback.
 """
@@ -13,7 +15,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
-EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED = 2, 3, 4
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_SAVE_FAILED, EXIT_NO_CHECKPOINT = 2, 3, 4, 6
 
 
 def run_or_exit(fn: Callable[[], T]) -> T:
@@ -21,6 +23,7 @@ def run_or_exit(fn: Callable[[], T]) -> T:
   from tokendrop_jax.training import checkpoint, runner  # pylint: disable=import-outside-toplevel
   codes = ((runner.NonFiniteLossError, EXIT_NONFINITE),
            (checkpoint.CheckpointSaveError, EXIT_SAVE_FAILED),
+           (checkpoint.NoReadableCheckpointError, EXIT_NO_CHECKPOINT),
            ((ValueError, FileNotFoundError), EXIT_BAD_INPUT))
   try:
     return fn()

@@ -194,8 +194,9 @@ def base_config() -> ml_collections.ConfigDict:
       train_files="",
       valid_files="",
       # Or a weighted mixture in place of train_files: 'PATTERN@WEIGHT,PATTERN@WEIGHT,...',
-      # each pattern one source; a weight is its share of the train text (in characters);
-      # the mixture ends when a source runs out (text_builder.Mixture).
+      # each pattern one source; a weight is its share of the train text (in characters),
+      # which is as long as the sources together: above a source's natural share it is
+      # repeated, below it partly used (text_builder.Mixture).
       sources="",
       text_field="text",
       # > 0: the validation split is this fraction of the train documents (chosen by a hash

@@ -171,24 +171,50 @@ def _canonical(name: str) -> str:
   return name if name.startswith(("bert.", "cls.")) else "bert." + name
 
 
+# safetensors dtype names -> numpy (bfloat16 through ml_dtypes, which jax brings).
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+                       "U8": "uint8", "BOOL": "bool"}
+
+
+def _load_safetensors(data: bytes) -> dict[str, np.ndarray]:
+  """{name: array} of one safetensors file: an 8-byte header length, a JSON header of
+  {name: {dtype, shape, data_offsets}}, then the bytes. bfloat16 tensors (the usual
+  dtype of recent checkpoints) are read too, which safetensors' numpy loader refuses."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  n = int.from_bytes(data[:8], "little")
+  header = json.loads(data[8:8 + n])
+  body = memoryview(data)[8 + n:]
+  out = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    kind = _SAFETENSORS_DTYPES.get(info["dtype"])
+    if kind is None:
+      raise ValueError(f"tensor {name} has dtype {info['dtype']}, which this reader lacks")
+    dtype = ml_dtypes.bfloat16 if kind == "bfloat16" else np.dtype(kind)
+    start, end = info["data_offsets"]
+    out[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
+  return out
+
+
 def read_tensors(paths: Iterable[str]) -> dict[str, np.ndarray]:
-  """{canonical name: array} of safetensors files (numpy; f16/f32/f64 -> float32)."""
-  from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+  """{canonical name: array} of safetensors files (numpy; bf16/f16/f32/f64 -> float32)."""
   out = {}
   for path in paths:
     if not files.isfile(path):
       raise FileNotFoundError(f"{path}: listed in {WEIGHTS_INDEX} but missing")
     try:
-      tensors = load(files.read_bytes(path))
-    except TypeError as e:  # numpy has no bfloat16
-      raise ValueError(f"{path}: {e}; save the model in float32 (model.float()."
-                       "save_pretrained(..., safe_serialization=True))") from None
+      tensors = _load_safetensors(files.read_bytes(path))
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f"{path}: not a readable safetensors file: {e}") from None
     for name, x in tensors.items():
-      if not np.issubdtype(x.dtype, np.floating) and not name.endswith("position_ids"):
+      if name.endswith("position_ids"):  # an int buffer some checkpoints carry (ignored)
+        out[_canonical(name)] = x
+        continue
+      if not (np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16"):
         raise ValueError(f"{path}: tensor {name} has dtype {x.dtype}, expected floats")
-      out[_canonical(name)] = x
+      out[_canonical(name)] = x.astype(np.float32)
   return out
 
 

@@ -230,9 +230,13 @@ def report(result: dict) -> list[str]:
   for split, sizes in result["splits"].items():
     lines.append(f"  {split:<11} {sizes['documents']:>12,} documents {sizes['tokens']:>15,} tokens")
   for i, used in enumerate(result.get("mixture", [])):
+    epochs = used.get("epochs")  # datasets from before up-sampling have `ran_out` instead
+    what = (f"{epochs:.2f} epochs of it" if epochs is not None
+            else "ran out" if used.get("ran_out") else "part of it")
+    natural = (f", natural share {used['natural_share']:.1%}" if "natural_share" in used
+               else "")
     lines.append(f"  source {i}    {used['documents']:>12,} documents, {used['share']:.1%} of the "
-                 f"text (weight {used['weight']:g}){', ran out' if used['ran_out'] else ''}: "
-                 f"{used['files']}")
+                 f"text (weight {used['weight']:g}{natural}), {what}: {used['files']}")
   lines.append(f"launch with: --config.data.dataset_dir={result['output']}")
   return lines
 
@@ -248,7 +252,8 @@ def _result(output: str, status: str) -> dict:
 
 def mixture_used(source: dict) -> list[dict]:
   """How much of each source of a mixture went in (before a validation split is carved
-  from it): documents, share of the characters, ran_out, weight, files; [] if no mixture."""
+  from it): documents, characters, share, natural share, epochs, weight, files; [] if no
+  mixture."""
   if source.get("kind") == "carved":
     source = source["from"]
   if source.get("kind") != "mixture" or not source.get("used"):

@@ -133,23 +133,36 @@ class TfdsText:
 
 @dataclasses.dataclass(frozen=True)
 class Mixture:
-  """The train documents of several sources, interleaved by weight.
+  """The train documents of several sources, mixed by weight: a weight above a source's
+  natural share repeats it, a weight below samples part of it.
 
   A weight is a source's share of the train split's text, counted in characters
   (about proportional to tokens; documents differ in length by orders of
-  magnitude between, say, Wikipedia articles and books). The next document
-  always comes from the source furthest below its share (ties: the one listed
-  first), so the stream is the same on every run and every prefix of it holds
-  the shares to within one document. It ends when a source runs out: the
-  shares hold for the whole split and no document is repeated, and what is
-  left of the other sources is not read (`used`, filled by a complete pass,
-  says how much of each went in). Validation documents come from `validation`
-  (read for its validation split), or from a `Carved` around the mixture.
+  magnitude between, say, Wikipedia articles and books). The split is as long as
+  the sources together (their characters, counted in a first pass that does not
+  tokenize), and source j gets weight_j / sum(weights) of it: a source whose share
+  is larger than its natural one (its size over the total) is read again from its
+  start, as many times as that takes (its epochs, >1), and one whose share is
+  smaller is read only in part (epochs <1). The next document always comes from the
+  source furthest below its share (ties: the one listed first), so the stream is
+  the same on every run and every prefix of it holds the shares to within one
+  document. `used`, filled by a complete pass, says what went in: documents,
+  characters, share, natural share and epochs of each source. Validation
+  documents come from `validation` (read for its validation split), or from a
+  `Carved` around the mixture.
   """
   parts: tuple  # sources, each read for its train split
   weights: tuple[float, ...]
   validation: TextFiles | None = None
   used: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+  sizes: list = dataclasses.field(default_factory=list, compare=False, repr=False)
+
+  def _sizes(self) -> list[int]:
+    """Characters of each source's train documents (one pass, cached)."""
+    if not self.sizes:
+      self.sizes[:] = [sum(sum(map(len, doc)) for doc in part.documents(TRAIN))
+                       for part in self.parts]
+    return self.sizes
 
   def documents(self, split: str) -> Iterator[list[str]]:
     if split == VALIDATION:
@@ -158,20 +171,31 @@ class Mixture:
                          "from it (Carved)")
       yield from self.validation.documents(VALIDATION)
       return
+    sizes = self._sizes()
+    for part, size in zip(self.parts, sizes):
+      if not size:
+        raise ValueError(f"a source of the mixture has no text: {part.describe()}")
+    total, weight_sum = sum(sizes), sum(self.weights)
+    targets = [w / weight_sum * total for w in self.weights]
     streams = [part.documents(TRAIN) for part in self.parts]
     taken = [0] * len(streams)  # characters taken from each source
     docs = [0] * len(streams)
-    while True:
-      i = min(range(len(streams)), key=lambda j: taken[j] / self.weights[j])
+    active = [j for j in range(len(streams)) if targets[j] > 0]
+    while active:
+      i = min(active, key=lambda j: taken[j] / self.weights[j])
       doc = next(streams[i], None)
-      if doc is None:
-        break
+      if doc is None:  # the end of an epoch of source i: once more from its start
+        streams[i] = self.parts[i].documents(TRAIN)
+        continue
       taken[i] += sum(map(len, doc))
       docs[i] += 1
       yield doc
-    total = max(sum(taken), 1)
-    self.used[:] = [{"documents": d, "characters": c, "share": round(c / total, 6),
-                     "ran_out": j == i} for j, (d, c) in enumerate(zip(docs, taken))]
+      if taken[i] >= targets[i]:
+        active.remove(i)
+    mixed = max(sum(taken), 1)
+    self.used[:] = [{"documents": d, "characters": c, "share": round(c / mixed, 6),
+                     "natural_share": round(n / total, 6), "epochs": round(c / n, 4)}
+                    for d, c, n in zip(docs, taken, sizes)]
 
   def describe(self) -> dict:
     out = {"kind": "mixture",

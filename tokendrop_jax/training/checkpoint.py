@@ -65,6 +65,10 @@ def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any],
 # ---------------------------------------------------------------------------
 
 
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint of a workdir failed to restore (nothing was changed)."""
+
+
 class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, read-only workdir, ...).
 
@@ -259,7 +263,7 @@ class Checkpointer:
         self._quarantine([b for b, _ in bad])
       logging.info("Restored checkpoint step %d from %s.", s, where)
       return state, s
-    raise RuntimeError(
+    raise NoReadableCheckpointError(
         f"No readable checkpoint in {self.directory}: "
         + "; ".join(f"step {b}: {e}" for b, e in bad)
         + ". Nothing was changed; move the directory away to start afresh.")
