@@ -70,9 +70,9 @@ def run_case(name: str) -> None:
 
 
 def table() -> str:
-  rows = ["| config | slice | global batch (rows/chip) | remat | step | peak GiB/chip (of HBM) "
-          "| all-reduce MB | other collectives MB | compile s | host GiB |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  rows = ["| config | slice | global batch (rows/chip) | remat | attention | step "
+          "| peak GiB/chip (of HBM) | all-reduce MB | other collectives MB | compile s | host GiB |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name in CASES:
     path = os.path.join(RESULTS, f"{name}.json")
     if not os.path.exists(path):
@@ -80,6 +80,10 @@ def table() -> str:
     with open(path) as f:
       r = json.load(f)
     hbm = r["hbm_bytes_per_chip"] / 2**30
+    # (JSONs from before the field: splash exactly when attention dropout was turned off)
+    attention = r.get("attention") or ("splash" if any(
+        "attention_dropout_rate=0" in o for o in CASES[name]["overrides"]) else "einsum")
+    attention += " (no attention dropout)" if attention == "splash" else ""
     for kind, k in r["kinds"].items():
       if "peak_bytes" in k:
         peak = f"{k['peak_bytes'] / 2**30:.1f} ({k['peak_bytes'] / r['hbm_bytes_per_chip']:.0%} of {hbm:.0f})"
@@ -92,9 +96,27 @@ def table() -> str:
                 if need else "does not fit")
         ar = other = "-"
       rows.append(f"| {r['config']} | {r['topology']} | {r['global_batch_size']} "
-                  f"({r['rows_per_chip']:g}) | {r['remat']} | {kind} | {peak} | {ar} | {other} "
+                  f"({r['rows_per_chip']:g}) | {r['remat']} | {attention} | {kind} | {peak} "
+                  f"| {ar} | {other} "
                   f"| {k['compile_s']:.0f} | {k.get('host_peak_gib', 0):.1f} |")
   return "\n".join(rows)
+
+
+def max_batch_table() -> str:
+  """The largest global batch of each --max_batch case."""
+  rows = ["| config | slice | remat | step | largest global batch that fits (rows/chip) "
+          "| smallest refused | compiles |", "| --- | --- | --- | --- | --- | --- | --- |"]
+  for name in CASES:
+    path = os.path.join(RESULTS, f"{name}.json")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      r = json.load(f)
+    for kind, m in r.get("max_batch", {}).items():
+      rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
+                  f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) | {m['refused_at']} "
+                  f"| {len(m['tried'])} |")
+  return "\n".join(rows) if len(rows) > 2 else ""
 
 
 def main(argv):
@@ -104,6 +126,7 @@ def main(argv):
     for name in _CASES.value:
       run_case(name)
   print(table())
+  print(max_batch_table())
 
 
 if __name__ == "__main__":

@@ -290,6 +290,25 @@ def test_fingerprint_sees_single_bit_and_swaps():
                                "h": jnp.ones(3, jnp.bfloat16)})
 
 
+def test_fingerprint_checks_a_leaf_restored_in_another_dtype(caplog):
+  """Saved bf16, restored f32: checked in bf16 (the cast back is exact), so a corrupt
+  value is caught; restored narrower (f32 -> bf16): not checkable, and said so."""
+  from tokendrop_jax.training import fingerprint  # pylint: disable=import-outside-toplevel
+  saved = {"h": jnp.linspace(-2, 2, 24, dtype=jnp.bfloat16).reshape(4, 6),
+           "w": jnp.linspace(-1, 1, 6, dtype=jnp.float32)}
+  expected = fingerprint.fingerprint(saved)
+  widened = {"h": saved["h"].astype(jnp.float32), "w": saved["w"]}
+  fingerprint.verify(widened, expected, "ckpt")
+  corrupt = {"h": widened["h"].at[2, 3].add(0.5), "w": saved["w"]}
+  with pytest.raises(IOError, match="ckpt: h does not match the fingerprint"):
+    fingerprint.verify(corrupt, expected, "ckpt")
+  narrowed = {"h": saved["h"], "w": saved["w"].astype(jnp.bfloat16)}
+  with caplog.at_level(logging.WARNING):
+    fingerprint.verify(narrowed, expected, "ckpt")
+  assert "w was saved as float32 and restored as bfloat16" in caplog.text
+  fingerprint.verify({"w": saved["w"]}, expected, "ckpt")  # a partial restore: w alone
+
+
 def test_preemption_guard_sigterm():
   previous = signal.getsignal(signal.SIGTERM)
   with PreemptionGuard() as guard:

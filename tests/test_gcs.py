@@ -134,6 +134,31 @@ def test_bucket_metrics_upload_in_the_background_a_bounded_number_of_times(gcs):
   assert mirror.uploads <= 2
 
 
+def test_a_grown_file_uploads_only_its_new_bytes(gcs):
+  """After the first upload, each upload sends the bytes written since (appended to the
+  object by compose); a rewritten file (a resume's truncation) goes whole again."""
+  del gcs
+  root = f"gs://{gcs_emulator.BUCKET}/append-{uuid.uuid4().hex[:8]}"
+  mirror = files.Mirror(root, interval_s=3600.0)
+  local = mirror.path("log.txt")
+  with open(local, "a") as f:
+    f.write("a" * 1000 + "\n")
+  mirror.flush()
+  assert mirror.bytes_uploaded == 1001
+  for i in range(3):
+    with open(local, "a") as f:
+      f.write(f"record {i}\n")
+    mirror.flush()
+  assert mirror.bytes_uploaded == 1001 + 3 * len("record 0\n")
+  assert files.read_text(files.join(root, "log.txt")) == "a" * 1000 + "\n" + "".join(
+      f"record {i}\n" for i in range(3))
+  files.atomic_write(local, "rewritten\n")  # a new file at the same path
+  mirror.flush()
+  assert files.read_text(files.join(root, "log.txt")) == "rewritten\n"
+  assert not [n for n in files.listdir(root) if ".tail-" in n]  # no parts left behind
+  mirror.close()
+
+
 # ------------------------------------------------------------- whole path ---
 def _tiny(corpus, dataset_dir, **train):
   from tests.test_config import load

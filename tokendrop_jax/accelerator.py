@@ -40,6 +40,8 @@ def check(expected: str) -> str:
   if expected not in PLATFORMS:
     raise ValueError(f"--platform must be one of {', '.join(PLATFORMS)}, got {expected!r}")
   import jax  # pylint: disable=import-outside-toplevel
+  if expected == "cpu" and not jax.config.jax_platforms:
+    jax.config.update("jax_platforms", "cpu")  # asked for: do not probe for accelerators
   try:
     found, devices = jax.default_backend(), jax.devices()
   except RuntimeError as e:  # JAX_PLATFORMS names a backend that did not start

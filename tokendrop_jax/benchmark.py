@@ -111,7 +111,7 @@ def setup(config, strategy: str = "loss_ema") -> Setup:
 
   from tokendrop_jax import config_lib, importance, synthetic
   from tokendrop_jax.model.bert import BertForPretraining
-  from tokendrop_jax.training import optim, sharding, state as state_lib, step as step_lib
+  from tokendrop_jax.training import optim, sharding, state as state_lib, step_plan
 
   config_lib.validate(config)
   cfg = config_lib.model_config(config)
@@ -127,8 +127,9 @@ def setup(config, strategy: str = "loss_ema") -> Setup:
   layout = state_lib.layout(init_fn, state_lib.base_key(0, config.train.prng_impl), imp0,
                             mesh=mesh, rules=sharding.DEFAULT_RULES)
   init = layout.jit_init(lambda rng: nn.unbox(init_fn(rng, imp0)))
-  settings = step_lib.DropSettings(strategy=strategy, keep_tokens=td.keep_tokens,
-                                   special_ids=synthetic.SPECIAL_IDS, ema_beta=td.ema_beta)
+  # The config's options (layer-wise, ScTD on every step, random ties) are timed too.
+  kind = step_plan.StepKind(td.keep_tokens, consistency=td.consistency_weight > 0)
+  settings = step_plan.drop_settings(config, kind, synthetic.SPECIAL_IDS, strategy=strategy)
   return Setup(config, cfg, model, optimizer, schedule, batch, init, settings, layout.abstract)
 
 

@@ -106,6 +106,7 @@ def main(argv):
       "rows_per_chip": d.global_batch_size / the_slice.total_chips,
       "grad_accum_steps": config.optim.grad_accum_steps,
       "remat": str(config.model.remat), "dtype": config.model.dtype,
+      "attention": slice_plan.attention_kernel(config),
       "mesh": {a: int(config.mesh[a]) for a in ("data", "fsdp", "tensor")},
       "versions": slice_plan.versions(), "kinds": {},
   }

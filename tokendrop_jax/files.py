@@ -180,6 +180,8 @@ def atomic_write(target, data: str | bytes) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+      f.flush()
+      os.fsync(f.fileno())  # on disk before the rename makes it the file
     os.replace(tmp, target)
   except BaseException:
     if os.path.exists(tmp):
@@ -287,11 +289,13 @@ class Mirror:
   """A local working copy of a folder that lives in a bucket (or locally).
 
   Files appended to (metrics.jsonl, TensorBoard events) are written under `local`;
-  for a bucket, a background thread uploads the ones that changed, whole, at most
-  once every `interval_s` (an object store has no append), so the step loop never
+  for a bucket, a background thread uploads the ones that changed at most once every
+  `interval_s` (an object store has no append), so the step loop never
   waits on the network and a long run uploads its metrics a bounded number of times
-  per hour, not once per record. `sync()` asks for an upload; `flush()` uploads now
-  and waits (checkpoints, exit); `close()` flushes. Writers hold `lock` while they
+  per hour, not once per record. A file that only grew since its last upload sends
+  just the new bytes, appended to the object by a server-side compose, so a record
+  costs its own bytes however long the run. `sync()` asks for an upload; `flush()`
+  uploads now and waits (checkpoints, exit); `close()` flushes. Writers hold `lock` while they
   append, so an upload never carries half a record. For a local target, `local` is
   the target itself and all of this does nothing.
   """
@@ -325,9 +329,9 @@ class Mirror:
     self._thread.start()
 
   @staticmethod
-  def _stamp(path: str) -> tuple[int, int]:
+  def _stamp(path: str) -> tuple[int, int, int]:
     st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino  # a rewrite (truncate_after) is a new inode
 
   def path(self, *names: str) -> str:
     return os.path.join(self.local, *names)
@@ -340,15 +344,40 @@ class Mirror:
         changed = []
         for name in _files_under(self.local):
           local = os.path.join(self.local, name)
-          stamp = self._stamp(local)
-          if self._sent.get(name) != stamp:
-            with builtins.open(local, "rb") as f:
-              changed.append((name, stamp, f.read()))
-      for name, stamp, data in changed:  # the network, outside the writers' lock
-        epath.Path(join(self.target, name)).write_bytes(data)
+          stamp, sent = self._stamp(local), self._sent.get(name)
+          if sent == stamp:
+            continue
+          # Grown in place since the last upload: only the new bytes go (appended to the
+          # object by a server-side compose); anything else: the whole file.
+          offset = sent[0] if sent and sent[2] == stamp[2] and sent[0] <= stamp[0] else 0
+          with builtins.open(local, "rb") as f:
+            f.seek(offset)
+            changed.append((name, stamp, offset, f.read(stamp[0] - offset)))
+      for name, stamp, offset, data in changed:  # the network, outside the writers' lock
+        target = join(self.target, name)
+        if offset:
+          try:
+            self._append(target, data)
+          except Exception:  # pylint: disable=broad-except  (no compose: a zonal bucket)
+            self._sent.pop(name, None)  # the whole file at the next upload
+            raise
+        else:
+          epath.Path(target).write_bytes(data)
         self._sent[name] = stamp
         self.uploads += 1
         self.bytes_uploaded += len(data)
+
+  @staticmethod
+  def _append(target: str, data: bytes) -> None:
+    """`data` appended to the object `target`: uploaded beside it, then composed."""
+    import fsspec  # pylint: disable=import-outside-toplevel
+    tail = f"{target}.tail-{socket.gethostname()}-{os.getpid()}"
+    epath.Path(tail).write_bytes(data)
+    fs = fsspec.filesystem(target.split("://", 1)[0])
+    try:
+      fs.merge(target, [target, tail])
+    finally:
+      fs.rm(tail)
 
   def _loop(self) -> None:
     last = -math.inf

@@ -57,11 +57,7 @@ def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
   batch_sh, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
 
   def jit_step(kind: step_plan.StepKind):
-    settings = step_lib.DropSettings(
-        strategy=td.strategy, keep_tokens=kind.keep_tokens, special_ids=tuple(special_ids),
-        ema_beta=td.ema_beta, layerwise=td.layerwise,
-        consistency_weight=td.consistency_weight if kind.consistency else 0.0,
-        consistency_form=td.consistency_form, random_ties=td.random_ties)
+    settings = step_plan.drop_settings(config, kind, special_ids)
     fn = step_lib.make_train_step(model, optimizer, schedule, settings,
                                   config.optim.grad_accum_steps,
                                   skip_nonfinite=config.train.nan_policy == "skip",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Mapping
 
@@ -47,16 +46,8 @@ def truncate_after(path, step: int) -> int:
     return 0
   rows = read_metrics(path)
   keep = [r for r in rows if r.get("step", -1) <= step]
-  dropped = len(rows) - len(keep)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=directory)
-  with os.fdopen(fd, "w") as f:
-    for r in keep:
-      f.write(json.dumps(r) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  return dropped
+  files.atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+  return len(rows) - len(keep)
 
 
 class MetricsWriter:

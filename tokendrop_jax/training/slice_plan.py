@@ -45,6 +45,11 @@ def build(config, devices):
   return loop.build(config, synthetic.SPECIAL_IDS, counts, devices=devices)
 
 
+def attention_kernel(config) -> str:
+  """The attention kernel `model.attention` gives on a TPU ('splash' or 'einsum')."""
+  return config_lib.model_config(config, platform="tpu").attention
+
+
 def kind_names(config) -> list[str]:
   return [k.name for k in step_plan.kinds(config)] + ["eval"]
 

@@ -124,3 +124,16 @@ def kind_counts(config) -> dict[StepKind, int]:
     if b - a - sctd:
       counts[kind] = counts.get(kind, 0) + b - a - sctd
   return counts
+
+
+def drop_settings(config, kind: StepKind, special_ids, strategy: Optional[str] = None):
+  """The train step's `DropSettings` for `kind` under `config.token_drop` (the one place
+  they are built: the loop's steps and the benchmarks' alike). `strategy` overrides the
+  config's (the benchmarks time loss_ema whatever the config names)."""
+  from tokendrop_jax.training import step as step_lib  # pylint: disable=import-outside-toplevel
+  td = config.token_drop
+  return step_lib.DropSettings(
+      strategy=strategy or td.strategy, keep_tokens=kind.keep_tokens,
+      special_ids=tuple(special_ids), ema_beta=td.ema_beta, layerwise=td.layerwise,
+      consistency_weight=td.consistency_weight if kind.consistency else 0.0,
+      consistency_form=td.consistency_form, random_ties=td.random_ties)
