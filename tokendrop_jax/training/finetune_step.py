@@ -59,7 +59,7 @@ def make_train_step(model, optimizer, schedule, spec: glue.TaskSpec,
         state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
       params, opt_state = keep_if_finite(finite, (params, opt_state),

@@ -195,7 +195,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, schedule: op
       importance = update_importance(importance, batch["masked_lm_ids"], per_slot, weights,
                                      beta=settings.ema_beta, special_ids=settings.special_ids)
     loss = (per_slot * weights).sum() / total_weight
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if skip_nonfinite:
       params, opt_state, importance = keep_if_finite(
