@@ -83,15 +83,9 @@ def load_config(name: str, policy: str, global_batch=None):
 
 def abstract_batch(config, mesh) -> dict:
   """ShapeDtypeStructs of one global batch, split over ('data', 'fsdp') like a real one."""
-  import jax
-  from tokendrop_jax.training import sharding
-  b, s, p = (config.data.global_batch_size, config.data.seq_len,
-             config.data.max_predictions_per_seq)
-  sh = sharding.batch_sharding(mesh)
-  shapes = {"input_ids": (b, s), "input_mask": (b, s), "token_type_ids": (b, s),
-            "masked_lm_positions": (b, p), "masked_lm_ids": (b, p), "masked_lm_weights": (b, p)}
-  return {k: jax.ShapeDtypeStruct(shape, "float32" if k == "masked_lm_weights" else "int32",
-                                  sharding=sh) for k, shape in shapes.items()}
+  from tokendrop_jax.training import aot
+  d = config.data
+  return aot.abstract_batch(mesh, d.global_batch_size, d.seq_len, d.max_predictions_per_seq)
 
 
 def memory(compiled) -> dict:

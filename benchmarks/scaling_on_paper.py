@@ -42,18 +42,12 @@ def memory(config) -> dict:
   import flax.linen as nn
   import jax
   from tokendrop_jax import synthetic
-  from tokendrop_jax.training import loop, sharding
+  from tokendrop_jax.training import aot, loop
 
   run = loop.build(config, synthetic.SPECIAL_IDS)
   data = config.data
-  b, s, p = data.global_batch_size, data.seq_len, data.max_predictions_per_seq
-  batch_sh = sharding.batch_sharding(run.layout.mesh)
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
-           for k, shape, dtype in (("input_ids", (b, s), "int32"), ("input_mask", (b, s), "int32"),
-                                   ("token_type_ids", (b, s), "int32"),
-                                   ("masked_lm_positions", (b, p), "int32"),
-                                   ("masked_lm_ids", (b, p), "int32"),
-                                   ("masked_lm_weights", (b, p), "float32"))}
+  batch = aot.abstract_batch(run.layout.mesh, data.global_batch_size, data.seq_len,
+                             data.max_predictions_per_seq)
   out = {}
   # Under the logical-axis rules, as the training loop runs the step: without them the
   # activations' sharding constraints do nothing and XLA compiles another program.

@@ -118,14 +118,9 @@ def parse_mesh(name: str) -> tuple[int, int, int]:
 
 def abstract_batch(config, mesh, global_batch: int) -> dict:
   """ShapeDtypeStructs of one global batch, split over ('data', 'fsdp') like a real one."""
-  from tokendrop_jax.training import sharding
-  import jax
-  b, s, p = global_batch, config.data.seq_len, config.data.max_predictions_per_seq
-  sh = sharding.batch_sharding(mesh)
-  shapes = {"input_ids": (b, s), "input_mask": (b, s), "token_type_ids": (b, s),
-            "masked_lm_positions": (b, p), "masked_lm_ids": (b, p), "masked_lm_weights": (b, p)}
-  return {k: jax.ShapeDtypeStruct(shape, "float32" if k == "masked_lm_weights" else "int32",
-                                  sharding=sh) for k, shape in shapes.items()}
+  from tokendrop_jax.training import aot
+  d = config.data
+  return aot.abstract_batch(mesh, global_batch, d.seq_len, d.max_predictions_per_seq)
 
 
 # ---------------------------------------------------------------------------

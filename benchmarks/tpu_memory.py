@@ -70,16 +70,20 @@ def run_case(name: str) -> None:
     print(f"{name}: exit {code}", flush=True)
 
 
+def _results():
+  """(case name, its JSON) of every case that has one, in CASES order."""
+  for name in CASES:
+    path = os.path.join(RESULTS, f"{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        yield name, json.load(f)
+
+
 def table() -> str:
   rows = ["| config | slice | global batch (rows/chip) | remat | attention | step "
           "| peak GiB/chip (of HBM) | all-reduce MB | other collectives MB | compile s | host GiB |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for name in CASES:
-    path = os.path.join(RESULTS, f"{name}.json")
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      r = json.load(f)
+  for name, r in _results():
     hbm = r["hbm_bytes_per_chip"] / 2**30
     # (JSONs from before the field: splash exactly when attention dropout was turned off)
     attention = r.get("attention") or ("splash" if any(
@@ -107,12 +111,7 @@ def max_batch_table() -> str:
   """The largest global batch of each --max_batch case."""
   rows = ["| config | slice | remat | step | largest global batch that fits (rows/chip) "
           "| smallest refused | compiles |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  for name in CASES:
-    path = os.path.join(RESULTS, f"{name}.json")
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      r = json.load(f)
+  for name, r in _results():
     for kind, m in r.get("max_batch", {}).items():
       rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
                   f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) | {m['refused_at']} "

@@ -16,7 +16,7 @@ import pytest
 from tests.test_config import load
 from tokendrop_jax import config_lib, synthetic
 from tokendrop_jax.data import glue
-from tokendrop_jax.training import collectives, finetune_loop, finetune_step, loop, sharding
+from tokendrop_jax.training import aot, collectives, finetune_loop, finetune_step, loop, sharding
 
 BATCH = 24  # a size no other dimension of `tiny` has: 3 rows per device at data=8
 HLO_LINES = """
@@ -37,13 +37,7 @@ def test_collectives_are_parsed_with_their_shapes():
 
 
 def _abstract_batch(config, mesh):
-  b, s, p = BATCH, config.data.seq_len, config.data.max_predictions_per_seq
-  sh = sharding.batch_sharding(mesh)
-  return {k: jax.ShapeDtypeStruct(shape, "float32" if k == "masked_lm_weights" else "int32",
-                                  sharding=sh)
-          for k, shape in (("input_ids", (b, s)), ("input_mask", (b, s)),
-                           ("token_type_ids", (b, s)), ("masked_lm_positions", (b, p)),
-                           ("masked_lm_ids", (b, p)), ("masked_lm_weights", (b, p)))}
+  return aot.abstract_batch(mesh, BATCH, config.data.seq_len, config.data.max_predictions_per_seq)
 
 
 MESHES = [pytest.param((8, 1, 1), id="data8"),

@@ -403,9 +403,13 @@ class Mirror:
       self._wanted.set()
 
   def flush(self) -> None:
-    """Uploads what changed now and waits; raises if it cannot."""
+    """What was written is in the target: uploaded now (a bucket; raises if it cannot),
+    or, for a local target, its writers flushed (`before_upload`)."""
     if self.remote:
       self._upload_changed()
+    elif self.before_upload is not None:
+      with self.lock:
+        self.before_upload()
 
   def close(self) -> None:
     if self.remote:

@@ -24,7 +24,7 @@ _BATCH_FIELDS = (("input_ids", "seq", "int32"), ("input_mask", "seq", "int32"),
 # required for HLO temporaries (44.23G) exceeds available HBM (15.75G)." (G = GiB).
 _NEEDED = re.compile(r"required for[^(]*\(([\d.]+)\s*([KMGT]?)i?B?\)")
 _AVAILABLE = re.compile(r"available HBM\s*\(([\d.]+)\s*([KMGT]?)i?B?\)")
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def abstract_batch(mesh, batch_size: int, seq_len: int, num_predictions: int) -> dict:

@@ -100,9 +100,7 @@ class MetricsWriter:
   def flush(self) -> None:
     """Every record written so far is in the workdir (a bucket's uploads done)."""
     if self._mirror is not None:
-      if self._tb is not None and not self._mirror.remote:
-        self._tb.flush()  # a bucket's Mirror flushes it before each upload
-      self._mirror.flush()
+      self._mirror.flush()  # its before_upload flushes the TensorBoard writer
 
   def write_eval(self, step: int, scalars: Mapping[str, Any]) -> None:
     self.write(step, scalars, prefix="eval/")

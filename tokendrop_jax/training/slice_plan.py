@@ -17,24 +17,25 @@ import jax
 import numpy as np
 
 from tokendrop_jax import config_lib, flops, importance, synthetic
-from tokendrop_jax.training import aot, loop, sharding, step_plan, tpu_slice
+from tokendrop_jax.training import aot, loop, step_plan, tpu_slice
 
 def setup(config, topology: str):
-  """Validated config, slice and devices; ValueError naming the field before any compile."""
+  """(slice, devices, the built run) for a validated config; ValueError naming the field
+  before any compile (loop.build checks the mesh and batches against the slice)."""
   if config is None:
     raise ValueError("--config is required (configs/x.py[:variant])")
   the_slice = tpu_slice.parse(topology or "")
   config_lib.validate(config)
   config_lib.check_platform(config, "tpu")
   devices = tpu_slice.devices(the_slice)
-  sharding.make_checked_mesh(config, devices)  # mesh/batch that do not divide: named field
-  state_bytes = state_bytes_per_device(build(config, devices).layout)
+  run = build(config, devices)
+  state_bytes = state_bytes_per_device(run.layout)
   if state_bytes > the_slice.hbm_bytes:
     raise ValueError(
         f"the train state alone is {state_bytes / 2**30:.1f} GiB per chip, more than a "
         f"{the_slice.generation} chip's {the_slice.hbm_bytes / 2**30:.0f} GiB: shard it with "
         f"--config.mesh.fsdp=N (now {config.mesh.fsdp}) or use more chips")
-  return the_slice, devices
+  return the_slice, devices, run
 
 
 def build(config, devices):
@@ -63,11 +64,11 @@ def state_bytes_per_device(layout) -> int:
   return total
 
 
-def compile_kinds(config, the_slice, devices, names: list[str]) -> dict:
-  """{kind name: report} for `names`, compiled in this process."""
-
+def compile_kinds(config, the_slice, devices, names: list[str], run=None) -> dict:
+  """{kind name: report} for `names`, compiled in this process (`run`: `build`'s, if
+  `setup` made it already)."""
   cfg = config_lib.model_config(config)
-  run = build(config, devices)
+  run = run or build(config, devices)
   d = config.data
   batch = aot.abstract_batch(run.layout.mesh, d.global_batch_size, d.seq_len,
                              d.max_predictions_per_seq)

@@ -22,8 +22,7 @@ GIB = 2**30
 @dataclasses.dataclass(frozen=True)
 class Generation:
   compiler_name: str       # the topology prefix libtpu knows ('v5' is v5p)
-  hbm_bytes: int           # per chip
-  peak_bf16_flops: float   # per chip, dense
+  hbm_bytes: int           # per chip (peak FLOPs: flops.peak_flops_per_device)
   cores_per_chip: int      # how the slice name counts: TensorCores (v4, v5p) or chips
   chip_config: str | None  # v4 runs its two TensorCores as one device ("megacore")
   host_chips: tuple[int, int, int]  # chips per host of a multi-host slice
@@ -31,10 +30,10 @@ class Generation:
 
 
 GENERATIONS = {
-    "v4": Generation("v4", 32 * GIB, 275e12, 2, "megacore", (2, 2, 1), 4),
-    "v5p": Generation("v5", 95 * GIB, 459e12, 2, None, (2, 2, 1), 4),
-    "v5e": Generation("v5e", 16 * GIB, 197e12, 1, None, (2, 2, 1), 8),
-    "v6e": Generation("v6e", 32 * GIB, 918e12, 1, None, (2, 2, 1), 8),
+    "v4": Generation("v4", 32 * GIB, 2, "megacore", (2, 2, 1), 4),
+    "v5p": Generation("v5", 95 * GIB, 2, None, (2, 2, 1), 4),
+    "v5e": Generation("v5e", 16 * GIB, 1, None, (2, 2, 1), 8),
+    "v6e": Generation("v6e", 32 * GIB, 1, None, (2, 2, 1), 8),
 }
 _ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e", "v5lite": "v5e"}
 # Chips -> torus shape. v4/v5p slices are 3D, v5e/v6e slices 2D (a trailing 1).
