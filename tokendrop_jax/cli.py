@@ -10,8 +10,9 @@ Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -35,32 +36,48 @@ def run_or_exit(fn: Callable[[], T]) -> T:
     raise
 
 
-def define_platform_flag():
-  """`--platform`: the accelerator the run expects (accelerator.check); the launchers set it."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from tokendrop_jax import accelerator  # pylint: disable=import-outside-toplevel
-  return flags.DEFINE_enum(
-      "platform", "any", accelerator.PLATFORMS,
-      "The backend this run must get (tpu, gpu, cpu); stops at once, naming the install "
-      "command, when JAX starts another. 'any': whatever JAX finds.")
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+  """The flags of a training main (train, finetune): their absl holders."""
+  config: Any
+  platform: Any
+  allow_change: Any
+  workdir: Any
 
 
-def define_allow_change_flag():
-  """`--allow_change`: the fields a resume may change (training/resume_fields.py)."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  return flags.DEFINE_list(
-      "allow_change", [], "Config fields (or sections) a resume may change from the run's "
-      "own, e.g. optim.learning_rate,data.global_batch_size; each change is appended to "
-      "WORKDIR/config_changes.jsonl with the step. Others are refused.")
+def define_run_flags(config_help: str, workdir_help: str) -> RunFlags:
+  """--config, --platform, --allow_change and --workdir, as every training main takes them."""
+  # pylint: disable=import-outside-toplevel
+  from absl import flags
+  from ml_collections import config_flags
+
+  from tokendrop_jax import accelerator
+  return RunFlags(
+      config=config_flags.DEFINE_config_file("config", None, config_help),
+      platform=flags.DEFINE_enum(
+          "platform", "any", accelerator.PLATFORMS,
+          "The backend this run must get (tpu, gpu, cpu); stops at once, naming the install "
+          "command, when JAX starts another. 'any': whatever JAX finds."),
+      allow_change=flags.DEFINE_list(
+          "allow_change", [], "Config fields (or sections) a resume may change from the run's "
+          "own, e.g. optim.learning_rate,data.global_batch_size; each change is appended to "
+          "WORKDIR/config_changes.jsonl with the step. Others are refused."),
+      workdir=flags.DEFINE_string("workdir", None, workdir_help))
 
 
-def start_platform(expected: str) -> None:
-  """jax.distributed (multi-process launches), then the platform check, before any work;
-  a wrong platform exits 2 with the message."""
-  from tokendrop_jax import accelerator  # pylint: disable=import-outside-toplevel
-  from tokendrop_jax.training import sharding  # pylint: disable=import-outside-toplevel
+def start_main(argv: Sequence[str], run_flags: RunFlags) -> None:
+  """Before any work: no stray arguments, jax.distributed (multi-process launches), the
+  platform check (a wrong platform exits 2 with the message), quiet library logs."""
+  # pylint: disable=import-outside-toplevel
+  from absl import app, logging
+
+  from tokendrop_jax import accelerator
+  from tokendrop_jax.training import sharding
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed = sharding.maybe_initialize_distributed()
-  run_or_exit(lambda: accelerator.start(expected, distributed))
+  run_or_exit(lambda: accelerator.start(run_flags.platform.value, distributed))
+  logging.set_verbosity(logging.WARNING)
 
 
 def refuse_renamed_flags(argv: Sequence[str], renamed: Mapping[str, str]) -> None:

@@ -14,37 +14,30 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from tokendrop_jax import cli, files
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/glue.py:<task>")
-_PLATFORM = cli.define_platform_flag()
-_ALLOW_CHANGE = cli.define_allow_change_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results, checkpoints and metrics go.")
+_FLAGS = cli.define_run_flags("configs/glue.py:<task>", "Where results, checkpoints and metrics go.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.start_main(argv, _FLAGS)
   from tokendrop_jax.training import finetune_loop
-  cli.start_platform(_PLATFORM.value)
-  logging.set_verbosity(logging.WARNING)
   summary = cli.run_or_exit(
-      lambda: finetune_loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                                                 allow_changes=_ALLOW_CHANGE.value))
+      lambda: finetune_loop.train_and_evaluate(_FLAGS.config.value, _FLAGS.workdir.value,
+                                                 allow_changes=_FLAGS.allow_change.value))
   import jax
   if jax.process_index() == 0 and "results" in summary:
     r = summary["results"]
-    workdir = files.resolve(_WORKDIR.value)
+    workdir = files.resolve(_FLAGS.workdir.value)
     print(f"done at step {summary['step']}: best dev {r['best']}, last dev {r['last']}")
     print(f"outputs in {workdir}: results.json, metrics.jsonl, tensorboard/, checkpoints/"
           + (", predictions.tsv" if "predictions" in summary else ""))
 
 
 if __name__ == "__main__":
-  from tokendrop_jax import cli, config_lib
+  from tokendrop_jax import config_lib
   cli.refuse_renamed_flags(sys.argv, config_lib.GLUE_RENAMED)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

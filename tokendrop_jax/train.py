@@ -11,37 +11,30 @@ a workdir written by `python -m tokendrop_jax.import_hf`).
 """
 from __future__ import annotations
 
-
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
 
 from tokendrop_jax import cli, files
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/x.py[:variant]; default: WORKDIR/config.json (resume, or an import)")
-_PLATFORM = cli.define_platform_flag()
-_ALLOW_CHANGE = cli.define_allow_change_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go.")
+_FLAGS = cli.define_run_flags(
+    "configs/x.py[:variant]; default: WORKDIR/config.json (resume, or an import)",
+    "Where checkpoints, metrics and plots go.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tokendrop_jax.training import loop
-  cli.start_platform(_PLATFORM.value)
-  logging.set_verbosity(logging.WARNING)
-  from tokendrop_jax.training import workdir as workdir_lib
+  cli.start_main(argv, _FLAGS)
+  from tokendrop_jax.training import loop, workdir as workdir_lib
 
   def train():
-    config = _CONFIG.value
+    config = _FLAGS.config.value
     if config is None:  # the run's own config (names a missing workdir or config.json)
-      config = workdir_lib.read_config(files.resolve(_WORKDIR.value))
-    return loop.train_and_evaluate(config, _WORKDIR.value, allow_changes=_ALLOW_CHANGE.value)
+      config = workdir_lib.read_config(files.resolve(_FLAGS.workdir.value))
+    return loop.train_and_evaluate(config, _FLAGS.workdir.value,
+                                   allow_changes=_FLAGS.allow_change.value)
 
   summary = cli.run_or_exit(train)
   import jax
   if jax.process_index() == 0:
-    workdir = files.resolve(_WORKDIR.value)
+    workdir = files.resolve(_FLAGS.workdir.value)
     line = f"done: step {summary['step']}, {summary['train_time_s']:.0f} s of training"
     if "eval/loss" in summary:
       line += (f", full-model eval loss {summary['eval/loss']:.3f}, "

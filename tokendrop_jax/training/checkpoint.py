@@ -40,26 +40,22 @@ def _shape(leaf) -> tuple[int, ...]:
 def check_compatible(saved: Mapping[str, Any], expected: Mapping[str, Any],
                      where: str) -> None:
   """Raises ValueError at the first path whose presence or shape differs."""
+
+  def refuse(what: str):
+    raise ValueError(f"The checkpoint in {where} was written by an incompatible config: "
+                     f"{what}. Use the matching config or a fresh --workdir; nothing was "
+                     "changed.")
+
   for path, leaf in expected.items():
     if path not in saved:
-      raise ValueError(
-          f"The checkpoint in {where} was written by an incompatible config: "
-          f"{path} is expected with shape {_shape(leaf)} but the checkpoint "
-          "has no such entry. Use the matching config or a fresh --workdir; "
-          "nothing was changed.")
+      refuse(f"{path} is expected with shape {_shape(leaf)} but the checkpoint has no such "
+             "entry")
     if _shape(saved[path]) != _shape(leaf):
-      raise ValueError(
-          f"The checkpoint in {where} was written by an incompatible config: "
-          f"{path} has shape {_shape(saved[path])} in the checkpoint but "
-          f"{_shape(leaf)} in this config. Use the matching config or a fresh "
-          "--workdir; nothing was changed.")
+      refuse(f"{path} has shape {_shape(saved[path])} in the checkpoint but {_shape(leaf)} "
+             "in this config")
   for path, leaf in saved.items():
     if path not in expected:
-      raise ValueError(
-          f"The checkpoint in {where} was written by an incompatible config: "
-          f"it holds {path} with shape {_shape(leaf)}, which this config does "
-          "not have. Use the matching config or a fresh --workdir; nothing "
-          "was changed.")
+      refuse(f"it holds {path} with shape {_shape(leaf)}, which this config does not have")
 
 
 # ---------------------------------------------------------------------------
