@@ -30,11 +30,12 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tokendrop_jax import benchmark  # noqa: E402
+from tokendrop_jax import benchmark, files  # noqa: E402
 from tokendrop_jax.data import demo_corpus  # noqa: E402
 from tokendrop_jax.data import pipeline  # noqa: E402
 from tokendrop_jax.data import text_builder  # noqa: E402
 from tokendrop_jax.data import tokenizer as tokenizer_lib  # noqa: E402
+from tokendrop_jax.data import wordpiece  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/tokendrop_data_bench", "Where corpora/tokenizers go.")
@@ -80,7 +81,7 @@ def _prepare(result):
       tok = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
           [train], vocab, os.path.join(FLAGS.workdir, f"spm_{name}_{vocab}")))
     elif kind == "wordpiece":
-      tok = tokenizer_lib.load_tokenizer(tokenizer_lib.train_wordpiece(
+      tok = tokenizer_lib.load_tokenizer(wordpiece.train_wordpiece(
           [train], vocab, os.path.join(FLAGS.workdir, f"wordpiece_{name}_{vocab}.json")))
     else:
       raise ValueError(f"--tokenizers: unknown kind {kind!r}")
@@ -127,7 +128,6 @@ def _through_emulator(result, path, stack):
   """
   os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs loads
   from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
-  from tokendrop_jax import files  # pylint: disable=g-import-not-at-top
   stack.enter_context(gcs_emulator.running(os.path.join(FLAGS.workdir, "emulator.log")))
   os.environ[files.CACHE_ENV] = tempfile.mkdtemp(dir=FLAGS.workdir, prefix="cache-")
   remote = f"gs://{gcs_emulator.BUCKET}/{os.path.basename(path)}"
@@ -147,7 +147,7 @@ def _through_emulator(result, path, stack):
 
 def _text_bytes(path):
   if path.endswith(".gz"):
-    return sum(len(line.encode("utf-8")) + 1 for line in tokenizer_lib.read_lines(path))
+    return sum(len(line.encode("utf-8")) + 1 for line in files.read_lines(path))
   return os.path.getsize(path)
 
 

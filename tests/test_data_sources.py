@@ -1,5 +1,6 @@
 """Sources beyond plain text: JSON lines, Parquet, TFDS splits, weighted mixtures and a
-validation split carved from train (tokendrop_jax/data/text_builder.py, training/inputs.py).
+validation split carved from train (tokendrop_jax/data/text_readers.py, text_sources.py,
+training/inputs.py).
 
 Each format is read from files made here (locally and in a GCS-protocol bucket), a
 mixture keeps its weights and stops where it says, a carved validation split is
@@ -22,13 +23,13 @@ from tests import gcs_emulator
 from tests.test_config import load
 from tokendrop_jax import config_lib, files
 from tokendrop_jax import prepare as prepare_lib
-from tokendrop_jax.data import demo_corpus, text_builder
+from tokendrop_jax.data import demo_corpus, text_builder, text_readers, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.training import inputs
 
 flags.FLAGS.mark_as_parsed()
 
-TRAIN, VALIDATION = text_builder.TRAIN, text_builder.VALIDATION
+TRAIN, VALIDATION = text_sources.TRAIN, text_sources.VALIDATION
 VOCAB = 400
 
 
@@ -82,7 +83,7 @@ def root(request, tmp_path):
 def test_file_format_by_name():
   cases = {"a.txt": "text", "a.txt.gz": "text", "a": "text", "a.JSONL": "jsonl",
            "a.jsonl.gz": "jsonl", "a.json": "jsonl", "gs://b/x/a.parquet": "parquet"}
-  assert {name: text_builder.file_format(name) for name in cases} == cases
+  assert {name: text_readers.file_format(name) for name in cases} == cases
 
 
 def test_jsonl_and_parquet_read_a_document_per_record(root, texts):
@@ -91,9 +92,9 @@ def test_jsonl_and_parquet_read_a_document_per_record(root, texts):
   jsonl = write_jsonl(files.join(root, "books", "b.jsonl.gz"), records[:-2], field="body")
   with files.open(parquet, "rb") as f:
     assert pq.ParquetFile(f).num_row_groups == 4  # read one row group at a time
-  want = [text_builder.split_sentences(t) for t in records if t and t.strip()]
+  want = [text_readers.split_sentences(t) for t in records if t and t.strip()]
   assert sum(map(len, want)) > 2 * len(want)  # records are split into sentences
-  source = text_builder.TextFiles((parquet, jsonl), (), text_field="body")
+  source = text_sources.TextFiles((parquet, jsonl), (), text_field="body")
   assert list(source.documents(TRAIN)) == want + want[:-2]
   assert inputs.tokenizer_files(source, files.join(root, "corpus")) == [
       files.join(root, "corpus", "tokenizer_sample.txt")]  # not the binary files themselves
@@ -111,24 +112,24 @@ def test_bad_records_name_the_file_and_the_field(tmp_path, texts):
   good = write_parquet(str(tmp_path / "good.parquet"), texts[:3])
   with pytest.raises(KeyError, match=r"good.parquet: no text field 'body'; columns: \['id', "
                                      r"'text'\]"):
-    text_builder.check_file(good, "body")
+    text_readers.check_file(good, "body")
   with pytest.raises(ValueError, match="good.parquet: column 'id' holds int64, not text"):
-    text_builder.check_file(good, "id")
+    text_readers.check_file(good, "id")
   fake = tmp_path / "fake.parquet"
   fake.write_text("not parquet")
   with pytest.raises(ValueError, match="fake.parquet: cannot read as Parquet"):
-    text_builder.check_file(str(fake))
+    text_readers.check_file(str(fake))
   lines = tmp_path / "bad.jsonl"
   lines.write_text('{"text": "Fine."}\n\n{"text": "Also fine."}\n{"text": \n')
   with pytest.raises(ValueError, match="bad.jsonl: line 4 is not JSON"):
-    list(text_builder.read_documents(str(lines)))
+    list(text_readers.read_documents(str(lines)))
   lines.write_text('{"text": "Fine."}\n{"title": "t"}\n')
   with pytest.raises(KeyError, match=r"bad.jsonl: line 2: no text field 'text'; fields: "
                                      r"\['title'\]"):
-    list(text_builder.read_documents(str(lines)))
+    list(text_readers.read_documents(str(lines)))
   lines.write_text('{"text": ["a list"]}\n')
   with pytest.raises(ValueError, match="bad.jsonl: line 1: field 'text' holds list"):
-    list(text_builder.read_documents(str(lines)))
+    list(text_readers.read_documents(str(lines)))
 
   # Through the config: checked before anything is built, naming the field.
   c = load("tiny")
@@ -153,15 +154,15 @@ def mixture_files(tmp_path_factory):
                     row_group_size=500)
   b = write_jsonl(str(d / "b.jsonl"), synthetic_texts(1, 300, sentences=(5, 40)))
   c = str(d / "c.txt")
-  docs = [text_builder.split_sentences(t) for t in synthetic_texts(2, 800)]
+  docs = [text_readers.split_sentences(t) for t in synthetic_texts(2, 800)]
   with open(c, "w") as f:
     f.write("\n\n".join("\n".join(doc) for doc in docs) + "\n")
   return a, b, c
 
 
 def _mixture(paths, weights):
-  parts = tuple(text_builder.TextFiles((p,), ()) for p in paths)
-  return text_builder.Mixture(parts, tuple(weights))
+  parts = tuple(text_sources.TextFiles((p,), ()) for p in paths)
+  return text_sources.Mixture(parts, tuple(weights))
 
 
 @pytest.mark.parametrize("weights", [(0.5, 0.3, 0.2), (0.1, 0.1, 0.8)])
@@ -170,7 +171,7 @@ def test_mixture_holds_the_weights_repeating_or_sampling_each_source(mixture_fil
   read in its own order and from its start again when it runs out (epochs > 1), or in
   part (epochs < 1)."""
   mixture = _mixture(mixture_files, weights)
-  per_source = [list(text_builder.read_documents(p)) for p in mixture_files]
+  per_source = [list(text_readers.read_documents(p)) for p in mixture_files]
   sizes = np.array([sum(_chars(d) for d in docs) for docs in per_source], float)
   origin = {tuple(doc): i for i, docs in enumerate(per_source) for doc in docs}
   stream = list(mixture.documents(TRAIN))
@@ -248,28 +249,28 @@ def test_mixture_inputs_are_checked_before_any_work(mixture_files, tmp_path):
     inputs.corpus_source(c.data, "")
   c.data.valid_files = b
   source = inputs.corpus_source(c.data, "")
-  assert isinstance(source, text_builder.Mixture) and source.weights == (1.0, 1.0)
-  assert list(source.documents(VALIDATION)) == list(text_builder.read_documents(b))
+  assert isinstance(source, text_sources.Mixture) and source.weights == (1.0, 1.0)
+  assert list(source.documents(VALIDATION)) == list(text_readers.read_documents(b))
 
 
 # ------------------------------------------------------------------ carve ---
 def test_carved_split_is_disjoint_identical_across_builds_and_order_free(mixture_files, tmp_path):
   a, b, c = mixture_files
   fraction = 0.2
-  carved = text_builder.Carved(text_builder.TextFiles((a, b, c), ()), fraction)
-  everything = list(text_builder.TextFiles((a, b, c), ()).documents(TRAIN))
+  carved = text_sources.Carved(text_sources.TextFiles((a, b, c), ()), fraction)
+  everything = list(text_sources.TextFiles((a, b, c), ()).documents(TRAIN))
   train, valid = list(carved.documents(TRAIN)), list(carved.documents(VALIDATION))
   assert sorted(train + valid) == sorted(everything)  # together: every document once
   assert not {tuple(d) for d in train} & {tuple(d) for d in valid}  # disjoint
   n = len(everything)  # a hash below `fraction`: binomial(n, fraction)
   assert abs(len(valid) - fraction * n) <= 4 * (n * fraction * (1 - fraction)) ** 0.5
   # Another order of the files (or another mixture of them) carves the same documents.
-  other = text_builder.Carved(text_builder.TextFiles((c, b, a), ()), fraction)
+  other = text_sources.Carved(text_sources.TextFiles((c, b, a), ()), fraction)
   assert sorted(other.documents(VALIDATION)) == sorted(valid)
   # Two builds: the same dataset name (fingerprint) and the same records.
   tok_path = tokenizer_lib.train_tokenizer([c], VOCAB, str(tmp_path / "spm"))
   built = [text_builder.build_from_source(
-      text_builder.Carved(text_builder.TextFiles((a, c), ()), fraction), tok_path,
+      text_sources.Carved(text_sources.TextFiles((a, c), ()), fraction), tok_path,
       str(tmp_path / f"out{i}")) for i in range(2)]
   assert os.path.basename(built[0]) == os.path.basename(built[1])
   for split in (TRAIN, VALIDATION):
@@ -328,7 +329,7 @@ def test_tfds_splits_are_checked_before_anything_runs(tmp_path, monkeypatch):
 
   # Sliced splits pass; a dataset without a validation split is carved.
   c.data.update(tfds_data_dir=src, tfds_train_split="train[:30]", tfds_valid_split="train[30:]")
-  assert isinstance(inputs.corpus_source(c.data, ""), text_builder.TfdsText)
+  assert isinstance(inputs.corpus_source(c.data, ""), text_sources.TfdsText)
   c.data.update(tfds_train_split="train", tfds_valid_split="validation", valid_fraction=0.25)
   result = prepare_lib.prepare(c, str(tmp_path / "carved"), workers=1, say=lambda line: None)
   splits = result["splits"]
@@ -349,8 +350,8 @@ def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
                   valid_fraction=0.25)
   source = inputs.corpus_source(c.data, "")
   mix = source.source
-  assert isinstance(mix, text_builder.Mixture)
-  assert isinstance(mix.parts[0], text_builder.TfdsText) and mix.parts[0].train_split == "train"
+  assert isinstance(mix, text_sources.Mixture)
+  assert isinstance(mix.parts[0], text_sources.TfdsText) and mix.parts[0].train_split == "train"
   wiki = list(mix.parts[0].documents(TRAIN))
   stream = list(mix.documents(TRAIN))
   from_wiki = [doc for doc in stream if doc in wiki]

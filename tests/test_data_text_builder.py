@@ -8,7 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tokendrop_jax.data import demo_corpus
-from tokendrop_jax.data import text_builder
+from tokendrop_jax.data import text_builder, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 
 
@@ -154,7 +154,7 @@ def test_tfds_source_by_name(tok, tmp_path):
 def test_tfds_source_mock_data():
   # mock_data fakes every builder's data_dir, so only the reading side is run under it.
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-    source = text_builder.TfdsText("lm1b", "text", validation_split="test")
-    docs = list(source.documents(text_builder.TRAIN))
+    source = text_sources.TfdsText("lm1b", "text", validation_split="test")
+    docs = list(source.documents(text_sources.TRAIN))
   assert len(docs) == 12
   assert all(isinstance(s, str) and s.strip() for d in docs for s in d)

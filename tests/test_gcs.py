@@ -21,7 +21,7 @@ from absl import flags
 
 from tests import gcs_emulator
 from tests.resume_checks import final_state, losses
-from tokendrop_jax import files
+from tokendrop_jax import files, mirror as mirror_lib
 
 flags.FLAGS.mark_as_parsed()
 
@@ -57,16 +57,15 @@ def test_write_read_list_glob_remove(root):
 
 
 def test_read_lines_of_gz_and_bad_utf8_name_the_file(root):
-  from tokendrop_jax.data import tokenizer as tokenizer_lib
   good, bad = files.join(root, "t.txt.gz"), files.join(root, "bad.txt")
   files.atomic_write(good, gzip.compress("one\ntwo\n".encode()))
   files.atomic_write(bad, b"ok\n\xff\n")
-  assert list(tokenizer_lib.read_lines(good)) == ["one", "two"]
-  assert tokenizer_lib.expand_files(files.join(root, "*.gz")) == [good]
+  assert list(files.read_lines(good)) == ["one", "two"]
+  assert files.expand(files.join(root, "*.gz")) == [good]
   with pytest.raises(ValueError, match=r"bad\.txt: not valid UTF-8 at line 2"):
-    list(tokenizer_lib.read_lines(bad))
+    list(files.read_lines(bad))
   with pytest.raises(FileNotFoundError, match="data.train_files: no file matches"):
-    tokenizer_lib.expand_files(files.join(root, "none*.txt"), "data.train_files")
+    files.expand(files.join(root, "none*.txt"), "data.train_files")
 
 
 def test_publish_dir_writes_the_marker_last_and_local_copy_follows_it(root, tmp_path,
@@ -139,7 +138,7 @@ def test_a_grown_file_uploads_only_its_new_bytes(gcs):
   object by compose); a rewritten file (a resume's truncation) goes whole again."""
   del gcs
   root = f"gs://{gcs_emulator.BUCKET}/append-{uuid.uuid4().hex[:8]}"
-  mirror = files.Mirror(root, interval_s=3600.0)
+  mirror = mirror_lib.Mirror(root, interval_s=3600.0)
   local = mirror.path("log.txt")
   with open(local, "a") as f:
     f.write("a" * 1000 + "\n")

@@ -21,6 +21,7 @@ from tokendrop_jax import config_lib, export
 from tokendrop_jax import import_hf as import_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.data import wordpiece
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import checkpoint, loop, pretrained
 from tokendrop_jax.training import workdir as workdir_lib
@@ -66,7 +67,7 @@ def corpus(tmp_path_factory):
   """The demo corpus and a WordPiece vocab.txt of VOCAB pieces trained on it."""
   root = tmp_path_factory.mktemp("hf_corpus")
   train, valid = demo_corpus.write_demo_corpus(str(root / "corpus"), max_bytes=400_000)
-  vocab = tokenizer_lib.train_wordpiece(train, VOCAB, str(root / "vocab.txt"))
+  vocab = wordpiece.train_wordpiece(train, VOCAB, str(root / "vocab.txt"))
   return root, train, valid, vocab
 
 

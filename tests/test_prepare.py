@@ -21,7 +21,7 @@ from absl import flags
 
 from tests.test_config import load
 from tokendrop_jax import prepare as prepare_lib
-from tokendrop_jax.data import demo_corpus, text_builder
+from tokendrop_jax.data import demo_corpus, encode_pool, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.training import inputs, loop
 
@@ -189,7 +189,7 @@ def test_rerun_with_other_inputs_refuses_and_keeps_everything(prepared, corpus):
 
 
 def test_parallel_build_writes_the_serial_bytes(prepared, corpus, tmp_path, monkeypatch):
-  monkeypatch.setattr(text_builder, "_ENCODE_CHUNK", 50)  # many chunks (made in this process)
+  monkeypatch.setattr(encode_pool, "_ENCODE_CHUNK", 50)  # many chunks (made in this process)
   pools = []
 
   class RecordingPool(concurrent.futures.ProcessPoolExecutor):

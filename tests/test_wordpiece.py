@@ -13,6 +13,7 @@ from tokendrop_jax import config_lib
 from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.data import wordpiece
 from tokendrop_jax.training import inputs
 from tokendrop_jax.training import workdir as workdir_lib
 
@@ -37,7 +38,7 @@ def corpus(tmp_path_factory):
 def trained(request, corpus, tmp_path_factory):
   lowercase = request.param
   d = tmp_path_factory.mktemp("wp_vocab")
-  path = tokenizer_lib.train_wordpiece([corpus[0]], 700, str(d / "vocab.txt"), lowercase=lowercase)
+  path = wordpiece.train_wordpiece([corpus[0]], 700, str(d / "vocab.txt"), lowercase=lowercase)
   return path, lowercase
 
 
@@ -55,7 +56,7 @@ def test_trained_vocab_equals_bert_tokenizer_fast(trained, corpus, tmp_path):
   path, lowercase = trained
   pieces = open(path, encoding="utf-8").read().split("\n")[:-1]
   assert len(pieces) == 700 and pieces[:5] == list(tokenizer_lib.SPECIAL_PIECES)
-  again = tokenizer_lib.train_wordpiece([corpus[0]], 700, str(tmp_path / "again.txt"),
+  again = wordpiece.train_wordpiece([corpus[0]], 700, str(tmp_path / "again.txt"),
                                         lowercase=lowercase)
   assert open(again, "rb").read() == open(path, "rb").read()  # deterministic
   tok = tokenizer_lib.load_tokenizer(path)  # lowercase inferred from the pieces

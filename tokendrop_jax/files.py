@@ -9,7 +9,7 @@ fsspec file system (gcsfs for gs://, pinned in requirements.txt).
 What differs on a bucket, and how it is handled here:
   * An object is written whole or not at all, so `atomic_write` writes it
     directly; a local file goes through a temp file and a rename.
-  * There is no append: `Mirror` keeps a local copy of a growing file
+  * There is no append: `mirror.Mirror` keeps a local copy of a growing file
     (metrics.jsonl, TensorBoard events) and uploads it after each change.
   * A folder is not renamed atomically: `publish_dir` uploads a folder built
     locally and writes its marker file last, which readers wait for.
@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import builtins
 import glob as glob_lib
+import gzip
 import hashlib
 import json
-import logging
-import math
 import os
 import socket
 import shutil
 import tempfile
-import threading
-import time
-from typing import Any, Callable
+from typing import Any, Iterator, Sequence
 
 from etils import epath
 
@@ -164,6 +161,41 @@ def has_magic(pattern: str) -> bool:
   return glob_lib.has_magic(os.fspath(pattern))
 
 
+def expand(patterns: Sequence[str] | str, what: str = "input_files") -> list[str]:
+  """Expands paths/globs (local or gs://) in order; a pattern that matches nothing
+  is an error."""
+  if isinstance(patterns, (str, os.PathLike)):
+    patterns = [patterns]
+  out = []
+  for p in patterns:
+    p = os.fspath(p)
+    matches = glob(p) if has_magic(p) else ([p] if exists(p) else [])
+    if not matches:
+      raise FileNotFoundError(f"{what}: no file matches {p!r}")
+    for m in matches:
+      if isdir(m):
+        raise IsADirectoryError(f"{what}: {m!r} is a directory, expected a text file")
+    out.extend(matches)
+  if not out:
+    raise ValueError(f"{what}: no input files given")
+  return out
+
+
+def read_lines(path: str) -> Iterator[str]:
+  """Lines of a .txt or .txt.gz file (local or gs://) without the newline; names the
+  file on bad UTF-8."""
+  lineno = 0
+  try:
+    with open(path, "rb") as raw_file:
+      f = gzip.GzipFile(fileobj=raw_file) if path.endswith(".gz") else raw_file
+      for lineno, raw in enumerate(f, 1):  # decoded per line: errors carry the line number
+        yield raw.decode("utf-8").rstrip("\r\n")
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not valid UTF-8 at line {lineno}: {e}") from None
+  except (OSError, EOFError) as e:  # e.g. a truncated or fake .gz
+    raise ValueError(f"{path}: cannot read: {e}") from None
+
+
 # ------------------------------------------------------------------ writes ---
 def atomic_write(target, data: str | bytes) -> None:
   """Writes `data` to `target` so that a reader sees the old file or the new one.
@@ -193,6 +225,25 @@ def write_json(target, obj: Any) -> None:
   atomic_write(target, json.dumps(obj, indent=2))
 
 
+def write_bytes(target, data: bytes) -> None:
+  """`data` written to `target` in one go, no temp file: for a bucket object, which is
+  whole or absent anyway (the mirror's uploads)."""
+  epath.Path(target).write_bytes(data)
+
+
+def append_bytes(target: str, data: bytes) -> None:
+  """`data` appended to the bucket object `target` (a bucket has no append): uploaded
+  beside it, then composed."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  tail = f"{target}.tail-{socket.gethostname()}-{os.getpid()}"
+  epath.Path(tail).write_bytes(data)
+  fs = fsspec.filesystem(target.split("://", 1)[0])
+  try:
+    fs.merge(target, [target, tail])
+  finally:
+    fs.rm(tail)
+
+
 def copy_file(src, target) -> None:
   """Copies one file (either side local or remote), atomically as `atomic_write`."""
   if not is_remote(src) and not is_remote(target):
@@ -213,7 +264,7 @@ def copy_file(src, target) -> None:
     shutil.copyfileobj(fin, fout, 1 << 24)
 
 
-def _files_under(root) -> list[str]:
+def files_under(root) -> list[str]:
   """Relative paths ('/'-separated) of the files under `root`, sorted."""
   out, stack = [], [(epath.Path(root), "")]
   while stack:
@@ -237,7 +288,7 @@ def publish_dir(built, target, last: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     os.rename(built, target)
     return
-  names = [n for n in _files_under(built) if n != last]
+  names = [n for n in files_under(built) if n != last]
   for name in names + [last]:
     copy_file(os.path.join(built, name), join(target, name))
 
@@ -267,7 +318,7 @@ def local_copy(remote_dir, marker: str) -> str:
   os.makedirs(cache_root(), exist_ok=True)
   tmp = tempfile.mkdtemp(dir=cache_root(), prefix=".copy-")
   try:
-    names = [n for n in _files_under(remote_dir) if n != marker]
+    names = [n for n in files_under(remote_dir) if n != marker]
     for name in names + [marker]:
       os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
       with open(join(remote_dir, name), "rb") as fin, builtins.open(
@@ -281,142 +332,3 @@ def local_copy(remote_dir, marker: str) -> str:
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return final
-
-
-
-# ------------------------------------------------------------------ mirror ---
-class Mirror:
-  """A local working copy of a folder that lives in a bucket (or locally).
-
-  Files appended to (metrics.jsonl, TensorBoard events) are written under `local`;
-  for a bucket, a background thread uploads the ones that changed at most once every
-  `interval_s` (an object store has no append), so the step loop never
-  waits on the network and a long run uploads its metrics a bounded number of times
-  per hour, not once per record. A file that only grew since its last upload sends
-  just the new bytes, appended to the object by a server-side compose, so a record
-  costs its own bytes however long the run. `sync()` asks for an upload; `flush()`
-  uploads now and waits (checkpoints, exit); `close()` flushes. Writers hold `lock` while they
-  append, so an upload never carries half a record. For a local target, `local` is
-  the target itself and all of this does nothing.
-  """
-
-  def __init__(self, target, names: tuple[str, ...] = (), interval_s: float = 30.0):
-    self.target = resolve(target)
-    self.remote = is_remote(self.target)
-    self.lock = threading.Lock()
-    self.before_upload: Callable[[], None] | None = None  # e.g. a TensorBoard writer's flush
-    if not self.remote:
-      makedirs(self.target)
-      self.local = self.target
-      return
-    self.local = tempfile.mkdtemp(prefix="tokendrop-mirror-")
-    self._sent: dict[str, tuple[int, int]] = {}
-    for name in names:  # files to continue (e.g. metrics.jsonl on resume)
-      if exists(join(self.target, name)):
-        dst = os.path.join(self.local, name)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with builtins.open(dst, "wb") as f:
-          f.write(read_bytes(join(self.target, name)))
-        self._sent[name] = self._stamp(dst)
-    self.interval_s = interval_s
-    self.uploads = 0          # objects uploaded (the benchmark reads these)
-    self.bytes_uploaded = 0
-    self._error: BaseException | None = None
-    self._wanted = threading.Event()
-    self._stopping = threading.Event()
-    self._upload_lock = threading.Lock()  # one upload at a time: thread or flush
-    self._thread = threading.Thread(target=self._loop, name="tokendrop-mirror", daemon=True)
-    self._thread.start()
-
-  @staticmethod
-  def _stamp(path: str) -> tuple[int, int, int]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns, st.st_ino  # a rewrite (truncate_after) is a new inode
-
-  def path(self, *names: str) -> str:
-    return os.path.join(self.local, *names)
-
-  def _upload_changed(self) -> None:
-    with self._upload_lock:
-      with self.lock:  # a consistent snapshot: no record half written
-        if self.before_upload is not None:
-          self.before_upload()
-        changed = []
-        for name in _files_under(self.local):
-          local = os.path.join(self.local, name)
-          stamp, sent = self._stamp(local), self._sent.get(name)
-          if sent == stamp:
-            continue
-          # Grown in place since the last upload: only the new bytes go (appended to the
-          # object by a server-side compose); anything else: the whole file.
-          offset = sent[0] if sent and sent[2] == stamp[2] and sent[0] <= stamp[0] else 0
-          with builtins.open(local, "rb") as f:
-            f.seek(offset)
-            changed.append((name, stamp, offset, f.read(stamp[0] - offset)))
-      for name, stamp, offset, data in changed:  # the network, outside the writers' lock
-        target = join(self.target, name)
-        if offset:
-          try:
-            self._append(target, data)
-          except Exception:  # pylint: disable=broad-except  (no compose: a zonal bucket)
-            self._sent.pop(name, None)  # the whole file at the next upload
-            raise
-        else:
-          epath.Path(target).write_bytes(data)
-        self._sent[name] = stamp
-        self.uploads += 1
-        self.bytes_uploaded += len(data)
-
-  @staticmethod
-  def _append(target: str, data: bytes) -> None:
-    """`data` appended to the object `target`: uploaded beside it, then composed."""
-    import fsspec  # pylint: disable=import-outside-toplevel
-    tail = f"{target}.tail-{socket.gethostname()}-{os.getpid()}"
-    epath.Path(tail).write_bytes(data)
-    fs = fsspec.filesystem(target.split("://", 1)[0])
-    try:
-      fs.merge(target, [target, tail])
-    finally:
-      fs.rm(tail)
-
-  def _loop(self) -> None:
-    last = -math.inf
-    while True:
-      self._wanted.wait()
-      wait = last + self.interval_s - time.monotonic()
-      if self._stopping.is_set() or (wait > 0 and self._stopping.wait(wait)):
-        return  # close() uploads what is left
-      self._wanted.clear()
-      try:
-        self._upload_changed()
-        self._error = None
-      except Exception as e:  # pylint: disable=broad-except  (retried at the next sync)
-        if self._error is None:
-          logging.warning("Uploading to %s failed (%s); retrying at the next record, and "
-                          "checkpoints wait for it.", self.target, e)
-        self._error = e
-      last = time.monotonic()
-
-  def sync(self) -> None:
-    """Asks the background thread for an upload of what changed (returns at once)."""
-    if self.remote:
-      self._wanted.set()
-
-  def flush(self) -> None:
-    """What was written is in the target: uploaded now (a bucket; raises if it cannot),
-    or, for a local target, its writers flushed (`before_upload`)."""
-    if self.remote:
-      self._upload_changed()
-    elif self.before_upload is not None:
-      with self.lock:
-        self.before_upload()
-
-  def close(self) -> None:
-    if self.remote:
-      self._stopping.set()
-      self._wanted.set()
-      self._thread.join()
-      try:
-        self.flush()
-      finally:
-        shutil.rmtree(self.local, ignore_errors=True)

@@ -266,7 +266,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg, where: str) -> tuple[
 def read_tokenizer(hf_dir: str):
   """DIR's WordPiece tokenizer: tokenizer.json, else vocab.txt with
   tokenizer_config.json's do_lower_case (inferred from the vocabulary without it)."""
-  from tokendrop_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.data import wordpiece as tokenizer_lib  # pylint: disable=g-import-not-at-top
   tok_json = files.join(hf_dir, "tokenizer.json")
   if files.isfile(tok_json):
     return tokenizer_lib.WordPieceTokenizer.from_json(tok_json)

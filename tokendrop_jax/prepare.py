@@ -53,11 +53,10 @@ def _sha256(path: str) -> str:
 
 def _stamps(patterns, field: str) -> dict[str, list[int]]:
   """{absolute path: [size, mtime_ns]} of the files a config field names."""
-  from tokendrop_jax.data import tokenizer as tokenizer_lib
   out = {}
   if not patterns:  # e.g. a mixture of TFDS datasets only
     return out
-  for p in tokenizer_lib.expand_files(patterns, field):
+  for p in files.expand(patterns, field):
     out[files.resolve(p)] = files.size_and_mtime(p)
   return out
 
@@ -114,8 +113,8 @@ def recipe(config) -> dict:
   elif not data.tfds_name and not data.demo_corpus:
     out["data.valid_files"] = _stamps(data.valid_files.split(","), "data.valid_files")
     listed += list(out["data.valid_files"])
-  from tokendrop_jax.data import text_builder
-  if any(text_builder.file_format(p) != "text" for p in listed):
+  from tokendrop_jax.data import text_readers
+  if any(text_readers.file_format(p) != "text" for p in listed):
     out["data.text_field"] = data.text_field
   return out
 

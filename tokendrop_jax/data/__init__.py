@@ -1,9 +1,12 @@
 """Data: text -> tokenizer -> TFDS/ArrayRecord corpus -> grain batches.
 
-  tokenizer.py     SentencePiece or WordPiece (BERT's vocab.txt); [PAD] [UNK] [CLS] [SEP]
-                   [MASK] found by name at any ids (ours 0..4); load_tokenizer
-  text_builder.py  sources (text/JSONL/Parquet files, TFDS, mixtures, carved validation),
-                   build_corpus / build_from_source, load_token_counts, open_split
+  tokenizer.py     SentencePiece; [PAD] [UNK] [CLS] [SEP] [MASK] found by name at any
+                   ids (ours 0..4); load_tokenizer (either kind)
+  wordpiece.py     BERT's WordPiece (vocab.txt or tokenizer.json) and its trainer
+  text_readers.py  documents of one text, JSON-lines or Parquet file
+  text_sources.py  sources (files, TFDS, mixtures, carved validation)
+  encode_pool.py   documents -> token ids, in a process pool
+  text_builder.py  build_corpus / build_from_source, load_token_counts, open_split
   pipeline.py      make_pretrain_iterator / make_eval_iterator (packing, masking; one virtual shard)
   shards.py        ShardedIterator: the virtual shards a process reads, as one iterator
   demo_corpus.py   write_demo_corpus: ~1.5 MB of English from the standard library

@@ -19,8 +19,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from tokendrop_jax import config_lib, files
-from tokendrop_jax.data import demo_corpus, pipeline, text_builder
+from tokendrop_jax.data import demo_corpus, pipeline, text_builder, text_readers, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.data import wordpiece
 from tokendrop_jax.data.shards import ShardedIterator
 from tokendrop_jax.training import host_rows
 from tokendrop_jax.training import workdir as workdir_lib
@@ -46,7 +47,7 @@ def _sample_file(source, corpus_dir: str) -> str:
   files.makedirs(corpus_dir)
   n, tmp = 0, path + ".tmp"
   with files.open(tmp, "w") as f:
-    for doc in source.documents(text_builder.TRAIN):
+    for doc in source.documents(text_sources.TRAIN):
       f.write("\n".join(doc) + "\n\n")
       n += len(doc)
       if n >= TOKENIZER_TRAINING_SENTENCES:
@@ -59,14 +60,14 @@ def tokenizer_files(source, corpus_dir: str) -> list[str]:
   """Text files to train the tokenizer on: plain-text train files as they are; for any
   other source (JSON lines, Parquet, TFDS, a mixture, a carved split) a file of its
   train split's first TOKENIZER_TRAINING_SENTENCES sentences, written into `corpus_dir`."""
-  if isinstance(source, text_builder.TextFiles) and all(
-      text_builder.file_format(p) == "text" for p in source.train):
+  if isinstance(source, text_sources.TextFiles) and all(
+      text_readers.file_format(p) == "text" for p in source.train):
     return list(source.train)
   return [_sample_file(source, corpus_dir)]
 
 
-def tfds_source(data) -> text_builder.TfdsText:
-  return text_builder.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
+def tfds_source(data) -> text_sources.TfdsText:
+  return text_sources.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
                                data.tfds_valid_split, data.tfds_data_dir or None)
 
 
@@ -125,7 +126,7 @@ def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
   sources = data.train_files.split(","), data.valid_files.split(",") if data.valid_files else []
   for field, patterns in zip(("data.train_files", "data.valid_files"), sources):
     if patterns:
-      tokenizer_lib.expand_files(patterns, field)  # a missing file, named by its field
+      files.expand(patterns, field)  # a missing file, named by its field
   return sources
 
 
@@ -137,10 +138,10 @@ def need_validation(data, field: str) -> None:
 
 def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
   """The files `patterns` match; .jsonl/.parquet ones checked for `text_field`."""
-  paths = tokenizer_lib.expand_files(patterns, field)
+  paths = files.expand(patterns, field)
   for path in paths:
     try:
-      text_builder.check_file(path, text_field)
+      text_readers.check_file(path, text_field)
     except KeyError as e:
       raise ValueError(f"data.text_field={text_field!r}: {e.args[0]}") from None
     except ValueError as e:
@@ -148,37 +149,37 @@ def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
   return tuple(paths)
 
 
-def _mixture(data, carve: bool) -> text_builder.Mixture:
+def _mixture(data, carve: bool) -> text_sources.Mixture:
   parts, weights = [], []
   for pattern, weight in config_lib.mixture_sources(data.sources):
     name = config_lib.tfds_member(pattern)
     if name:  # its data.tfds_train_split, field data.tfds_text_field, in data.tfds_data_dir
       check_tfds_splits(data, name, f"data.sources ({pattern})")
-      part = text_builder.TfdsText(name, data.tfds_text_field, data.tfds_train_split,
+      part = text_sources.TfdsText(name, data.tfds_text_field, data.tfds_train_split,
                                    data.tfds_valid_split, data.tfds_data_dir or None)
     else:
       paths = _checked_files([pattern], f"data.sources ({pattern})", data.text_field)
-      part = text_builder.TextFiles(paths, (), data.text_field)
-    if next(part.documents(text_builder.TRAIN), None) is None:
+      part = text_sources.TextFiles(paths, (), data.text_field)
+    if next(part.documents(text_sources.TRAIN), None) is None:
       raise ValueError(f"data.sources: {pattern!r} holds no document")
     parts.append(part)
     weights.append(weight)
   valid = None
   if not carve:
     need_validation(data, "data.sources")
-    valid = text_builder.TextFiles(
+    valid = text_sources.TextFiles(
         (), _checked_files(data.valid_files.split(","), "data.valid_files", data.text_field),
         data.text_field)
-  return text_builder.Mixture(tuple(parts), tuple(weights), valid)
+  return text_sources.Mixture(tuple(parts), tuple(weights), valid)
 
 
 def corpus_source(data, corpus_dir: str):
-  """The `text_builder` source of the corpus the config names (see `text_files`).
+  """The `text_sources` source of the corpus the config names (see `text_files`).
 
   Checked before any long work, each error naming its config field: the files
   exist, .jsonl/.parquet files have `data.text_field`, the TFDS splits exist, each
   source of a mixture holds a document. `data.valid_fraction` > 0 carves the
-  validation split from the train documents (`text_builder.Carved`).
+  validation split from the train documents (`text_sources.Carved`).
   """
   carve = data.valid_fraction > 0
   found = text_files(data, corpus_dir)
@@ -190,8 +191,8 @@ def corpus_source(data, corpus_dir: str):
   else:
     train = _checked_files(found[0], "data.train_files", data.text_field)
     valid = () if carve else _checked_files(found[1], "data.valid_files", data.text_field)
-    source = text_builder.TextFiles(train, valid, data.text_field)
-  return text_builder.Carved(source, data.valid_fraction) if carve else source
+    source = text_sources.TextFiles(train, valid, data.text_field)
+  return text_sources.Carved(source, data.valid_fraction) if carve else source
 
 
 def given_tokenizer(data):
@@ -221,7 +222,7 @@ def ensure_tokenizer(config, tok_dir: str, source, corpus_dir: str):
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
     if data.tokenizer_type == "wordpiece":
       lowercase = config_lib.lowercase_option(data.lowercase)
-      tokenizer_lib.train_wordpiece(
+      wordpiece.train_wordpiece(
           sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_JSON),
           lowercase=True if lowercase is None else lowercase)
     else:
@@ -342,7 +343,7 @@ def _find_or_build(config, workdir: str) -> tuple[str, str]:
 
 
 def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
-                                           tokenizer_lib.WordPieceTokenizer]:
+                                           wordpiece.WordPieceTokenizer]:
   """Finds (prepared) or builds the tokenizer and dataset -> (local dataset_dir, tokenizer).
 
   On a pod, process 0 does it and hands the paths, or its error, to the others,
@@ -373,7 +374,7 @@ def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> Shard
   data = config.data
   threads = max(1, 4 // len(plan.shards))  # one process reads all shards on one host
   return ShardedIterator({v: pipeline.make_pretrain_iterator(
-      dataset_dir, split=text_builder.TRAIN, seq_len=data.seq_len,
+      dataset_dir, split=text_sources.TRAIN, seq_len=data.seq_len,
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
       shard_index=v, num_shards=plan.num_shards, worker_count=data.worker_count,
@@ -385,7 +386,7 @@ def eval_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> Sharde
   """`train.eval_batches` fixed validation batches of this process's virtual shards."""
   data = config.data
   return ShardedIterator({v: pipeline.make_eval_iterator(
-      dataset_dir, split=text_builder.VALIDATION, seq_len=data.seq_len,
+      dataset_dir, split=text_sources.VALIDATION, seq_len=data.seq_len,
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
       shard_index=v, num_shards=plan.num_shards, num_batches=config.train.eval_batches,

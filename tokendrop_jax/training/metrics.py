@@ -4,7 +4,7 @@ Only process 0 writes. ``metrics.jsonl`` holds one JSON object per logged step
 with a ``step`` key, a ``wall_time`` (unix seconds) unless given, and floats.
 In a bucket workdir both are written to a local mirror and uploaded in the
 background, at most every 30 s, and at every checkpoint and at exit
-(`files.Mirror`): an object store has no append, and the step loop never waits on it.
+(`mirror.Mirror`): an object store has no append, and the step loop never waits on it.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from tokendrop_jax import files
+from tokendrop_jax import files, mirror
 from tokendrop_jax.training import workdir as workdir_lib
 
 
@@ -68,7 +68,7 @@ class MetricsWriter:
     self._mirror = None
     if not self.is_main:
       return
-    self._mirror = files.Mirror(workdir, names=(workdir_lib.METRICS_FILE,))
+    self._mirror = mirror.Mirror(workdir, names=(workdir_lib.METRICS_FILE,))
     local = self._mirror.path(workdir_lib.METRICS_FILE)
     if resume_step is not None:
       truncate_after(local, resume_step)

@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from tokendrop_jax import config_lib, files
-from tokendrop_jax.data.tokenizer import Tokenizer, WordPieceTokenizer, load_tokenizer
+from tokendrop_jax.data.tokenizer import Tokenizer, load_tokenizer
+from tokendrop_jax.data.wordpiece import WordPieceTokenizer
 from tokendrop_jax.model.bert import BertConfig
 from tokendrop_jax.training import fingerprint
 from tokendrop_jax.training import workdir as workdir_lib
