@@ -40,7 +40,7 @@ def peer_step_fn(config):
   import optax
   from transformers import BertConfig, FlaxBertForMaskedLM
 
-  from tokendrop_jax.export import HF_HIDDEN_ACT
+  from tokendrop_jax.hf.bert_config import HF_HIDDEN_ACT
   from tokendrop_jax.training import optim
 
   m = config.model

@@ -15,6 +15,7 @@ from tokendrop_jax import config_lib
 from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
+from tokendrop_jax.hf import bert_config, params as hf_params, tokenizer_files
 from tokendrop_jax.model.bert import BertConfig, BertForPretraining
 from tokendrop_jax.training import pretrained
 from tokendrop_jax.training import workdir as workdir_lib
@@ -84,7 +85,7 @@ def test_folder_layout(workdir, exported):
   params, config, step = pretrained.load_pretrained(workdir)
   assert step == 5
   tensors = load_file(os.path.join(exported, "model.safetensors"))
-  expected = export_lib.hf_state_dict(params, config_lib.model_config(config))
+  expected = hf_params.hf_state_dict(params, config_lib.model_config(config))
   assert set(tensors) == set(expected)
   assert "bert.encoder.layer.3.attention.self.query.weight" in tensors
   assert "cls.predictions.bias" in tensors
@@ -138,12 +139,12 @@ def test_params_that_do_not_fit_the_config(workdir):
   params, config, _ = pretrained.load_pretrained(workdir)
   cfg = config_lib.model_config(config)
   with pytest.raises(ValueError, match=r"bert/embeddings/word/embedding has shape \(300, 32\)"):
-    export_lib.hf_state_dict(params, dataclasses.replace(cfg, vocab_size=512))
+    hf_params.hf_state_dict(params, dataclasses.replace(cfg, vocab_size=512))
   with pytest.raises(ValueError, match="params have 4 layers, the config says 6"):
-    export_lib.hf_state_dict(params, dataclasses.replace(cfg, num_layers=6))
+    hf_params.hf_state_dict(params, dataclasses.replace(cfg, num_layers=6))
   del params["mlm"]["transform_norm"]
   with pytest.raises(KeyError, match="mlm/transform_norm"):
-    export_lib.hf_state_dict(params, cfg)
+    hf_params.hf_state_dict(params, cfg)
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
@@ -154,7 +155,7 @@ def test_tokenizer_json_equals_sentencepiece(model_type, tmp_path):
   text.write_text("\n".join(lines[::2]) + "\n", encoding="utf-8")
   sp = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
       str(text), 500, str(tmp_path / "sp"), model_type=model_type, num_threads=1))
-  files = export_lib.hf_tokenizer_files(sp.serialized_model_proto(), 128)
+  files = tokenizer_files.hf_tokenizer_files(sp.serialized_model_proto(), 128)
   hf = tokenizers.Tokenizer.from_str(json.dumps(files["tokenizer.json"]))
   for s in SENTENCES + lines[1::2]:  # held-out text
     assert hf.encode(s).ids == [sp.cls_id] + sp.encode(s) + [sp.sep_id], repr(s)
@@ -174,7 +175,7 @@ def test_sentencepiece_with_other_special_ids(tmp_path):
   assert (sp.pad_id, sp.unk_id, sp.cls_id, sp.sep_id, sp.mask_id) == (2, 0, 4, 1, 3)
   out = tmp_path / "hf"
   out.mkdir()
-  for name, obj in export_lib.tokenizer_files(sp, 128).items():
+  for name, obj in tokenizer_files.tokenizer_files(sp, 128).items():
     (out / name).write_text(json.dumps(obj), encoding="utf-8")
   hf = transformers.AutoTokenizer.from_pretrained(str(out))
   assert (hf.pad_token_id, hf.unk_token_id, hf.cls_token_id, hf.sep_token_id,
@@ -184,7 +185,7 @@ def test_sentencepiece_with_other_special_ids(tmp_path):
   assert hf("a [MASK]")["input_ids"][-2:] == [3, 1]
   cfg = BertConfig(vocab_size=400, hidden_size=32, num_layers=4, num_heads=2,
                    intermediate_size=64, max_position=128)
-  assert export_lib.hf_config(cfg, sp.pad_id)["pad_token_id"] == 2
+  assert bert_config.hf_config(cfg, sp.pad_id)["pad_token_id"] == 2
 
 
 def test_unsupported_tokenizer_settings(tmp_path):
@@ -197,11 +198,11 @@ def test_unsupported_tokenizer_settings(tmp_path):
   m.ParseFromString(sp.serialized_model_proto())
   m.trainer_spec.byte_fallback = True
   with pytest.raises(ValueError, match="byte_fallback"):
-    export_lib.hf_tokenizer_files(m.SerializeToString(), 128)
+    tokenizer_files.hf_tokenizer_files(m.SerializeToString(), 128)
   m.trainer_spec.byte_fallback = False
   m.trainer_spec.model_type = pb.TrainerSpec.ModelType.Value("WORD")
   with pytest.raises(ValueError, match="WORD cannot be converted"):
-    export_lib.hf_tokenizer_files(m.SerializeToString(), 128)
+    tokenizer_files.hf_tokenizer_files(m.SerializeToString(), 128)
 
 
 # ---------------------------------------------------------------------------
@@ -256,11 +257,11 @@ def test_hidden_act_logits_match_transformers(hidden_act):
 
   params = nn.unbox(BertForPretraining(cfg).init(jax.random.key(0), ids, mask, types,
                                                  positions)["params"])
-  hf_cfg = export_lib.hf_config(cfg)
+  hf_cfg = bert_config.hf_config(cfg)
   assert hf_cfg["hidden_act"] == {"gelu": "gelu", "gelu_tanh": "gelu_new"}[hidden_act]
   hf = transformers.BertForMaskedLM(transformers.BertConfig(**hf_cfg)).eval()
   tensors = {k: torch.from_numpy(np.array(v))
-             for k, v in export_lib.hf_state_dict(params, cfg).items()}
+             for k, v in hf_params.hf_state_dict(params, cfg).items()}
   missing, unexpected = hf.load_state_dict(tensors, strict=False)
   assert not unexpected and set(missing) <= {"cls.predictions.decoder.weight",
                                              "cls.predictions.decoder.bias"}  # tied

@@ -22,6 +22,7 @@ from tokendrop_jax import import_hf as import_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data import wordpiece
+from tokendrop_jax.hf import bert_config, params as hf_params, tokenizer_files, weights
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import checkpoint, loop, pretrained
 from tokendrop_jax.training import workdir as workdir_lib
@@ -72,12 +73,12 @@ def corpus(tmp_path_factory):
 
 
 def tensors(path):
-  return import_lib.read_tensors(import_lib.weight_files(str(path)))
+  return weights.read_tensors(weights.weight_files(str(path)))
 
 
 def cfg_of(act="gelu_tanh"):
   c = load("tiny")
-  import_lib.apply_model(c, hf_config({"gelu_tanh": "gelu_new", "gelu": "gelu"}[act]).to_dict())
+  bert_config.apply_model(c, hf_config({"gelu_tanh": "gelu_new", "gelu": "gelu"}[act]).to_dict())
   return config_lib.model_config(c)
 
 
@@ -112,12 +113,12 @@ def hf_logits(model, ids, mask, types):
 @pytest.mark.parametrize("act,ours", [("gelu", "gelu"), ("gelu_new", "gelu_tanh")])
 def test_mlm_logits_equal_transformers(tmp_path, act, ours):
   model = save_model(tmp_path, act=act, init_range=0.3)  # large activations: GELUs differ
-  hf = import_lib.read_hf_config(str(tmp_path))
-  assert import_lib.model_fields(hf)["hidden_act"] == ours
+  hf = bert_config.read_hf_config(str(tmp_path))
+  assert bert_config.model_fields(hf)["hidden_act"] == ours
   c = load("tiny")
-  cfg = config_lib.model_config(import_lib.apply_model(c, hf))
+  cfg = config_lib.model_config(bert_config.apply_model(c, hf))
   assert cfg.hidden_act == ours and cfg.initializer_range == 0.3
-  params, has_head = import_lib.params_from_hf(tensors(tmp_path), cfg, "test")
+  params, has_head = hf_params.params_from_hf(tensors(tmp_path), cfg, "test")
   assert has_head
   ids, mask, types = batch()
   got, want = our_logits(params, cfg, ids, mask, types), hf_logits(model, ids, mask, types)
@@ -131,8 +132,8 @@ def test_hf_tensors_round_trip_bitwise_through_the_shared_table(tmp_path):
   save_model(tmp_path)
   original = tensors(tmp_path)
   cfg = cfg_of("gelu")
-  params, _ = import_lib.params_from_hf(original, cfg, "test")
-  back = export.hf_state_dict(params, cfg)
+  params, _ = hf_params.params_from_hf(original, cfg, "test")
+  back = hf_params.hf_state_dict(params, cfg)
   assert set(back) <= set(original)
   for name, x in back.items():
     assert x.dtype == np.float32 and x.tobytes() == original[name].astype(np.float32).tobytes()
@@ -157,7 +158,7 @@ def test_bert_for_pretraining_imports_its_mlm_head(tmp_path):
   names = set(tensors(tmp_path))
   assert "cls.seq_relationship.weight" in names and "bert.pooler.dense.weight" in names
   cfg = cfg_of("gelu")
-  params, has_head = import_lib.params_from_hf(tensors(tmp_path), cfg, "test")
+  params, has_head = hf_params.params_from_hf(tensors(tmp_path), cfg, "test")
   assert has_head
   ids, mask, types = batch(1)
   np.testing.assert_allclose(our_logits(params, cfg, ids, mask, types)[mask > 0],
@@ -170,7 +171,7 @@ def test_bert_model_without_head_gives_the_encoder_only(tmp_path):
   saved = load_file(str(tmp_path / "model.safetensors"))
   assert "embeddings.word_embeddings.weight" in saved  # a BertModel saves without `bert.`
   cfg = cfg_of("gelu")
-  params, has_head = import_lib.params_from_hf(tensors(tmp_path), cfg, "test")
+  params, has_head = hf_params.params_from_hf(tensors(tmp_path), cfg, "test")
   assert not has_head and set(params) == {"bert"}
   from tokendrop_jax.model.bert import BertEncoder
   ids, mask, types = batch(2)
@@ -185,8 +186,8 @@ def test_bert_model_without_head_gives_the_encoder_only(tmp_path):
 def test_sharded_safetensors_equal_the_single_file(tmp_path):
   save_model(tmp_path / "one")
   save_model(tmp_path / "sharded", max_shard_size="20KB")
-  assert os.path.exists(tmp_path / "sharded" / import_lib.WEIGHTS_INDEX)
-  assert len(import_lib.weight_files(str(tmp_path / "sharded"))) > 2
+  assert os.path.exists(tmp_path / "sharded" / weights.WEIGHTS_INDEX)
+  assert len(weights.weight_files(str(tmp_path / "sharded"))) > 2
   one, sharded = tensors(tmp_path / "one"), tensors(tmp_path / "sharded")
   assert sorted(one) == sorted(sharded)
   for name in one:
@@ -347,7 +348,7 @@ def test_finetune_accepts_the_imported_workdir(imported):
 def test_vocab_txt_and_tokenizer_config_without_tokenizer_json(tmp_path, corpus):
   save_model(tmp_path / "hf", vocab_txt=corpus[3], tokenizer="txt")
   assert not os.path.exists(tmp_path / "hf" / "tokenizer.json")
-  tok = import_lib.read_tokenizer(str(tmp_path / "hf"))
+  tok = tokenizer_files.read_tokenizer(str(tmp_path / "hf"))
   assert tok.kind == "wordpiece" and tok.lowercase and tok.vocab_size == VOCAB
   fast = transformers.BertTokenizerFast(corpus[3], do_lower_case=True)
   for text in SENTENCES:
@@ -363,7 +364,7 @@ def test_bert_model_import_initialises_the_head_as_bert(tmp_path, corpus, caplog
     workdir = import_lib.import_hf(str(tmp_path / "hf"), str(tmp_path / "w"), c)
   assert "no MLM head" in caplog.text
   params, _, _ = pretrained.load_pretrained(workdir)
-  encoder, _ = import_lib.params_from_hf(tensors(tmp_path / "hf"), config_lib.model_config(
+  encoder, _ = hf_params.params_from_hf(tensors(tmp_path / "hf"), config_lib.model_config(
       workdir_lib.read_config(workdir)), "test")
   for x, y in zip(jax.tree_util.tree_leaves(params["bert"]),
                   jax.tree_util.tree_leaves(encoder["bert"]), strict=True):

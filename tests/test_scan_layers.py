@@ -101,9 +101,9 @@ def test_dropout_is_drawn_per_layer_in_the_scan(setup):
 
 
 def test_export_of_a_scanned_model_is_the_unrolled_models(setup):
-  from tokendrop_jax import export
+  from tokendrop_jax.hf import params as hf_params
   params, _, _ = setup
-  a, b = export.hf_state_dict(params, CFG), export.hf_state_dict(_scanned(params), SCAN)
+  a, b = hf_params.hf_state_dict(params, CFG), hf_params.hf_state_dict(_scanned(params), SCAN)
   assert sorted(a) == sorted(b)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])

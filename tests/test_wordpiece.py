@@ -14,6 +14,7 @@ from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data import wordpiece
+from tokendrop_jax.hf import bert_config, tokenizer_files
 from tokendrop_jax.training import inputs
 from tokendrop_jax.training import workdir as workdir_lib
 
@@ -120,7 +121,7 @@ def test_export_files_load_in_transformers(trained, corpus, tmp_path):
   tok = tokenizer_lib.load_tokenizer(bert_layout(path, str(tmp_path / "vocab.txt")))
   out = tmp_path / "hf"
   out.mkdir()
-  for name, obj in export_lib.tokenizer_files(tok, 64).items():
+  for name, obj in tokenizer_files.tokenizer_files(tok, 64).items():
     (out / name).write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
   hf = transformers.AutoTokenizer.from_pretrained(str(out))
   assert type(hf).__name__ == "BertTokenizerFast" and hf.do_lower_case == lowercase
@@ -131,9 +132,9 @@ def test_export_files_load_in_transformers(trained, corpus, tmp_path):
   assert hf(lines)["input_ids"] == want
   assert hf("a [MASK] b")["input_ids"] == [101, *tok.encode("a"), 103, *tok.encode("b"), 102]
   assert (out / "vocab.txt").read_text(encoding="utf-8") == tok.vocab_txt()
-  cfg = export_lib.hf_config(config_lib.model_config(load("tiny")), tok.pad_id)
+  cfg = bert_config.hf_config(config_lib.model_config(load("tiny")), tok.pad_id)
   assert cfg["pad_token_id"] == 0
-  assert export_lib.hf_config(config_lib.model_config(load("tiny")), 7)["pad_token_id"] == 7
+  assert bert_config.hf_config(config_lib.model_config(load("tiny")), 7)["pad_token_id"] == 7
 
 
 @pytest.mark.parametrize("fields, match", [
