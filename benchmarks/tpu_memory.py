@@ -42,7 +42,7 @@ CASES = {
     "large_v5e-8": _case("bert_large", "v5e-8", "full,drop256"),
     # The largest global batch per slice (a few compiles per kind: --max_batch).
     "base_v5e-8_max_full": _case("bert_base", "v5e-8", "full", "--max_batch"),
-    "base_v5e-8_max": _case("bert_base", "v5e-8", "full,drop256", "--max_batch"),
+    "base_v5e-8_max_drop": _case("bert_base", "v5e-8", "drop256", "--max_batch"),
     "base_v5e-8_max_remat": _case("bert_base", "v5e-8", "full,drop256", "--max_batch",
                                   "--config.model.remat=full"),
     "base_v4-8_max": _case("bert_base", "v4-8", "full,drop256", "--max_batch"),
