@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from tokendrop_jax import files
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 
 EXPORT_META_FILE = "tokendrop_export.json"  # written last: the folder is complete
 SPACE = "\u2581"  # SentencePiece's escaped whitespace
@@ -148,7 +148,7 @@ def param_table(cfg: BertConfig) -> list[Tensor]:
 def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.ndarray]:
   """`BertForMaskedLM` tensors (float32, torch layout) from our param tree (`param_table`)."""
   if cfg.scan_layers:  # stacked blocks -> one entry per layer, as HF numbers them
-    from tokendrop_jax.model.bert import to_unrolled  # pylint: disable=g-import-not-at-top
+    from tokendrop_jax.model.encoder import to_unrolled  # pylint: disable=g-import-not-at-top
     params = {**params, "bert": to_unrolled(params["bert"], cfg)}
   n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
   if n_layers != cfg.num_layers:
