@@ -102,8 +102,8 @@ def peak_bytes_in_use():
 def run_case(config, steps: int, warmup: int) -> dict:
   import jax
 
-  from tokendrop_jax import benchmark, config_lib, flops
-  config_lib.check_platform(config)
+  from tokendrop_jax import benchmark, config_checks, flops
+  config_checks.check_platform(config)
   bench = benchmark.setup(config, "loss_ema")
   data, td = config.data, config.token_drop
   fns = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}

@@ -42,7 +42,7 @@ def layer_features(workdir: str, splits, max_seq_len: int,
   from tokendrop_jax import config_lib
   from tokendrop_jax.data import glue
   from tokendrop_jax.data.tokenizer import load_tokenizer
-  from tokendrop_jax.model.bert import BertEncoder
+  from tokendrop_jax.model.encoder import BertEncoder
   from tokendrop_jax.training import pretrained
   from tokendrop_jax.training import workdir as workdir_lib
 

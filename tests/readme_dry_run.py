@@ -5,7 +5,7 @@ commands are checked with (tests/test_readme_commands.py).
 
 The module runs as `__main__`, so it defines its flags as a user's run would; absl's
 `app.run` is replaced by a parse of the command line (an unknown or renamed flag fails
-here) and `config_lib.validate` of its --config (an unknown field, a bad value or an
+here) and `config_checks.validate` of its --config (an unknown field, a bad value or an
 unknown variant fails here; for the compile main, the --topology name too). Nothing is
 read from the paths the command names, and nothing is written.
 """
@@ -20,8 +20,8 @@ def _parse_and_validate(main, argv=None):
   flags.FLAGS(argv or sys.argv)
   f = flags.FLAGS
   if "config" in f and f.config is not None:
-    from tokendrop_jax import config_lib  # pylint: disable=import-outside-toplevel
-    config_lib.validate(f.config)
+    from tokendrop_jax import config_checks  # pylint: disable=import-outside-toplevel
+    config_checks.validate(f.config)
   if "topology" in f and f.topology:
     from tokendrop_jax.training import tpu_slice  # pylint: disable=import-outside-toplevel
     tpu_slice.parse(f.topology)

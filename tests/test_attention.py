@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tokendrop_jax import config_lib, partitioning
+from tokendrop_jax import config_checks, partitioning
 from tokendrop_jax.model import attention
-from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import sharding
 from tests.model_setup import params_batch_keep
 from tests.test_config import load
@@ -114,7 +115,7 @@ def test_unknown_kernel_and_cudnn_in_f32_are_refused_naming_the_field():
   c = load("tiny")
   c.model.attention = "flash"
   with pytest.raises(ValueError, match=r"model.attention must be one of"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   with pytest.raises(ValueError, match=r"model.attention='cudnn' runs in bfloat16 or float16"):
     attention.check("cudnn", "gpu", "float32", 0.0)
 

@@ -13,9 +13,10 @@ from tests.resume_checks import final_state, sigterm_once_training
 from tests.test_config import load
 from tests.test_model import CFG as MODEL_CFG
 from tests.test_step import B, CFG, K, OPTIM, P, S
-from tokendrop_jax import config_lib, flops, importance, synthetic
+from tokendrop_jax import config_checks, flops, importance, synthetic
 from tokendrop_jax.model import token_drop
-from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import loop, optim, state as state_lib, step as step_lib
 from tokendrop_jax.training import metrics, step_plan
 
@@ -29,7 +30,7 @@ def test_variant_options_set_the_fields():
   td = c.token_drop
   assert (td.strategy, td.layerwise, td.keep_schedule_stages, td.consistency_weight) == (
       "random", True, 4, 1.0)
-  config_lib.validate(c)
+  config_checks.validate(c)
   default = load("tiny", "loss_ema").token_drop  # the paper's method: every option off
   assert (default.layerwise, default.keep_schedule_stages, default.consistency_weight) == (
       False, 0, 0.0)
@@ -50,7 +51,7 @@ def test_bad_options_name_the_field(field, value, arg):
   c = load("tiny", arg)
   c.token_drop[field] = value
   with pytest.raises(ValueError, match=f"token_drop.{field}"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_sctd_paper_is_the_authors_settings_and_excludes_sctd():

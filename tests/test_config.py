@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIGS = ["tiny", "demo", "bench_cpu", "small", "bert_base", "bert_large"]
@@ -22,7 +22,7 @@ def load(name, arg=None):
 @pytest.mark.parametrize("variant", [None, "none", "loss_ema", "frequency", "random"])
 def test_configs_validate(name, variant):
   c = load(name, variant)
-  config_lib.validate(c)
+  config_checks.validate(c)
   assert c.token_drop.strategy == (variant or "loss_ema")
 
 
@@ -87,20 +87,20 @@ def test_bad_field_is_named(field, value, named):
   section, key = field.split(".")
   c[section][key] = value
   with pytest.raises(ValueError, match=named.replace(".", r"\.")):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_unknown_model_field():
   c = load("tiny")
   c.model.hidden = 3
   with pytest.raises(ValueError, match="model.hidden"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_full_model_needs_no_split():
   c = load("tiny", "none")
   c.model.num_layers = 2
-  config_lib.validate(c)
+  config_checks.validate(c)
 
 
 def test_every_config_file_is_covered():

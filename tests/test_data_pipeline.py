@@ -8,13 +8,14 @@ import pytest
 from absl import flags
 
 from tokendrop_jax.data import demo_corpus
+from tokendrop_jax.data import masking
 from tokendrop_jax.data import pipeline
 from tokendrop_jax.data import text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 
 flags.FLAGS.mark_as_parsed()  # grain reads absl flags
 
-SPECIAL = pipeline.SpecialIds(vocab_size=1000, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
+SPECIAL = masking.SpecialIds(vocab_size=1000, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
 N_DOCS = 120
 S = 64  # seq_len of most tests; cap = 62 content tokens per row
 
@@ -150,7 +151,7 @@ def test_mask_batch_rules():
   ids[np.arange(b), n - 1] = SPECIAL.sep_id
   ids[rng.random((b, s)) < 0.02] = SPECIAL.unk_id
   ids[5, 1:] = SPECIAL.pad_id  # a row without any maskable token
-  out = pipeline.mask_batch(ids, np.random.default_rng(1), SPECIAL, max_predictions=p)
+  out = masking.mask_batch(ids, np.random.default_rng(1), SPECIAL, max_predictions=p)
   w = out["masked_lm_weights"] > 0
   cand = ids >= 5
   n_cand = cand.sum(1)
@@ -318,6 +319,6 @@ def test_worker_slice_changes_docs_and_masks(docs):
   sliced.set_slice(slice(1, None, 2))
   rows = _rows(list(sliced))
   assert {int(r[1]) - 5 for r in rows if 5 <= r[1] < 5 + N_DOCS} <= set(range(1, N_DOCS, 2))
-  a = pipeline.batch_rng(0, 0, plain.worker, 0).random(4)
-  b = pipeline.batch_rng(0, 0, sliced.worker, 0).random(4)
+  a = masking.batch_rng(0, 0, plain.worker, 0).random(4)
+  b = masking.batch_rng(0, 0, sliced.worker, 0).random(4)
   assert not np.allclose(a, b)

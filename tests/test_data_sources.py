@@ -21,7 +21,7 @@ from absl import flags
 
 from tests import gcs_emulator
 from tests.test_config import load
-from tokendrop_jax import config_lib, files
+from tokendrop_jax import config_checks, config_fields, files
 from tokendrop_jax import prepare as prepare_lib
 from tokendrop_jax.data import demo_corpus, text_builder, text_readers, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
@@ -202,13 +202,13 @@ def test_mixture_holds_the_weights_repeating_or_sampling_each_source(mixture_fil
 
 
 def test_mixture_config_syntax_and_validation():
-  assert config_lib.mixture_sources(" gs://b/w/*.parquet@0.7, /d/books-*.txt.gz@3e-1 ") == [
+  assert config_fields.mixture_sources(" gs://b/w/*.parquet@0.7, /d/books-*.txt.gz@3e-1 ") == [
       ("gs://b/w/*.parquet", 0.7), ("/d/books-*.txt.gz", 0.3)]
-  assert config_lib.mixture_sources("/a@b/x.txt@1") == [("/a@b/x.txt", 1.0)]
+  assert config_fields.mixture_sources("/a@b/x.txt@1") == [("/a@b/x.txt", 1.0)]
   for bad in ("/d/a.txt", "@0.5", "/d/a.txt@0", "/d/a.txt@-1", "/d/a.txt@x", "/d/a.txt@inf",
               "/d/a.txt@0.5,"):
     with pytest.raises(ValueError, match="data.sources: .* is not PATTERN@WEIGHT"):
-      config_lib.mixture_sources(bad)
+      config_fields.mixture_sources(bad)
   cases = [
       (dict(sources="/d/a.txt"), "data.sources: '/d/a.txt' is not PATTERN@WEIGHT"),
       (dict(sources="/d/a.txt@1", train_files="/d/b.txt"),
@@ -229,7 +229,7 @@ def test_mixture_config_syntax_and_validation():
     c = load("tiny")  # demo_corpus=True
     c.data.update(**{"demo_corpus": False, **fields})
     with pytest.raises(ValueError, match=match):
-      config_lib.validate(c)
+      config_checks.validate(c)
 
 
 def test_mixture_inputs_are_checked_before_any_work(mixture_files, tmp_path):
@@ -364,7 +364,7 @@ def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"data.tfds_train_split='training'.*tiny_wiki_ds"):
     prepare_lib.prepare(c, str(tmp_path / "bad"), say=lambda line: None)
   with pytest.raises(ValueError, match=r"data.sources: 'tfds:@1' names no TFDS dataset"):
-    config_lib.mixture_sources(f"tfds:@1,{books}@1")
+    config_fields.mixture_sources(f"tfds:@1,{books}@1")
   monkeypatch.undo()
   assert not (tmp_path / "bad").exists()
   c.data.tfds_train_split = "train[:30]"

@@ -16,7 +16,8 @@ from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.hf import bert_config, params as hf_params, tokenizer_files
-from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import pretrained
 from tokendrop_jax.training import workdir as workdir_lib
 from tests.test_pretrained import shared_pretrain_workdir

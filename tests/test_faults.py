@@ -21,7 +21,7 @@ from absl import flags
 
 from tests.test_config import load
 from tokendrop_jax import synthetic
-from tokendrop_jax.data import demo_corpus, pipeline
+from tokendrop_jax.data import demo_corpus, masking, pipeline
 from tokendrop_jax.training import checkpoint, loop, runner
 
 flags.FLAGS.mark_as_parsed()
@@ -450,7 +450,7 @@ def test_missing_shard_names_the_file(dataset_copy):
 
 
 def test_empty_and_special_only_documents_are_skipped_with_a_count(caplog):
-  special = pipeline.SpecialIds(vocab_size=100, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
+  special = masking.SpecialIds(vocab_size=100, pad_id=0, unk_id=1, cls_id=2, sep_id=3, mask_id=4)
   rng = np.random.default_rng(0)
 
   def doc(ids, lengths):

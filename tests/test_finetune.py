@@ -13,7 +13,7 @@ from absl import flags
 
 from tests.test_config import load
 from tests.test_pretrained import shared_pretrain_workdir
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks
 from tokendrop_jax.data import glue, glue_batches
 from tokendrop_jax.training import finetune_loop, preemption, pretrained, runner
 from tokendrop_jax.training import workdir as workdir_lib
@@ -218,7 +218,7 @@ def pretrained_config(workdir, files, fields=None):
 
 def assert_encoder_loaded(config, expected_bert, expected_step):
   """The fine-tuning state at step 0 holds the pretrained encoder, a new head, no MLM."""
-  config_lib.validate(config)
+  config_checks.validate(config)
   init = pretrained.resolve_init(config)
   run = finetune_loop.build(config, glue.get_task(config.task), init.model_cfg, 64)
   bert, step = pretrained.load_encoder(init, run.layout.abstract.params["bert"],

@@ -2,7 +2,7 @@
 import pytest
 
 from tokendrop_jax import flops
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 
 CFG = BertConfig(vocab_size=10, hidden_size=4, num_layers=4, num_heads=2, intermediate_size=8)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.test_config import load
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks
 from tokendrop_jax.data import glue
 
 SST2_DIR = "/work/shared/data/sst2"
@@ -206,9 +206,9 @@ def test_glue_config_variants(task):
   assert c.optim.learning_rate == 3e-5 and c.train.num_epochs == 3
   assert c.optim.warmup_fraction == 0.1 and c.optim.warmup_steps == 0
   with pytest.raises(ValueError, match="init_from is required"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.init_from = ""
-  config_lib.validate(c)
+  config_checks.validate(c)
   # The shared sections: the same fields as pretraining's.
   pre = load("tiny")
   for section in ("model", "optim", "mesh"):
@@ -235,7 +235,7 @@ def test_glue_config_refuses_old_flat_names_naming_the_new_one(old, new):
   c.init_from = ""
   c[old] = 1
   with pytest.raises(ValueError, match=rf"config.{old} was renamed: set {new} instead"):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 @pytest.mark.parametrize("field,value,named", [
@@ -257,5 +257,5 @@ def test_glue_config_bad_fields_are_named(field, value, named):
   section, name = field.split(".")
   c[section][name] = value
   with pytest.raises(ValueError, match=named):
-    config_lib.validate(c)
+    config_checks.validate(c)
 

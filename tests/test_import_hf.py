@@ -173,7 +173,7 @@ def test_bert_model_without_head_gives_the_encoder_only(tmp_path):
   cfg = cfg_of("gelu")
   params, has_head = hf_params.params_from_hf(tensors(tmp_path), cfg, "test")
   assert not has_head and set(params) == {"bert"}
-  from tokendrop_jax.model.bert import BertEncoder
+  from tokendrop_jax.model.encoder import BertEncoder
   ids, mask, types = batch(2)
   got = np.asarray(BertEncoder(cfg).apply({"params": params["bert"]}, ids, mask, types))
   with torch.no_grad():

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks, config_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import masking
-from tokendrop_jax.data import pipeline
 from tokendrop_jax.data import text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tests import test_data_pipeline as tdp
@@ -18,12 +17,12 @@ flags.FLAGS.mark_as_parsed()  # grain reads absl flags
 V = 1000
 WORD_START = np.random.default_rng(7).random(V) < 0.55  # ~1.8 pieces a word
 WORD_START[:5] = True
-SPECIAL = pipeline.SpecialIds(V, 0, 1, 2, 3, 4, word_start=masking.pack_table(WORD_START))
+SPECIAL = masking.SpecialIds(V, 0, 1, 2, 3, 4, word_start=masking.pack_table(WORD_START))
 IS_SPECIAL = np.arange(V) < 5
 
 
 def _mask_batch_before_options(ids, rng, special, *, max_predictions, mask_prob=0.15):
-  """`pipeline.mask_batch` as it was before the masking options (frozen copy)."""
+  """`masking.mask_batch` as it was before the masking options (frozen copy)."""
   b, s = ids.shape
   p = max_predictions
   is_special = np.zeros((special.vocab_size,), bool)
@@ -95,7 +94,7 @@ def _chosen(out, shape):
 
 
 def _mask(ids, mode, seed=1, p=12, **kw):
-  return pipeline.mask_batch(ids, np.random.default_rng(seed), SPECIAL, max_predictions=p,
+  return masking.mask_batch(ids, np.random.default_rng(seed), SPECIAL, max_predictions=p,
                              masking=mode, **kw)
 
 
@@ -103,11 +102,11 @@ def _mask(ids, mode, seed=1, p=12, **kw):
 @pytest.mark.parametrize("s,p", [(64, 12), (32, 30)])  # argpartition and argsort branches
 def test_token_masking_is_bit_identical_to_before(seed, s, p):
   ids = _rows(500, s, seed)
-  plain = pipeline.SpecialIds(V, 0, 1, 2, 3, 4)
+  plain = masking.SpecialIds(V, 0, 1, 2, 3, 4)
   want = _mask_batch_before_options(ids, np.random.default_rng(seed), plain, max_predictions=p)
   for special in (plain, SPECIAL):  # a word-start table changes nothing for 'token'
-    for got in (pipeline.mask_batch(ids, np.random.default_rng(seed), special, max_predictions=p),
-                pipeline.mask_batch(ids, np.random.default_rng(seed), special, max_predictions=p,
+    for got in (masking.mask_batch(ids, np.random.default_rng(seed), special, max_predictions=p),
+                masking.mask_batch(ids, np.random.default_rng(seed), special, max_predictions=p,
                                     masking="token", max_ngram=5)):
       assert got.keys() == want.keys()
       for k in want:
@@ -263,9 +262,9 @@ def test_word_start_tables_of_both_tokenizer_kinds(tmp_path, spm_tok):
   assert wp.kind == "wordpiece"
   table = masking.word_start_table(wp)
   np.testing.assert_array_equal(table, [not p.startswith("##") for p in vocab])
-  special = pipeline.SpecialIds.of(wp, word_starts=True)
+  special = masking.SpecialIds.of(wp, word_starts=True)
   np.testing.assert_array_equal(special.word_starts(), table)
-  assert pipeline.SpecialIds.of(wp).word_start is None  # read only when asked
+  assert masking.SpecialIds.of(wp).word_start is None  # read only when asked
   ids = np.array([[wp.cls_id] + [wp.piece_to_id(p) for p in
                                  ("play", "##ing", "the", "##s", ",", "play", "##s")] + [wp.sep_id]],
                  np.int32)
@@ -282,18 +281,18 @@ def test_bad_options_name_the_field():
   with pytest.raises(ValueError, match="data.max_ngram must be an integer >= 1"):
     tdp._it(docs, masking="ngram", max_ngram=0)
   tdp._it(docs, masking="token", max_ngram=7)  # ignored by token masking
-  plain = pipeline.SpecialIds(V, 0, 1, 2, 3, 4)
+  plain = masking.SpecialIds(V, 0, 1, 2, 3, 4)
   with pytest.raises(ValueError, match="word starts"):
     tdp._it(docs, masking="whole_word", tokenizer=plain)
   c = config_lib.base_config()
   c.data.masking = "wwm"
   with pytest.raises(ValueError, match="data.masking"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.data.masking, c.data.max_ngram = "ngram", 0
   with pytest.raises(ValueError, match="data.max_ngram"):
-    config_lib.validate(c)
+    config_checks.validate(c)
   c.data.masking = "token"
-  config_lib.validate(c)  # max_ngram is not read by token masking
+  config_checks.validate(c)  # max_ngram is not read by token masking
 
 
 def test_resume_with_other_masking_is_refused_and_old_workdirs_resume(tmp_path):

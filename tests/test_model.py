@@ -8,8 +8,9 @@ import pytest
 from tests import reference_bert
 from tokendrop_jax import synthetic
 from tokendrop_jax.model import token_drop
-from tokendrop_jax.model.bert import (BertConfig, BertEncoder, BertForPretraining,
-                                      BertForSequenceClassification)
+from tokendrop_jax.model.bert import BertForPretraining, BertForSequenceClassification
+from tokendrop_jax.model.config import BertConfig
+from tokendrop_jax.model.encoder import BertEncoder
 
 CFG = BertConfig(vocab_size=50, hidden_size=16, num_layers=5, num_heads=2, intermediate_size=32,
                  max_position=16, dropout_rate=0.1, attention_dropout_rate=0.1,
@@ -213,7 +214,8 @@ def test_remat_policies_give_the_same_loss_and_gradients(setup, no_remat, remat)
 
 def test_remat_bools_are_the_old_spelling():
   """Configs and saved runs from before the policies: True = "full", False = "none"."""
-  from tokendrop_jax.model.bert import REMAT_POLICIES, remat_layer
+  from tokendrop_jax.model.config import REMAT_POLICIES
+  from tokendrop_jax.model.layers import remat_layer
   assert BertConfig(remat=True).remat == "full" and BertConfig(remat=False).remat == "none"
   assert remat_layer(BertConfig(remat=False)) is remat_layer(BertConfig()) is not (
       remat_layer(BertConfig(remat=True)))
@@ -224,18 +226,18 @@ def test_remat_bools_are_the_old_spelling():
     ("remat", "some", r"model.remat must be one of \('none', 'full', 'dots', 'dots_no_batch'\)"),
     ("hidden_act", "relu", r"model.hidden_act must be one of \('gelu_tanh', 'gelu'\)")])
 def test_unknown_remat_or_activation_is_refused_naming_the_field(field, value, match):
-  from tokendrop_jax import config_lib
+  from tokendrop_jax import config_checks
   from tests.test_config import load
   c = load("tiny")
   c.model[field] = value
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_exact_gelu_is_erf_in_the_ffn_and_the_head(setup):
   """hidden_act="gelu" swaps the activation at both sites and nothing else."""
   import math
-  from tokendrop_jax.model.bert import ACTIVATIONS
+  from tokendrop_jax.model.config import ACTIVATIONS
   _, _, params, batch = setup
   cfg = BertConfig(**{**CFG.__dict__, "hidden_act": "gelu"})
   erf = np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
@@ -293,7 +295,7 @@ def test_bf16_embedding_gradients_are_summed_in_the_param_dtype():
   from a bfloat16 table, 4096 occurrences of one id summed to 256 (bf16 stalls there).
   The rows are taken in f32 and cast after, so the sum is exact, and the forward values
   are the bfloat16 ones."""
-  from tokendrop_jax.model.bert import lookup
+  from tokendrop_jax.model.embeddings import lookup
   ids = jnp.full((64, 64), 3, jnp.int32)  # 4096 occurrences of id 3
   for dtype in (jnp.bfloat16, None):  # the word table (model dtype), token types (param dtype)
     embed = nn.Embed(8, 4, dtype=dtype)

@@ -10,8 +10,9 @@ import pytest
 
 from tests.test_config import load
 from tests.test_train_loop import final_state, losses, tiny
-from tokendrop_jax import config_lib, importance
-from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax import config_checks, config_lib, importance
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import loop, optim, preemption
 from tokendrop_jax.training import state as state_lib
 
@@ -102,4 +103,4 @@ def test_unknown_impl_is_refused_naming_the_field(config):
   if config_lib.is_glue(config):
     config.init_from = ""
   with pytest.raises(ValueError, match=r"train.prng_impl must be one of .*'philox'"):
-    config_lib.validate(config)
+    config_checks.validate(config)

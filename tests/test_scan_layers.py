@@ -10,7 +10,9 @@ import pytest
 from tests.model_setup import params_batch_keep
 from tokendrop_jax import synthetic
 from tokendrop_jax.model import token_drop
-from tokendrop_jax.model.bert import (BertConfig, BertForPretraining, to_scanned, to_unrolled)
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
+from tokendrop_jax.model.encoder import to_scanned, to_unrolled
 
 # 6 layers: split s = 2, so layers 0-1 (scanned), 2 (cross), 3-4 (scanned), 5 (last).
 CFG = BertConfig(vocab_size=50, hidden_size=16, num_layers=6, num_heads=2, intermediate_size=32,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tokendrop_jax import importance, synthetic
-from tokendrop_jax.model.bert import BertConfig, BertForPretraining
+from tokendrop_jax.model.bert import BertForPretraining
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import optim, state as state_lib, step as step_lib
 
 CFG = BertConfig(vocab_size=64, hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32,
@@ -138,7 +139,7 @@ def test_a_new_strategy_is_one_definition():
   """Registering a Strategy is all it takes: configs accept it, the step plan drops with
   it, and the train step scores and updates with its functions."""
   from tests.test_config import load
-  from tokendrop_jax import config_lib
+  from tokendrop_jax import config_checks, config_lib
   from tokendrop_jax.training import step_plan
 
   seen_ids = []
@@ -155,10 +156,10 @@ def test_a_new_strategy_is_one_definition():
           jnp.arange(ids.shape[1], dtype=jnp.float32), ids.shape), update=count_update))
   try:
     c = load("tiny", "ema_twin")
-    config_lib.validate(c)
+    config_checks.validate(c)
     assert step_plan.kinds(c) == step_plan.kinds(load("tiny", "loss_ema"))
     with pytest.raises(ValueError, match="token_drop.layerwise needs"):
-      config_lib.validate(config_lib.apply_variant(load("tiny"), "leftmost+layerwise"))
+      config_checks.validate(config_lib.apply_variant(load("tiny"), "leftmost+layerwise"))
     batch = synthetic.mlm_batch(0, B, S, P, CFG.vocab_size)
     # Same functions as loss_ema: the very same update, bit for bit.
     (s_twin, step_twin), (s_ema, step_ema) = _setup(twin.name), _setup("loss_ema")

@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 
 from tests.test_config import load
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks, config_fields, config_lib
 from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
 from tokendrop_jax.data import tokenizer as tokenizer_lib
@@ -150,16 +150,16 @@ def test_config_fields_are_checked(fields, match):
   c = load("tiny")
   c.data.update(**fields)
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(c)
+    config_checks.validate(c)
 
 
 def test_config_fields_accepted():
   c = load("tiny")
   c.data.update(tokenizer_type="wordpiece", lowercase=False)
-  config_lib.validate(c)
+  config_checks.validate(c)
   c.data.update(tokenizer_type="unigram", tokenizer_model="/x/vocab.txt", lowercase=None)
-  config_lib.validate(c)
-  assert [config_lib.lowercase_option(v) for v in ("auto", None, True, False)] == [
+  config_checks.validate(c)
+  assert [config_fields.lowercase_option(v) for v in ("auto", None, True, False)] == [
       None, None, True, False]
 
 

@@ -109,11 +109,11 @@ def setup(config, strategy: str = "loss_ema") -> Setup:
   import flax.linen as nn
   import jax
 
-  from tokendrop_jax import config_lib, importance, synthetic
+  from tokendrop_jax import config_checks, config_lib, importance, synthetic
   from tokendrop_jax.model.bert import BertForPretraining
   from tokendrop_jax.training import optim, sharding, state as state_lib, step_plan
 
-  config_lib.validate(config)
+  config_checks.validate(config)
   cfg = config_lib.model_config(config)
   data, td = config.data, config.token_drop
   model = BertForPretraining(cfg)

@@ -37,7 +37,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from tokendrop_jax import config_lib
-  cli.refuse_renamed_flags(sys.argv, config_lib.GLUE_RENAMED)
+  from tokendrop_jax import config_checks
+  cli.refuse_renamed_flags(sys.argv, config_checks.GLUE_RENAMED)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

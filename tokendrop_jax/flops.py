@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 
 
 def layer_flops(cfg: BertConfig, n_queries: int, n_keys: int) -> int:

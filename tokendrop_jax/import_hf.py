@@ -65,7 +65,7 @@ def initial_state(config, tok, imported: dict, has_head: bool, workdir: str):
   import jax  # pylint: disable=g-import-not-at-top
   from tokendrop_jax import config_lib, importance  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.data import text_builder  # pylint: disable=g-import-not-at-top
-  from tokendrop_jax.model.bert import to_scanned  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax.model.encoder import to_scanned  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import inputs, loop  # pylint: disable=g-import-not-at-top
   counts = None
   if importance.get(config.token_drop.strategy).needs_counts:
@@ -100,7 +100,7 @@ def import_hf(hf_dir: str, workdir: str, config, explicit: Iterable[str] = ()) -
   must agree). Everything is checked before anything is written; on failure
   nothing is left behind.
   """
-  from tokendrop_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tokendrop_jax import config_checks, config_lib  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import checkpoint  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -112,7 +112,7 @@ def import_hf(hf_dir: str, workdir: str, config, explicit: Iterable[str] = ()) -
   config = bert_config.apply_model(config, hf, explicit, config_json)
   if "tokenizer_type" in config.data:  # says what W's tokenizer is; it is never retrained
     config.data.tokenizer_type = "wordpiece"
-  config_lib.validate(config)
+  config_checks.validate(config)
   cfg = config_lib.model_config(config)
   paths = weights.weight_files(hf_dir)
   where = paths[0] if len(paths) == 1 else files.join(hf_dir, weights.WEIGHTS_INDEX)

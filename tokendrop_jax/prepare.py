@@ -93,12 +93,12 @@ def recipe(config) -> dict:
   elif data.demo_corpus:
     out["data.demo_corpus"] = True
   elif data.sources:
-    from tokendrop_jax import config_lib
-    mixture = config_lib.mixture_sources(data.sources)
+    from tokendrop_jax import config_fields
+    mixture = config_fields.mixture_sources(data.sources)
     out["data.sources"] = ",".join(f"{pattern}@{weight:g}" for pattern, weight in mixture)
     out["files of data.sources"] = _stamps(
-        [p for p, _ in mixture if not config_lib.tfds_member(p)], "data.sources")
-    if any(config_lib.tfds_member(p) for p, _ in mixture):  # what its TFDS members read
+        [p for p, _ in mixture if not config_fields.tfds_member(p)], "data.sources")
+    if any(config_fields.tfds_member(p) for p, _ in mixture):  # what its TFDS members read
       for k in ("tfds_text_field", "tfds_train_split", "tfds_data_dir"):
         out[f"data.{k}"] = data[k]
     if not carve:
@@ -330,11 +330,11 @@ def _build(config, output: str, staging: str, workers: int, now: dict, say) -> d
 def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
   """Prepares `output` from `config.data` (once) -> what is there: output,
   tokenizer, vocab_size, splits {split: {documents, tokens}}, status."""
-  from tokendrop_jax import config_lib
+  from tokendrop_jax import config_checks, config_lib
   if config_lib.is_glue(config):
     raise ValueError("tokendrop_jax.prepare is for pretraining configs; fine-tuning reads "
                      "its TSV or TFDS files directly")
-  config_lib.validate(config)
+  config_checks.validate(config)
   if not output:
     raise ValueError("--output: required")
   import tensorflow_datasets as tfds

@@ -7,7 +7,8 @@
   text_sources.py  sources (files, TFDS, mixtures, carved validation)
   encode_pool.py   documents -> token ids, in a process pool
   text_builder.py  build_corpus / build_from_source, load_token_counts, open_split
-  pipeline.py      make_pretrain_iterator / make_eval_iterator (packing, masking; one virtual shard)
+  pipeline.py      make_pretrain_iterator / make_eval_iterator (packing; one virtual shard)
+  masking.py       mask_batch: token, whole-word and n-gram masking; SpecialIds
   shards.py        ShardedIterator: the virtual shards a process reads, as one iterator
   demo_corpus.py   write_demo_corpus: ~1.5 MB of English from the standard library
 

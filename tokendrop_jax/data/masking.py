@@ -1,6 +1,6 @@
 """Which tokens of packed rows BERT predicts: single tokens, whole words, or n-grams of words.
 
-  'token'       each non-special token on its own (BERT's first release; `pipeline.mask_batch`)
+  'token'       each non-special token on its own (BERT's first release)
   'whole_word'  a word's pieces are chosen together or not at all (BERT's later
                 models, the official token-dropping data); n-gram masking with n = 1
   'ngram'       spans of 1..max_ngram consecutive whole words, the length drawn with
@@ -17,9 +17,14 @@ skipped if they overlap a chosen one, so a row whose remaining words are all
 longer than what is left stops a little short of n. Each chosen token is then
 replaced by 80/10/10 on its own. All of it is numpy given the generator; the
 greedy pass runs over the rows at once, one candidate word per row per step.
+
+All masking is here, with what it needs of the tokenizer (`SpecialIds`: the
+special ids, their table, the word starts); `pipeline.py` packs the rows and calls
+`mask_batch` once a batch, with that batch's own generator (`batch_rng`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,58 @@ def check_masking(masking: str, max_ngram: int, where: str = "data") -> None:
   if masking == "ngram" and (not isinstance(max_ngram, (int, np.integer))
                              or isinstance(max_ngram, bool) or max_ngram < 1):
     raise ValueError(f"{where}.max_ngram must be an integer >= 1, got {max_ngram!r}")
+
+
+# ------------------------------------------------------------ special ids ---
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """What the pipeline (packing and masking) needs to know of the tokenizer."""
+  vocab_size: int
+  pad_id: int
+  unk_id: int
+  cls_id: int
+  sep_id: int
+  mask_id: int
+  # Packed bool[vocab_size]: which ids begin a word (`word_start_table`);
+  # only whole-word / n-gram masking needs it.
+  word_start: bytes | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def special_ids(self) -> tuple[int, ...]:
+    return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+
+  def special_table(self) -> np.ndarray:
+    """bool[vocab_size]: the special ids, never masked nor drawn as a replacement (and a
+    document of only these is skipped by packing)."""
+    table = np.zeros((self.vocab_size,), bool)
+    table[list(self.special_ids)] = True
+    return table
+
+  def word_starts(self) -> np.ndarray:
+    """bool[vocab_size] word-start table."""
+    if self.word_start is None:
+      raise ValueError("whole-word and n-gram masking need the tokenizer's word starts: pass "
+                       "the tokenizer, or SpecialIds.of(tokenizer, word_starts=True)")
+    return unpack_table(self.word_start, self.vocab_size)
+
+  @classmethod
+  def of(cls, tok: Any, word_starts: bool = False) -> "SpecialIds":
+    """From a `Tokenizer`, another `SpecialIds`, or a corpus_meta dict.
+
+    `word_starts`: also the word-start table (a tokenizer's pieces are read).
+    """
+    if isinstance(tok, SpecialIds):
+      out = tok
+    elif isinstance(tok, dict):
+      out = cls(vocab_size=tok["vocab_size"], **tok["special_ids"])
+    else:
+      out = cls(tok.vocab_size, tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
+    if word_starts and out.word_start is None:
+      if isinstance(tok, (SpecialIds, dict)):
+        raise ValueError("whole-word and n-gram masking need the tokenizer's word starts; "
+                         "special ids alone do not have them: pass the tokenizer")
+      out = dataclasses.replace(out, word_start=pack_table(word_start_table(tok)))
+    return out
 
 
 # ------------------------------------------------------------- word starts ---
@@ -55,6 +112,46 @@ def pack_table(table: np.ndarray) -> bytes:
 
 def unpack_table(bits: bytes, vocab_size: int) -> np.ndarray:
   return np.unpackbits(np.frombuffer(bits, np.uint8), count=vocab_size).astype(bool)
+
+
+# ------------------------------------------------------------------ masking ---
+def mask_batch(ids: np.ndarray, rng: np.random.Generator, special: SpecialIds, *,
+               max_predictions: int, mask_prob: float = 0.15, masking: str = "token",
+               max_ngram: int = 3) -> dict[str, np.ndarray]:
+  """BERT dynamic masking of packed rows ids int32[B, S] (pure given `rng`).
+
+  Per row, n = min(P, max(1, round(mask_prob * c))) positions among its c
+  non-special tokens (0 if c == 0); each chosen token becomes [MASK] with
+  p=0.8, a random non-special token with p=0.1, stays unchanged with p=0.1.
+  `masking` 'whole_word' / 'ngram' choose whole words / n-grams of them
+  (`mask_words`; `special` must then carry its word-start table).
+  """
+  if masking != "token":
+    return mask_words(
+        ids, rng, special, max_predictions=max_predictions, mask_prob=mask_prob,
+        word_start=special.word_starts(), max_ngram=1 if masking == "whole_word" else max_ngram)
+  b, s = ids.shape
+  p = max_predictions
+  is_special = special.special_table()
+  cand = ~is_special[ids]  # [B, S]
+  n_pred = budget(cand.sum(1), p, mask_prob)
+  keys = rng.random((b, s), dtype=np.float32)
+  keys[~cand] = 2.0  # never among the first n_pred: n_pred <= n_cand
+  if p < s:
+    top = np.argpartition(keys, p - 1, axis=1)[:, :p]  # [B, P] the p smallest, unordered
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, 1), 1), 1)
+  else:
+    top = np.argsort(keys, axis=1)[:, :p]
+  valid = np.arange(p)[None, :] < n_pred[:, None]  # [B, P]
+  pos = np.sort(np.where(valid, top, s), axis=1)  # ascending, padding slots last
+  valid = pos < s
+  pos = np.where(valid, pos, 0).astype(np.int32)
+  return predictions(ids, pos, valid, rng, is_special, special.mask_id)
+
+
+def batch_rng(seed: int, stream: int, worker: int, batch_index: int) -> np.random.Generator:
+  """Masking randomness of one batch: a function of its place in the stream only."""
+  return np.random.default_rng([seed, stream, worker, batch_index])
 
 
 # ------------------------------------------------------------ replacement ---
@@ -202,17 +299,16 @@ def choose_spans(ids: np.ndarray, rng: np.random.Generator, is_special: np.ndarr
   return out
 
 
-def mask_words(ids: np.ndarray, rng: np.random.Generator, special: Any, *, max_predictions: int,
-               mask_prob: float, word_start: np.ndarray, max_ngram: int) -> dict[str, np.ndarray]:
+def mask_words(ids: np.ndarray, rng: np.random.Generator, special: SpecialIds, *,
+               max_predictions: int, mask_prob: float, word_start: np.ndarray,
+               max_ngram: int) -> dict[str, np.ndarray]:
   """Whole-word n-gram masking of packed rows ids int32[B, S] (pure given `rng`).
 
-  `special`: the pipeline's SpecialIds; `word_start` bool[vocab]; max_ngram=1 is
-  whole-word masking. Output as `pipeline.mask_batch`.
+  `word_start` bool[vocab]; max_ngram=1 is whole-word masking. Output as `mask_batch`.
   """
   b, s = ids.shape
   p = max_predictions
-  is_special = np.zeros((special.vocab_size,), bool)
-  is_special[list(special.special_ids)] = True
+  is_special = special.special_table()
   n_pred = budget((~is_special[ids]).sum(1), p, mask_prob)
   chosen = choose_spans(ids, rng, is_special, word_start, n_pred, max_ngram)  # [B, S]
   pos = np.sort(np.where(chosen, np.arange(s)[None, :], s), axis=1)[:, :p]  # at most n_pred <= P

@@ -11,8 +11,9 @@ Packing is RoBERTa's FULL-SENTENCES: each row is `[CLS] s1 s2 ... [SEP]` filled
 with whole sentences; a row may run across documents with a [SEP] between
 them; a sentence is split only if it is longer than seq_len - 2 (it then fills
 the rest of the current row and continues in the next). Masking is dynamic
-(BERT 80/10/10; by token, whole word or n-gram of words: `masking.py`) and drawn from a generator seeded with (seed, stream, batch
-index), so a restored iterator reproduces the exact batches.
+(BERT 80/10/10; by token, whole word or n-gram of words) and all of it is in
+`masking.py`; each batch draws from a generator seeded with (seed, stream,
+worker, batch index), so a restored iterator reproduces the exact batches.
 
 Batch (B = global_batch_size // num_shards, S = seq_len, P = max predictions):
   input_ids, input_mask, token_type_ids   int32 [B, S]
@@ -25,7 +26,6 @@ saved with orbax through `grain.checkpoint.CheckpointSave(it)`.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Protocol
 
@@ -38,97 +38,11 @@ Batch = dict[str, np.ndarray]
 MIN_SEQ_LEN = 8
 
 
-@dataclasses.dataclass(frozen=True)
-class SpecialIds:
-  """What the pipeline needs to know of the tokenizer."""
-  vocab_size: int
-  pad_id: int
-  unk_id: int
-  cls_id: int
-  sep_id: int
-  mask_id: int
-  # Packed bool[vocab_size]: which ids begin a word (`masking.word_start_table`);
-  # only whole-word / n-gram masking needs it.
-  word_start: bytes | None = dataclasses.field(default=None, repr=False)
-
-  @property
-  def special_ids(self) -> tuple[int, ...]:
-    return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
-
-  def word_starts(self) -> np.ndarray:
-    """bool[vocab_size] word-start table."""
-    if self.word_start is None:
-      raise ValueError("whole-word and n-gram masking need the tokenizer's word starts: pass "
-                       "the tokenizer, or SpecialIds.of(tokenizer, word_starts=True)")
-    return masking_lib.unpack_table(self.word_start, self.vocab_size)
-
-  @classmethod
-  def of(cls, tok: Any, word_starts: bool = False) -> "SpecialIds":
-    """From a `Tokenizer`, another `SpecialIds`, or a corpus_meta dict.
-
-    `word_starts`: also the word-start table (a tokenizer's pieces are read).
-    """
-    if isinstance(tok, SpecialIds):
-      out = tok
-    elif isinstance(tok, dict):
-      out = cls(vocab_size=tok["vocab_size"], **tok["special_ids"])
-    else:
-      out = cls(tok.vocab_size, tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
-    if word_starts and out.word_start is None:
-      if isinstance(tok, (SpecialIds, dict)):
-        raise ValueError("whole-word and n-gram masking need the tokenizer's word starts; "
-                         "special ids alone do not have them: pass the tokenizer")
-      out = dataclasses.replace(out, word_start=masking_lib.pack_table(
-          masking_lib.word_start_table(tok)))
-    return out
-
-
 class DocumentSource(Protocol):
   """Random access to documents {'ids': int32[n], 'sentence_lengths': int32[k]}."""
 
   def __len__(self) -> int: ...
   def __getitem__(self, i: int) -> dict[str, np.ndarray]: ...
-
-
-# ------------------------------------------------------------------ masking ---
-def mask_batch(ids: np.ndarray, rng: np.random.Generator, special: SpecialIds, *,
-               max_predictions: int, mask_prob: float = 0.15, masking: str = "token",
-               max_ngram: int = 3) -> Batch:
-  """BERT dynamic masking of packed rows ids int32[B, S] (pure given `rng`).
-
-  Per row, n = min(P, max(1, round(mask_prob * c))) positions among its c
-  non-special tokens (0 if c == 0); each chosen token becomes [MASK] with
-  p=0.8, a random non-special token with p=0.1, stays unchanged with p=0.1.
-  `masking` 'whole_word' / 'ngram' choose whole words / n-grams of them
-  (`masking.py`; `special` must then carry its word-start table).
-  """
-  if masking != "token":
-    return masking_lib.mask_words(
-        ids, rng, special, max_predictions=max_predictions, mask_prob=mask_prob,
-        word_start=special.word_starts(), max_ngram=1 if masking == "whole_word" else max_ngram)
-  b, s = ids.shape
-  p = max_predictions
-  is_special = np.zeros((special.vocab_size,), bool)
-  is_special[list(special.special_ids)] = True
-  cand = ~is_special[ids]  # [B, S]
-  n_pred = masking_lib.budget(cand.sum(1), p, mask_prob)
-  keys = rng.random((b, s), dtype=np.float32)
-  keys[~cand] = 2.0  # never among the first n_pred: n_pred <= n_cand
-  if p < s:
-    top = np.argpartition(keys, p - 1, axis=1)[:, :p]  # [B, P] the p smallest, unordered
-    top = np.take_along_axis(top, np.argsort(np.take_along_axis(keys, top, 1), 1), 1)
-  else:
-    top = np.argsort(keys, axis=1)[:, :p]
-  valid = np.arange(p)[None, :] < n_pred[:, None]  # [B, P]
-  pos = np.sort(np.where(valid, top, s), axis=1)  # ascending, padding slots last
-  valid = pos < s
-  pos = np.where(valid, pos, 0).astype(np.int32)
-  return masking_lib.predictions(ids, pos, valid, rng, is_special, special.mask_id)
-
-
-def batch_rng(seed: int, stream: int, worker: int, batch_index: int) -> np.random.Generator:
-  """Masking randomness of one batch: a function of its place in the stream only."""
-  return np.random.default_rng([seed, stream, worker, batch_index])
 
 
 # ------------------------------------------------------------------ packing ---
@@ -257,9 +171,10 @@ class _PackMaskIterator(grain.DatasetIterator):
     if n < b:
       if cfg.drop_remainder or (n == 0 and cfg.num_batches is None):
         raise StopIteration
-    rng = batch_rng(cfg.seed, cfg.stream, cfg.worker, self._batch_index)
-    batch = mask_batch(ids, rng, cfg.special, max_predictions=cfg.max_predictions,
-                       mask_prob=cfg.mask_prob, masking=cfg.masking, max_ngram=cfg.max_ngram)
+    rng = masking_lib.batch_rng(cfg.seed, cfg.stream, cfg.worker, self._batch_index)
+    batch = masking_lib.mask_batch(ids, rng, cfg.special, max_predictions=cfg.max_predictions,
+                                   mask_prob=cfg.mask_prob, masking=cfg.masking,
+                                   max_ngram=cfg.max_ngram)
     batch["input_mask"] = (np.arange(s)[None, :] < lengths[:, None]).astype(np.int32)
     batch["token_type_ids"] = np.zeros((b, s), np.int32)
     self._batch_index += 1
@@ -273,8 +188,8 @@ _KEYS = ("input_ids", "input_mask", "token_type_ids", "masked_lm_positions", "ma
 class PackMaskDataset(grain.IterDataset):
   """IterDataset of documents -> IterDataset of packed, masked batches."""
 
-  def __init__(self, parent: grain.IterDataset, *, special: SpecialIds, seq_len: int,
-               batch_size: int, max_predictions: int, mask_prob: float, seed: int,
+  def __init__(self, parent: grain.IterDataset, *, special: masking_lib.SpecialIds,
+               seq_len: int, batch_size: int, max_predictions: int, mask_prob: float, seed: int,
                stream: int, drop_remainder: bool, num_batches: int | None = None,
                masking: str = "token", max_ngram: int = 3):
     super().__init__(parent)
@@ -283,8 +198,7 @@ class PackMaskDataset(grain.IterDataset):
     self.max_predictions, self.mask_prob, self.seed = max_predictions, mask_prob, seed
     self.stream, self.drop_remainder, self.num_batches = stream, drop_remainder, num_batches
     self.worker = 0
-    self.is_special = np.zeros((special.vocab_size,), bool)
-    self.is_special[list(special.special_ids)] = True
+    self.is_special = special.special_table()  # bool[vocab_size]
 
   def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
     """Called by grain in each worker process: that worker packs a slice of the documents.
@@ -320,12 +234,12 @@ def _resolve(dataset_dir_or_source, split: str, tokenizer, masking: str = "token
     source = text_builder.open_split(path, split)
     if tokenizer is None:
       tokenizer = _dataset_tokenizer(path) if words else text_builder.load_corpus_meta(path)
-    special = SpecialIds.of(tokenizer, word_starts=words)
+    special = masking_lib.SpecialIds.of(tokenizer, word_starts=words)
   else:
     source = dataset_dir_or_source
     if tokenizer is None:
       raise ValueError("tokenizer (special ids) is required when passing a data source")
-    special = SpecialIds.of(tokenizer, word_starts=words)
+    special = masking_lib.SpecialIds.of(tokenizer, word_starts=words)
   return source, special
 
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Iterable, Mapping
 
 from tokendrop_jax import files
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 
 HF_CONFIG = "config.json"
 ARCHITECTURES = ("BertForMaskedLM", "BertForPreTraining", "BertModel")

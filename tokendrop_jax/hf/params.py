@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from tokendrop_jax.hf.bert_config import HF_CONFIG
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 
 # Tensors a checkpoint may have that our model has no use for (pooler, NSP head,
 # buffers); the tied decoder is checked against what it is tied to.
@@ -121,7 +121,7 @@ def _get(tree: Mapping[str, Any], *path: str, shape: tuple[int, ...]) -> np.ndar
 def hf_state_dict(params: Mapping[str, Any], cfg: BertConfig) -> dict[str, np.ndarray]:
   """`BertForMaskedLM` tensors (float32, torch layout) from our param tree (`param_table`)."""
   if cfg.scan_layers:  # stacked blocks -> one entry per layer, as HF numbers them
-    from tokendrop_jax.model.bert import to_unrolled  # pylint: disable=g-import-not-at-top
+    from tokendrop_jax.model.encoder import to_unrolled  # pylint: disable=g-import-not-at-top
     params = {**params, "bert": to_unrolled(params["bert"], cfg)}
   n_layers = sum(1 for k in params.get("bert", {}) if k.startswith("layer_"))
   if n_layers != cfg.num_layers:

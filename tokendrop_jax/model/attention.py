@@ -8,7 +8,7 @@ padding mask, and returns the context:
 
 q_len may be smaller than kv_len (the cross layer: kept queries, all keys).
 
-  einsum   scores and probabilities materialised in f32 (bert.Attention); the
+  einsum   scores and probabilities materialised in f32 (layers.Attention); the
            only one with attention dropout. Runs everywhere.
   xla      jax.nn.dot_product_attention, XLA's implementation. Runs everywhere.
   cudnn    jax.nn.dot_product_attention on cuDNN's fused (flash) kernel; GPUs,

@@ -1,7 +1,7 @@
 """GLUE fine-tuning: the full encoder of a pretraining run + a new pooler/classifier,
 wired into the host loop (`runner.run`) that pretraining drives too.
 
-Where the parts live: the config schema and its checks in `config_lib`, the
+Where the parts live: the config schema in `config_lib`, its checks in `config_checks`, the
 encoder's source in `pretrained`, examples and batches in `data.glue_batches`,
 the pure steps in `finetune_step`. Bad input fails before anything compiles:
 task files and headers, labels, the pretraining workdir and its checkpoint,
@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokendrop_jax import config_lib
+from tokendrop_jax import config_checks
 from tokendrop_jax.data import glue
 from tokendrop_jax.data import glue_batches as batches_lib
-from tokendrop_jax.model.bert import BertConfig, BertForSequenceClassification
+from tokendrop_jax.model.bert import BertForSequenceClassification
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import checkpoint, finetune_step, metrics as metrics_lib, optim
 from tokendrop_jax.training import host_rows, pretrained, resume_fields, runner, sharding
 from tokendrop_jax.training import state as state_lib
@@ -148,8 +149,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
   `devices`: the mesh's devices in mesh order (default all); the results do
   not depend on their order or on the number of processes.
   """
-  config_lib.validate(config)
-  config_lib.check_platform(config)
+  config_checks.validate(config)
+  config_checks.check_platform(config)
   spec = glue.get_task(config.task)
   workdir = workdir_lib.create(workdir)
   changes = workdir_lib.check_resume(config, workdir, *resume_fields.FINETUNE,

@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from tokendrop_jax import config_lib, files
+from tokendrop_jax import config_fields, files
 from tokendrop_jax.data import demo_corpus, pipeline, text_builder, text_readers, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data import wordpiece
@@ -107,7 +107,7 @@ def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
   """(train files, validation files) of the corpus the config names; None for TFDS or a
   mixture (`data.sources`). No validation files when `data.valid_fraction` > 0.
 
-  A config names one corpus (`config_lib.validate` refuses two): `data.tfds_name`,
+  A config names one corpus (`config_checks.validate` refuses two): `data.tfds_name`,
   `data.demo_corpus` (written into `corpus_dir`), `data.sources` or
   `data.train_files`/`data.valid_files`.
   """
@@ -151,8 +151,8 @@ def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
 
 def _mixture(data, carve: bool) -> text_sources.Mixture:
   parts, weights = [], []
-  for pattern, weight in config_lib.mixture_sources(data.sources):
-    name = config_lib.tfds_member(pattern)
+  for pattern, weight in config_fields.mixture_sources(data.sources):
+    name = config_fields.tfds_member(pattern)
     if name:  # its data.tfds_train_split, field data.tfds_text_field, in data.tfds_data_dir
       check_tfds_splits(data, name, f"data.sources ({pattern})")
       part = text_sources.TfdsText(name, data.tfds_text_field, data.tfds_train_split,
@@ -201,7 +201,7 @@ def given_tokenizer(data):
     raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
   try:
     return tokenizer_lib.load_tokenizer(data.tokenizer_model,
-                                        config_lib.lowercase_option(data.get("lowercase")))
+                                        config_fields.lowercase_option(data.get("lowercase")))
   except ValueError as e:
     raise ValueError(f"data.tokenizer_model: {e}") from None
 
@@ -221,7 +221,7 @@ def ensure_tokenizer(config, tok_dir: str, source, corpus_dir: str):
     sample = tokenizer_files(source, corpus_dir)
     logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
     if data.tokenizer_type == "wordpiece":
-      lowercase = config_lib.lowercase_option(data.lowercase)
+      lowercase = config_fields.lowercase_option(data.lowercase)
       wordpiece.train_wordpiece(
           sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_JSON),
           lowercase=True if lowercase is None else lowercase)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tokendrop_jax import config_lib, flops, importance
+from tokendrop_jax import config_checks, config_lib, flops, importance
 from tokendrop_jax.data import text_builder
 from tokendrop_jax.model.bert import BertForPretraining
 from tokendrop_jax.training import checkpoint, inputs, metrics as metrics_lib, optim, plots
@@ -39,7 +39,7 @@ class Run:
 def build(config, special_ids, token_counts: Optional[np.ndarray] = None,
           devices=None) -> Run:
   """Model, mesh, shardings and jitted step functions for `config`."""
-  config_lib.validate(config)
+  config_checks.validate(config)
   td, data = config.token_drop, config.data
   mesh = sharding.make_checked_mesh(config, devices)
   # model.attention='auto' picks by the mesh's platform, not this host's backend: a
@@ -92,8 +92,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
   number of devices than it was checkpointed on. `allow_changes`: the fields of
   `resume_fields.PRETRAIN` a resume may change (recorded in the workdir).
   """
-  config_lib.validate(config)
-  config_lib.check_platform(config)
+  config_checks.validate(config)
+  config_checks.check_platform(config)
   sharding.make_checked_mesh(config, devices)  # before building a corpus that may take hours
   workdir = workdir_lib.create(workdir)
   changes = workdir_lib.check_resume(config, workdir, *resume_fields.PRETRAIN,

@@ -21,10 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from tokendrop_jax import config_lib, files
+from tokendrop_jax import config_fields, config_lib, files
 from tokendrop_jax.data.tokenizer import Tokenizer, load_tokenizer
 from tokendrop_jax.data.wordpiece import WordPieceTokenizer
-from tokendrop_jax.model.bert import BertConfig
+from tokendrop_jax.model.config import BertConfig
 from tokendrop_jax.training import fingerprint
 from tokendrop_jax.training import workdir as workdir_lib
 
@@ -166,7 +166,7 @@ def resolve_init(config) -> InitSource:
                        "init): a SentencePiece .model, tokenizer.json or BERT vocab.txt")
   model_cfg.validate()
   try:
-    tok = load_tokenizer(tok_path, config_lib.lowercase_option(config.data.get("lowercase")))
+    tok = load_tokenizer(tok_path, config_fields.lowercase_option(config.data.get("lowercase")))
   except ValueError as e:
     raise ValueError(f"config.data.tokenizer_model / data.lowercase: {e}") from None
   if tok.vocab_size != model_cfg.vocab_size:

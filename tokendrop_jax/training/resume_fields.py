@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple
 
-from tokendrop_jax import config_lib
-from tokendrop_jax.model.bert import remat_name
+from tokendrop_jax import config_fields
+from tokendrop_jax.model.config import remat_name
 
 
 class Table(NamedTuple):
@@ -25,7 +25,7 @@ _ADDED = {"train.prng_impl": "threefry", "model.hidden_act": "gelu_tanh",  # jax
           "model.attention": "auto", "model.scan_layers": False,
           "data.lowercase": "auto"}  # before WordPiece
 _CANONICAL = {"model.remat": remat_name,  # saved bools: True == "full"
-              "data.lowercase": config_lib.lowercase_name}  # None == 'auto'
+              "data.lowercase": config_fields.lowercase_name}  # None == 'auto'
 
 PRETRAIN = Table(
     fields=("model", "token_drop", "optim",

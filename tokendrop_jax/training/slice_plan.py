@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from tokendrop_jax import config_lib, flops, importance, synthetic
+from tokendrop_jax import config_checks, config_lib, flops, importance, synthetic
 from tokendrop_jax.training import aot, loop, step_plan, tpu_slice
 
 def setup(config, topology: str):
@@ -25,8 +25,8 @@ def setup(config, topology: str):
   if config is None:
     raise ValueError("--config is required (configs/x.py[:variant])")
   the_slice = tpu_slice.parse(topology or "")
-  config_lib.validate(config)
-  config_lib.check_platform(config, "tpu")
+  config_checks.validate(config)
+  config_checks.check_platform(config, "tpu")
   devices = tpu_slice.devices(the_slice)
   run = build(config, devices)
   state_bytes = state_bytes_per_device(run.layout)
