@@ -5,10 +5,10 @@
 
 One case = one config variant (sequence length, model.attention, train.prng_impl);
 for each, the full and the token-drop train step of `bert_base` in bfloat16 are
-compiled and timed alternately on one device (`tokendrop_jax.benchmark`), and
-the JSON gets step times, tokens/s, MFU against the device's bf16 peak, the
-compiled memory of each step (XLA's own analysis) and the device's peak
-memory so far. The JSON is rewritten after every case, so a run cut short by
+compiled (`aot.compile_step`) and timed alternately on one device
+(`tokendrop_jax.benchmark`), and the JSON gets step times, tokens/s, MFU
+against the device's bf16 peak, the compiled memory of each step (XLA's own
+analysis) and the device's peak memory so far. The JSON is rewritten after every case, so a run cut short by
 its time limit keeps what it measured; a case that fails (a kernel missing on
 the platform) is recorded with its error and the others go on.
 
@@ -25,9 +25,7 @@ suite runs it on the CPU.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
-import statistics
 import sys
 import time
 
@@ -81,18 +79,6 @@ def case_config(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout
   return c
 
 
-def compile_step(fn, state, batch) -> dict:
-  """Compiles the step ahead of time -> compile seconds and XLA's memory analysis (bytes)."""
-  t0 = time.perf_counter()
-  compiled = fn.lower(state, batch).compile()
-  out = {"compile_s": time.perf_counter() - t0}
-  m = compiled.memory_analysis()
-  if m is not None:
-    out.update(temp_bytes=int(m.temp_size_in_bytes), argument_bytes=int(m.argument_size_in_bytes),
-               output_bytes=int(m.output_size_in_bytes))
-  return out
-
-
 def peak_bytes_in_use():
   import jax
   stats = jax.devices()[0].memory_stats() or {}
@@ -103,23 +89,21 @@ def run_case(config, steps: int, warmup: int) -> dict:
   import jax
 
   from tokendrop_jax import benchmark, config_checks, flops
+  from tokendrop_jax.training import aot
   config_checks.check_platform(config)
   bench = benchmark.setup(config, "loss_ema")
   data, td = config.data, config.token_drop
-  fns = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}
-  states = {k: bench.init(bench.key(0)) for k in fns}
+  fns, states = bench.contenders(bench.kinds())
   # Both steps compile at once (XLA compiles outside the GIL): on a GPU each took ~33 s.
   with concurrent.futures.ThreadPoolExecutor(len(fns)) as pool:
-    futures = {k: pool.submit(compile_step, fn, states[k], bench.batch) for k, fn in fns.items()}
+    futures = {k: pool.submit(aot.compile_step, fn, (states[k], bench.batch))
+               for k, fn in fns.items()}
     compiled = {k: f.result() for k, f in futures.items()}
   times, first_s = benchmark.time_steps(fns, states, bench.batch, steps, warmup)
-  kind = jax.devices()[0].device_kind
-  peak = flops.peak_flops_per_device(kind)
+  peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
   tokens = data.global_batch_size * data.seq_len
-  out = {"device": kind, "platform": jax.default_backend(), "first_step_s": first_s,
-         "peak_bytes_in_use_so_far": peak_bytes_in_use()}
-  for k in fns:
-    step_s = statistics.median(times[k])
+  out = {"first_step_s": first_s, "peak_bytes_in_use_so_far": peak_bytes_in_use()}
+  for k, step_s in benchmark.medians(times).items():
     step_flops = bench.step_flops(td.keep_tokens if k == "drop" else None)
     out[k] = {"step_s": step_s, "tokens_per_s": tokens / step_s,
               "mfu": flops.mfu(step_flops, step_s, 1, peak), "step_gflops": step_flops / 1e9,
@@ -131,18 +115,15 @@ def run_case(config, steps: int, warmup: int) -> dict:
 
 def main(argv):
   del argv
-  import jax
+  from tokendrop_jax import benchmark
   cases = SMOKE_CASES if _SMOKE.value else CASES
   names = _CASES.value or list(cases)
   unknown = sorted(set(names) - set(cases))
   if unknown:
     raise app.UsageError(f"--cases: unknown {unknown}; known: {sorted(cases)}")
   steps, warmup = (2, 1) if _SMOKE.value else (_STEPS.value, _WARMUP.value)
-  results = {"smoke": _SMOKE.value, "jax_version": jax.__version__,
-             "device": jax.devices()[0].device_kind, "steps": steps, "warmup": warmup,
-             "cases": {}}
-  t0 = time.monotonic()
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  results = {"smoke": _SMOKE.value, "steps": steps, "warmup": warmup, "cases": {}}
+  t0 = time.monotonic()  # the budget's clock
   for name in names:
     seq_len, batch, keep, attention, prng, attn_dropout, dropout = cases[name]
     entry = {"seq_len": seq_len, "batch_size": batch, "keep_tokens": keep,
@@ -157,13 +138,12 @@ def main(argv):
         entry["error"] = f"{type(e).__name__}: {str(e)[:500]}"
     results["cases"][name] = entry
     results["elapsed_s"] = time.monotonic() - t0
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(results, f, indent=2)
+    benchmark.write_results(results, _OUTPUT.value)
     line = entry.get("error") or entry.get("skipped") or (
         f"full {entry['full']['step_s'] * 1e3:.1f} ms, drop {entry['drop']['step_s'] * 1e3:.1f} "
         f"ms (x{entry['drop_over_full']:.3f}; FLOPs x{entry['flops_ratio']:.3f})")
     print(f"{name}: {line}", flush=True)
-  print(f"wrote {_OUTPUT.value} ({results['elapsed_s']:.0f} s)")
+  print(f"done in {results['elapsed_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,7 @@
 # Meant to finish in under 5 minutes on one H100 (compiles included): cases left when
 # --budget_s (default 270 s) has gone are recorded as skipped. --smoke: tiny sizes, CPU.
 set -euo pipefail
-if [[ $# -lt 1 || "$1" == -* ]]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
-OUT="$1"; shift
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}"
-mkdir -p "$OUT"
+USAGE_LINES=2,6
+source "$(dirname "$0")/outdir.sh" "$@"
+shift
 exec "$PY" benchmarks/accelerator.py --output="$OUT/accelerator.json" "$@"

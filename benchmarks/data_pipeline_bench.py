@@ -20,11 +20,9 @@ tokens/s on that copy next to the same pipeline on the local build.
 import contextlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 
@@ -67,30 +65,21 @@ def _prepare(result):
     vocab = FLAGS.vocab_size or 32000
   else:
     name = "demo"
-    t0 = time.perf_counter()
-    train, valid = demo_corpus.write_demo_corpus(os.path.join(FLAGS.workdir, "demo_text"))
-    result["demo_corpus_write_s"] = round(time.perf_counter() - t0, 2)
+    written = benchmark.timed(
+        lambda: demo_corpus.write_demo_corpus(os.path.join(FLAGS.workdir, "demo_text")))
+    (train, valid), result["demo_corpus_write_s"] = written.value, round(written.wall_s, 2)
     vocab = FLAGS.vocab_size or 8000
   result.update(corpus=name, corpus_bytes=sum(_text_bytes(p) for p in (train, valid)),
                 vocab_size=vocab, tokenizers={})
   paths = {}
   for kind in FLAGS.tokenizers:
-    info = {}
-    t0 = time.perf_counter()
-    if kind == "sentencepiece":
-      tok = tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
-          [train], vocab, os.path.join(FLAGS.workdir, f"spm_{name}_{vocab}")))
-    elif kind == "wordpiece":
-      tok = tokenizer_lib.load_tokenizer(wordpiece.train_wordpiece(
-          [train], vocab, os.path.join(FLAGS.workdir, f"wordpiece_{name}_{vocab}.json")))
-    else:
-      raise ValueError(f"--tokenizers: unknown kind {kind!r}")
-    info["tokenizer_train_s"] = round(time.perf_counter() - t0, 2)
+    trained = benchmark.timed(lambda k=kind: _train_tokenizer(k, train, vocab, name))
+    tok, info = trained.value, {"tokenizer_train_s": round(trained.wall_s, 2)}
     data_dir = os.path.join(FLAGS.workdir, f"datasets_{name}_{kind}")
     shutil.rmtree(data_dir, ignore_errors=True)  # time a fresh build, not a reuse
-    t0 = time.perf_counter()
-    path = text_builder.build_corpus([train], [valid], tok, data_dir)
-    info["corpus_build_s"] = round(time.perf_counter() - t0, 2)
+    built = benchmark.timed(
+        lambda t=tok, d=data_dir: text_builder.build_corpus([train], [valid], t, d))
+    path, info["corpus_build_s"] = built.value, round(built.wall_s, 2)
     meta = text_builder.load_corpus_meta(path)
     info["corpus_tokens"] = {k: v["tokens"] for k, v in meta["splits"].items()}
     info["corpus_documents"] = {k: v["documents"] for k, v in meta["splits"].items()}
@@ -102,14 +91,23 @@ def _prepare(result):
   return paths, train, valid
 
 
+def _train_tokenizer(kind, train, vocab, name):
+  if kind == "sentencepiece":
+    return tokenizer_lib.Tokenizer(tokenizer_lib.train_tokenizer(
+        [train], vocab, os.path.join(FLAGS.workdir, f"spm_{name}_{vocab}")))
+  if kind == "wordpiece":
+    return tokenizer_lib.load_tokenizer(wordpiece.train_wordpiece(
+        [train], vocab, os.path.join(FLAGS.workdir, f"wordpiece_{name}_{vocab}.json")))
+  raise ValueError(f"--tokenizers: unknown kind {kind!r}")
+
+
 def _prepare_throughput(result, train, valid, tok):
   """The dataset build (what `python -m tokendrop_jax.prepare` runs) per worker count."""
   out = {}
   for workers in sorted({int(w) for w in FLAGS.prepare_workers}):
     data_dir = tempfile.mkdtemp(dir=FLAGS.workdir, prefix="prepare-")
-    t0 = time.perf_counter()
-    text_builder.build_corpus([train], [valid], tok, data_dir, workers=workers)
-    build_s = time.perf_counter() - t0
+    build_s = benchmark.timed(lambda d=data_dir, w=workers: text_builder.build_corpus(
+        [train], [valid], tok, d, workers=w)).wall_s
     shutil.rmtree(data_dir)
     mb_per_s = result["corpus_bytes"] / 1e6 / build_s
     out[str(workers)] = {"build_s": round(build_s, 2), "mb_per_s": round(mb_per_s, 2),
@@ -132,12 +130,10 @@ def _through_emulator(result, path, stack):
   os.environ[files.CACHE_ENV] = tempfile.mkdtemp(dir=FLAGS.workdir, prefix="cache-")
   remote = f"gs://{gcs_emulator.BUCKET}/{os.path.basename(path)}"
   size = _dir_bytes(path)
-  t0 = time.perf_counter()
-  files.publish_dir(path, remote, text_builder.META_FILE)  # a bucket: copied, marker last
-  upload_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  local = text_builder.local_dataset(remote)  # what every host does once before reading
-  copy_s = time.perf_counter() - t0
+  # A bucket: copied, marker last.
+  upload_s = benchmark.timed(lambda: files.publish_dir(path, remote, text_builder.META_FILE)).wall_s
+  copied = benchmark.timed(lambda: text_builder.local_dataset(remote))  # each host, once
+  local, copy_s = copied.value, copied.wall_s
   assert _dir_bytes(local) == size, (local, size)
   result["emulator"] = {"dataset_mb": round(size / 1e6, 2), "upload_s": round(upload_s, 2),
                         "host_copy_s": round(copy_s, 2),
@@ -159,15 +155,17 @@ def _measure(path, tok, kind, mode, seq_len):
       read_threads=FLAGS.read_threads, tokenizer=tok, masking=mode, max_ngram=FLAGS.max_ngram)
   for _ in range(5):
     next(it)
-  real = masked = 0
-  t0 = time.perf_counter()
-  cpu0 = time.process_time()
-  for _ in range(FLAGS.num_batches):
-    batch = next(it)
-    real += int(batch["input_mask"].sum())
-    masked += int(batch["masked_lm_weights"].sum())
-  wall = time.perf_counter() - t0
-  cpu = time.process_time() - cpu0
+
+  def consume():
+    real = masked = 0
+    for _ in range(FLAGS.num_batches):
+      batch = next(it)
+      real += int(batch["input_mask"].sum())
+      masked += int(batch["masked_lm_weights"].sum())
+    return real, masked
+
+  # One timing of the whole loop, wall and CPU: its throughput, not a per-batch figure.
+  (real, masked), wall, cpu = benchmark.timed(consume)
   tokens = FLAGS.num_batches * rows * seq_len
   # tokens_per_cpu_s: the same per second of CPU the process got, which a machine
   # shared with other jobs (cpu_s_per_wall_s < 1) does not lower.
@@ -181,7 +179,7 @@ def _measure(path, tok, kind, mode, seq_len):
 
 def main(argv):
   del argv
-  result = {"python": platform.python_version(), "cpus": os.cpu_count()}
+  result = {}
   paths, train, valid = _prepare(result)
   first_path, first_tok = next(iter(paths.values()))
   _prepare_throughput(result, train, valid, first_tok)

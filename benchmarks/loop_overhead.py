@@ -69,7 +69,7 @@ def _bare_finetune_step(config, steps: int, warmup: int) -> float:
                                 run.layout.mesh)
   times, _ = benchmark.time_steps({"finetune": run.train_step},
                                   {"finetune": run.init_state(None)}, batch, steps, warmup)
-  return statistics.median(times["finetune"])
+  return benchmark.medians(times)["finetune"]
 
 
 def main(argv):

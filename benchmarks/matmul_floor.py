@@ -24,9 +24,7 @@ from __future__ import annotations
 import collections
 import math
 import os
-import statistics
 import sys
-import time
 
 from absl import app, flags
 
@@ -90,21 +88,18 @@ def matmul_flops(mm: Matmul) -> int:
 
 
 def time_matmuls(matmuls: list[Matmul], repeats: int) -> dict[Matmul, float]:
-  """Median seconds of each distinct product, alone, as one jitted dot_general."""
+  """Median seconds of each distinct product, alone, as one jitted dot_general (after a
+  compiling call). One product at a time: only its operands are in memory."""
   import jax
   import jax.numpy as jnp
+
+  from tokendrop_jax import benchmark
   out = {}
   for mm in dict.fromkeys(matmuls):
     lhs, rhs, dims = mm
     fn = jax.jit(lambda a, b, dims=dims: jax.lax.dot_general(a, b, dims))
     a, b = jnp.ones(lhs, jnp.float32), jnp.ones(rhs, jnp.float32)
-    fn(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      fn(a, b).block_until_ready()
-      times.append(time.perf_counter() - t0)
-    out[mm] = statistics.median(times)
+    out.update(benchmark.medians(benchmark.time_interleaved({mm: lambda: fn(a, b)}, repeats, 1)))
   return out
 
 
@@ -129,26 +124,24 @@ def main(argv):
   plans = {"ours_full": step_matmuls(cfg, b, s, p), "ours_drop": step_matmuls(cfg, b, s, p, keep)}
   expected = {"ours_full": flops.train_step_flops(cfg, b, s, p),
               "ours_drop": flops.train_step_flops(cfg, b, s, p, keep)}
-  steps = {"ours_full": (bench.jit_step(bench.settings.full()), bench.init(bench.key(0))),
-           "ours_drop": (bench.jit_step(bench.settings), bench.init(bench.key(0)))}
+  fns, states = bench.contenders({"ours_full": bench.settings.full(), "ours_drop": bench.settings})
   if _PEER.value:
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import peer_flax_bert
-    peer_state, peer_step = peer_flax_bert.peer_step_fn(config)
+    states["flax_bert_peer"], peer_step = peer_flax_bert.peer_step_fn(config)
+    fns["flax_bert_peer"] = jax.jit(peer_step, donate_argnums=0)
     plans["flax_bert_peer"] = step_matmuls(cfg, b, s, s)
     expected["flax_bert_peer"] = flops.train_step_flops(cfg, b, s, s)
-    steps["flax_bert_peer"] = (jax.jit(peer_step, donate_argnums=0), peer_state)
   seconds = time_matmuls([mm for plan in plans.values() for mm in plan], _REPEATS.value)
-  times, _ = benchmark.time_steps({k: fn for k, (fn, _) in steps.items()},
-                                  {k: st for k, (_, st) in steps.items()}, bench.batch,
-                                  _STEPS.value, _WARMUP.value)
+  times, _ = benchmark.time_steps(fns, states, bench.batch, _STEPS.value, _WARMUP.value)
+  med = benchmark.medians(times)
   rows = {}
   for name, plan in plans.items():
     row = floor(plan, seconds)
     if abs(row["gflop"] * 1e9 - expected[name]) > 1e-6 * expected[name]:
       raise RuntimeError(f"{name}: the listed products make {row['gflop']:.3f} GFLOP, the "
                          f"FLOPs counter {expected[name] / 1e9:.3f}: the list is out of date")
-    step = statistics.median(times[name])
+    step = med[name]
     rows[name] = {**row, "step_s": step, "step_over_floor": step / row["floor_s"],
                   "not_matmul_s": step - row["floor_s"]}
     print(f"{name:>15}: step {step:.3f} s, matmuls alone {row['floor_s']:.3f} s "
@@ -157,10 +150,9 @@ def main(argv):
   products = [{"lhs": list(mm[0]), "rhs": list(mm[1]), "dims": str(mm[2]),
                "count": n, "s": seconds[mm], "gflop_per_s": matmul_flops(mm) / seconds[mm] / 1e9}
               for mm, n in collections.Counter(m for plan in plans.values() for m in plan).items()]
-  results = {"config": config.name, "device": jax.devices()[0].device_kind,
-             "batch_size": b, "seq_len": s, "keep_tokens": keep, "steps": _STEPS.value,
-             "warmup_steps": _WARMUP.value, "repeats": _REPEATS.value, "rows": rows,
-             "products": products, "step_times_s": times}
+  results = {"config": config.name, "batch_size": b, "seq_len": s, "keep_tokens": keep,
+             "steps": _STEPS.value, "warmup_steps": _WARMUP.value, "repeats": _REPEATS.value,
+             "rows": rows, "products": products, "step_times_s": times}
   if _OUTPUT.value:
     benchmark.write_results(results, _OUTPUT.value)
 

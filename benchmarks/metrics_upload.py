@@ -6,12 +6,13 @@
 The step loop calls `MetricsWriter.write` once per logged step (log_every=1 here:
 the worst case). A stand-in step (sleeping `--step_s`) runs between records, and
 the seconds spent inside `write` are summed, for four writers in one process,
-interleaved record by record: a local workdir; a gs:// workdir as the loop writes
-it now (uploads in a background thread, at most once per `--interval_s`, only the
-new bytes, appended by a server-side compose, and at close); the same uploaded
-synchronously after every record (what each record costs in bytes); and the whole
-files uploaded after every record (what the loop did before). Reports each one's write seconds as a
-fraction of the step time, and the uploads and bytes each sent. The server is the
+interleaved record by record (`benchmark.time_interleaved`, the stand-in step one of
+its thunks): a local workdir; a gs:// workdir as the loop writes it now (uploads in a
+background thread, at most once per `--interval_s`, only the new bytes, appended by a
+server-side compose, and at close); the same uploaded synchronously after every record
+(what each record costs in bytes); and the whole files uploaded after every record (what
+the loop did before). Reports each one's write seconds as a fraction of the step time,
+and the uploads and bytes each sent. The server is the
 Go fake-gcs-server on 127.0.0.1 (requirements-dev.txt); a real bucket is slower.
 """
 from __future__ import annotations
@@ -54,31 +55,34 @@ def main(argv):
         "gs_whole_every_record": metrics.MetricsWriter(f"{prefix}/whole", is_main=True),
     }
     writers["gs_background"]._mirror.interval_s = _INTERVAL.value  # pylint: disable=protected-access
-    spent = {name: 0.0 for name in writers}
-    t_start = time.perf_counter()
-    for step in range(1, _RECORDS.value + 1):
-      record = {k: 1.0 / step for k in FIELDS}
-      for name, w in writers.items():
-        time.sleep(_STEP_S.value / len(writers))  # the step between this writer's records
-        t0 = time.perf_counter()
-        w.write(step, record)
+    step = {"n": 0, "record": {}}
+
+    def stand_in_step():  # the step between each writer's records, advancing the record
+      time.sleep(_STEP_S.value)
+      step["n"] += 1
+      step["record"] = {k: 1.0 / step["n"] for k in FIELDS}
+
+    def write(name, w):
+      def call():
+        w.write(step["n"], step["record"])
         if name == "gs_append_every_record":
           w.flush()  # synchronous, the new bytes only (compose)
         elif name == "gs_whole_every_record":
           w._mirror._sent.clear()  # pylint: disable=protected-access
           w.flush()  # what the loop did before: the whole files after every record
-        spent[name] += time.perf_counter() - t0
-    wall = time.perf_counter() - t_start
+      return call
+
+    thunks = {"step": stand_in_step, **{name: write(name, w) for name, w in writers.items()}}
+    loop = benchmark.timed(lambda: benchmark.time_interleaved(thunks, _RECORDS.value))
     results = {"records": _RECORDS.value, "step_s": _STEP_S.value,
-               "interval_s": _INTERVAL.value, "wall_s": wall, "writers": {}}
+               "interval_s": _INTERVAL.value, "wall_s": loop.wall_s, "writers": {}}
     for name, w in writers.items():
       mirror = w._mirror  # pylint: disable=protected-access
-      t0 = time.perf_counter()
-      w.close()
+      spent = sum(loop.value[name])
       results["writers"][name] = {
-          "write_s_per_record": spent[name] / _RECORDS.value,
-          "fraction_of_step": spent[name] / _RECORDS.value / _STEP_S.value,
-          "close_s": time.perf_counter() - t0,
+          "write_s_per_record": spent / _RECORDS.value,
+          "fraction_of_step": spent / _RECORDS.value / _STEP_S.value,
+          "close_s": benchmark.timed(w.close).wall_s,
           "uploads": getattr(mirror, "uploads", 0),
           "bytes_uploaded": getattr(mirror, "bytes_uploaded", 0),
       }

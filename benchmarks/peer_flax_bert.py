@@ -16,8 +16,6 @@ warm-up put those steps into the peer's median and flattered us.
 from __future__ import annotations
 
 import json
-import os
-import statistics
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -85,26 +83,23 @@ def main(argv):
 
   config = FLAGS.config
   bench = benchmark.setup(config)
-  data, td, batch = config.data, config.token_drop, bench.batch
+  data, td = config.data, config.token_drop
   peer_state, peer_step = peer_step_fn(config)
-  contenders = {
-      "flax_bert_peer": (jax.jit(peer_step, donate_argnums=0), peer_state),
-      "ours_full": (bench.jit_step(bench.settings.full()), bench.init(jax.random.PRNGKey(0))),
-      "ours_drop": (bench.jit_step(bench.settings), bench.init(jax.random.PRNGKey(0))),
-  }
-  times, _ = benchmark.time_steps({k: fn for k, (fn, _) in contenders.items()},
-                                  {k: s for k, (_, s) in contenders.items()}, batch,
+  ours, our_states = bench.contenders({"ours_full": bench.settings.full(),
+                                       "ours_drop": bench.settings})
+  times, _ = benchmark.time_steps({"flax_bert_peer": jax.jit(peer_step, donate_argnums=0), **ours},
+                                  {"flax_bert_peer": peer_state, **our_states}, bench.batch,
                                   FLAGS.steps, FLAGS.warmup)
-  med = {k: statistics.median(v) for k, v in times.items()}
+  med = benchmark.medians(times)
+  over_peer = benchmark.ratios(med, "flax_bert_peer")
   results = {
       "config": config.name,
       "median_step_s": med,
-      "ours_full_over_peer": med["ours_full"] / med["flax_bert_peer"],
-      "ours_drop_over_peer": med["ours_drop"] / med["flax_bert_peer"],
+      "ours_full_over_peer": over_peer["ours_full"],
+      "ours_drop_over_peer": over_peer["ours_drop"],
       "step_times_s": times, "warmup_steps": FLAGS.warmup,
       "batch_size": data.global_batch_size, "seq_len": data.seq_len,
-      "keep_tokens": td.keep_tokens, "device": jax.devices()[0].device_kind,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "keep_tokens": td.keep_tokens,
   }
   print(json.dumps({k: results[k] for k in ("median_step_s", "ours_full_over_peer",
                                             "ours_drop_over_peer")}, indent=2))

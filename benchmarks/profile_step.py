@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -137,21 +136,18 @@ def profile(config, kind: str, steps: int) -> dict:
 
   from tokendrop_jax import benchmark
   bench = benchmark.setup(config, "loss_ema")
-  settings = bench.settings.full() if kind == "full" else bench.settings
-  fn = bench.jit_step(settings)
-  state = bench.init(bench.key(0))
-  compiled = fn.lower(state, bench.batch).compile()
-  labels = hlo_labels(compiled.as_text())
-  state, m = fn(state, bench.batch)  # compile + a warm-up step
-  jax.block_until_ready(m)
+  fns, states = bench.contenders({kind: bench.kinds()[kind]})
+  labels = hlo_labels(fns[kind].lower(states[kind], bench.batch).compile().as_text())
+  thunks = benchmark.step_thunks(fns, states, bench.batch)
+  benchmark.timed(thunks[kind])  # compile + a warm-up step
   trace_dir = tempfile.mkdtemp(prefix="profile_step-")
-  t0 = time.perf_counter()
-  jax.profiler.start_trace(trace_dir)
-  for _ in range(steps):
-    state, m = fn(state, bench.batch)
-    jax.block_until_ready(m)
-  jax.profiler.stop_trace()
-  wall = (time.perf_counter() - t0) / steps
+
+  def traced():
+    jax.profiler.start_trace(trace_dir)
+    benchmark.time_interleaved(thunks, steps)
+    jax.profiler.stop_trace()
+
+  wall = benchmark.timed(traced).wall_s / steps
   path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
   times = op_times(path)
   # An event is an instruction's name, possibly with a suffix the runtime adds.
@@ -171,7 +167,7 @@ def profile(config, kind: str, steps: int) -> dict:
   share = lambda c: {k: round(v / total, 4) for k, v in c.most_common()}  # noqa: E731
   top = [{"instruction": ev, "s_per_step": t / steps, "share": t / total, **label(ev)}
          for ev, t in times.most_common(_TOP.value)]
-  return {"config": config.name, "kind": kind, "steps": steps, "device": jax.devices()[0].device_kind,
+  return {"config": config.name, "kind": kind, "steps": steps,
           "batch_size": config.data.global_batch_size, "seq_len": config.data.seq_len,
           "dtype": config.model.dtype,
           "wall_s_per_step_profiled": wall, "op_s_per_step": total / steps,

@@ -7,14 +7,9 @@
 # steps and tokens, and the calibrated step times). Corpus and SST-2 default to ../shared.
 # --smoke: tiny sizes on the CPU (a few seconds per run; the test suite runs it).
 set -euo pipefail
-if [[ $# -lt 1 || "$1" == -* ]]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-  exit 2
-fi
-OUT="$1"; shift
-cd "$(dirname "$0")/.."
-PY="${PYTHON:-$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3 )}"
-mkdir -p "$OUT"
+USAGE_LINES=2,8
+source "$(dirname "$0")/outdir.sh" "$@"
+shift
 ARGS=(--model_config=configs/small.py --dtype=bfloat16 --batch_size=256 --train_time_s=45
       --evals_per_run=10 --strategies=none,loss_ema,loss_ema+sctd --pretrain_seeds=0
       --sst2_seeds=0,1,2 --sst2_train_examples=8000 --data_workers=8

@@ -187,9 +187,9 @@ def calibrate(configs: dict, steps: int = 8, warmup: int = 2) -> dict[str, dict]
                          sharding.batch_sharding(run.layout.mesh))
   with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
     times, _ = benchmark.time_steps(fns, states, batch, steps, warmup)
-  out = {}
+  med, out = benchmark.medians(times), {}
   for strategy, kinds in counts.items():
-    step_s = {_kind_name(k): float(np.median(times[f"{strategy}/{_kind_name(k)}"])) for k in kinds}
+    step_s = {_kind_name(k): med[f"{strategy}/{_kind_name(k)}"] for k in kinds}
     total = sum(kinds.values())
     mean = sum(c * step_s[_kind_name(k)] for k, c in kinds.items()) / total
     out[strategy] = {"step_s": mean, "step_s_by_kind": step_s,
@@ -428,10 +428,10 @@ def load_results(path: str, settings: dict) -> dict:
 
   Refuses a JSON made with other shared settings: its runs would not compare.
   """
-  if not os.path.exists(path):
+  from tokendrop_jax import benchmark
+  results = benchmark.read_results(path)
+  if results is None:
     return {**settings, "runs": {}}
-  with open(path) as f:
-    results = json.load(f)
   for key in SHARED_SETTINGS:
     if key in results and results[key] != settings[key]:
       raise ValueError(f"{path} holds runs with {key}={results[key]!r}, this command has "
@@ -446,18 +446,15 @@ def load_results(path: str, settings: dict) -> dict:
 
 
 def write(results: dict, path: str) -> None:
-  """Recomputes every derived figure, then writes the JSON (atomically) and the plot."""
+  """Recomputes every derived figure, then writes the JSON and the plot (of the runs with
+  a curve, if any)."""
+  from tokendrop_jax import benchmark
   runs = results["runs"]
   results.pop("equal_cost_budget_s", None)  # back only if every run has a calibrated clock
   results.update(add_run_figures(runs, cost_clocks(results)))
   results["summary"] = summarize(runs)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(path + ".tmp", path)
-  if any(r.get("curve") for r in runs.values()):
-    plot(runs, os.path.splitext(path)[0] + ".png")
-  print(f"wrote {path}", flush=True)
+  benchmark.write_results(results, path,
+                          plot if any(r.get("curve") for r in runs.values()) else None)
 
 
 def same_losses(a: list, b: list, tol: float = 1e-3) -> bool:
@@ -471,27 +468,6 @@ def is_complete(r: dict | None, sst2_seeds: list[int]) -> bool:
 
 
 # ---------------------------------------------------------------------------
-
-
-def code_version(top: str | None = None) -> str:
-  """The commit of the tokendrop_jax this command runs ('+dirty': with uncommitted
-  changes), or the COMMIT file beside a copy made with `git archive` (never read in a
-  git checkout, where it could only be stale)."""
-  import subprocess
-  import tokendrop_jax
-  top = top or os.path.dirname(os.path.dirname(os.path.abspath(tokendrop_jax.__file__)))
-  if not os.path.exists(os.path.join(top, ".git")):
-    if os.path.exists(os.path.join(top, "COMMIT")):
-      with open(os.path.join(top, "COMMIT")) as f:
-        return f.read().strip()
-    return "unknown"
-  try:
-    git = lambda *a: subprocess.run(["git", "-C", top, *a], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "tokendrop_jax")
-                                       else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def warmup_steps():
@@ -543,7 +519,8 @@ def main(argv):
   from tokendrop_jax.training import finetune_loop
   for module in ("loop", "metrics", "workdir", "finetune_step", "step"):
     importlib.import_module(f"tokendrop_jax.training.{module}")
-  code = code_version()
+  from tokendrop_jax import benchmark
+  code = benchmark.code_version()
   print(f"tokendrop_jax: {code}", flush=True)
   sst2_seeds = list(map(int, _SST2_SEEDS.value))
   if _CACHE.value:
@@ -566,16 +543,14 @@ def main(argv):
   os.makedirs(_WORKDIR.value, exist_ok=True)
   calibration = results.setdefault("calibration", {})
   if not _REPORT_ONLY.value:
-    if timed:
-      import jax
-      results["device"] = jax.devices()[0].device_kind
     todo = to_calibrate(timed, calibration, runs)
     if todo:
       plan, strategies = todo
       if not timed:
         calibration.clear()
       calibration.update(calibrate({s: run_config(s, 0, plan) for s in strategies}))
-      results["calibration_info"] = calibration_info(code)
+      # The calibration's own environment: the JSON's is its last writer's.
+      results["calibration_info"] = {**benchmark.environment(), "utc": _utc_now()}
       write(results, _OUTPUT.value)
   if _CALIBRATE_ONLY.value:
     return
@@ -647,10 +622,8 @@ def to_calibrate(timed: bool, calibration: dict, runs: dict) -> tuple[dict, list
   return None
 
 
-def calibration_info(code: str) -> dict:
-  import jax
-  return {"code": code, "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
-          "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
+def _utc_now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
 def print_table(results):
@@ -667,12 +640,13 @@ def print_table(results):
           + (f", {r['sst2_paired_diff']:+.4f} vs {BASELINE}" if "sst2_paired_diff" in r else ""))
 
 
-def plot(runs, path):
+def plot(results, path):
   """Validation loss vs measured time, quiet clock and step: seed 0 solid, other
   pretraining seeds dashed in their strategy's colour."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  runs = results["runs"]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
   costed = all("cost_clock_s" in r for r in runs.values() if r.get("curve"))
   colors = {}

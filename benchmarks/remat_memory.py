@@ -35,9 +35,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -102,7 +100,7 @@ def policy_records(name: str, policy: str, global_batch=None, scheduler="default
   """One record per step (full, drop<keep>) of config `name` under `policy`."""
   import flax.linen as nn
   import jax
-  from tokendrop_jax import synthetic
+  from tokendrop_jax import benchmark, synthetic
   from tokendrop_jax.training import loop
 
   config = load_config(name, policy, global_batch)
@@ -111,11 +109,9 @@ def policy_records(name: str, policy: str, global_batch=None, scheduler="default
   records = []
   with jax.set_mesh(run.layout.mesh), nn.logical_axis_rules(run.layout.rules):
     for kind, fn in run.train_steps.items():  # loss_ema: one full and one drop kind
-      t0 = time.perf_counter()
-      compiled = fn.lower(run.layout.abstract, batch).compile()
+      c = benchmark.timed(lambda f=fn: f.lower(run.layout.abstract, batch).compile())
       records.append({"config": name, "scheduler": scheduler, "policy": policy,
-                      "step": kind.name, "compile_s": round(time.perf_counter() - t0, 1),
-                      **memory(compiled)})
+                      "step": kind.name, "compile_s": round(c.wall_s, 1), **memory(c.value)})
       print(f"{name} remat={policy} {kind.name} ({scheduler} scheduler): temp "
             f"{records[-1]['temp_bytes'] / GIB:.2f} GiB per device "
             f"({records[-1]['compile_s']} s to compile)", flush=True)
@@ -148,26 +144,23 @@ def run(config="bert_base", policies=POLICIES, global_batch=None, scheduler="def
   if smoke:
     config = "tiny"
   first = load_config(config, "none", global_batch)
+  # "devices" is also in the run's environment; here it is what a --merge must match.
   facts = {"config": config, "global_batch": first.data.global_batch_size,
            "seq_len": first.data.seq_len, "keep_tokens": first.token_drop.keep_tokens,
            "dtype": first.model.dtype,
            "devices": f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
            "metric": "GiB = 2**30 bytes of compiled.memory_analysis() per device, data "
-                     "parallel over all devices", "jax_version": jax.__version__}
-  results = {**facts, "commands": [], "records": []}
-  if merge and os.path.exists(output):
-    with open(output) as f:
-      results = json.load(f)
-    if any(results.get(k) != v for k, v in facts.items() if k != "jax_version"):
-      raise ValueError(f"--merge: {output} holds another config, batch or device count")
+                     "parallel over all devices"}
+  results = (merge and benchmark.read_results(output)) or {**facts, "commands": [], "records": []}
+  if any(results.get(k) != v for k, v in facts.items()):
+    raise ValueError(f"--merge: {output} holds another config, batch or device count")
   new = [r for policy in policies for r in policy_records(config, policy, global_batch, scheduler)]
   measured = {(r["scheduler"], r["policy"], r["step"]) for r in new}
   results["records"] = [r for r in results["records"]
                         if (r["scheduler"], r["policy"], r["step"]) not in measured] + new
   results["commands"].append(command or " ".join(sys.argv))
   print(markdown(results))
-  benchmark.write_results(results, output)
-  return results
+  return benchmark.write_results(results, output)
 
 
 def main(argv):

@@ -21,6 +21,11 @@ def _load(name):
     return json.load(f)
 
 
+def _environment(r):
+  """The JSON's `environment` (the harness's); JSONs from before it have its fields at the top."""
+  return r.get("environment", r)
+
+
 def step_table():
   rows = []
   for name in ("step_bench_cpu.json", "step_demo.json"):
@@ -28,6 +33,7 @@ def step_table():
     if r:
       rows.append(r)
   sweep = _load("speed_sweep.json") or []
+  sweep = sweep["points"] if isinstance(sweep, dict) else sweep  # a bare list before `points`
   print("| point | layers | batch × seq | keep | full step | drop step | measured drop/full "
         "| FLOPs drop/full | tokens/s full → drop |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -50,31 +56,6 @@ def peer_table():
   print(f"| tokendrop_jax, full model | {m['ours_full']:.3f} s | **{r['ours_full_over_peer']:.2f}** |")
   print(f"| tokendrop_jax, token drop (keep {r['keep_tokens']}) | {m['ours_drop']:.3f} s "
         f"| **{r['ours_drop_over_peer']:.2f}** |")
-
-
-def scaling_table():
-  r = _load("scaling_on_paper.json")
-  if not r:
-    return
-  print(f"| config | TFLOP/step full → drop | expected step-time ratio | system (at an assumed "
-        f"{r['assumed_mfu']:.0%} MFU) | tokens/s full → drop | 1M steps, days |")
-  print("| --- | --- | --- | --- | --- | --- |")
-  for name, e in r["configs"].items():
-    for system, s in e["systems"].items():
-      print(f"| {name} | {e['full_step_tflops']:.0f} → {e['drop_step_tflops']:.0f} "
-            f"| {e['expected_step_time_ratio']:.3f} | {system} "
-            f"| {s['full_tokens_per_s']:,.0f} → {s['drop_tokens_per_s']:,.0f} "
-            f"| {s['days_for_1M_steps_full']:.1f} → {s['days_for_1M_steps_drop']:.1f} |")
-  print()
-  print("| config | per-device memory, 8-way data parallel (XLA:CPU AOT) | full step | drop step |")
-  print("| --- | --- | --- | --- |")
-  for name, e in r["configs"].items():
-    for key, label in (("memory_per_device_8way_data_parallel", "no remat"),
-                       ("memory_per_device_8way_data_parallel_remat", "`model.remat=True`")):
-      m = e.get(key)
-      if m:
-        print(f"| {name} | {label} | {m['full']['peak_estimate_bytes'] / 2**30:.1f} GiB "
-              f"| {m['drop']['peak_estimate_bytes'] / 2**30:.1f} GiB |")
 
 
 def _run_key(name, r):
@@ -208,8 +189,9 @@ def options_table():
   r = _load("options_speed.json")
   if not r:
     return
+  env = _environment(r)
   print(f"{r['config']}, batch {r['batch_size']} × seq {r['seq_len']}, keep {r['keep_tokens']}, "
-        f"{r['device']} ({r['cpu_count']} cores); median of {len(r['step_times_s']['full'])} "
+        f"{env['device']} ({env['cpu_count']} cores); median of {len(r['step_times_s']['full'])} "
         "interleaved steps.\n")
   print("| step | s/step | measured / full | FLOPs / full |")
   print("| --- | --- | --- | --- |")
@@ -254,7 +236,7 @@ def other():
 
 
 if __name__ == "__main__":
-  for title, fn in (("Step time", step_table), ("Peer", peer_table), ("Scaling", scaling_table),
+  for title, fn in (("Step time", step_table), ("Peer", peer_table),
                     ("Quality", quality_table), ("Options", options_table),
                     ("Kernel options", step_options_table), ("Other", other)):
     print(f"\n### {title}\n")

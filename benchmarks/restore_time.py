@@ -9,11 +9,10 @@ reports seconds and GB; the figure quoted in docs/reliability.md.
 import argparse
 import json
 import os
-import platform
 import shutil
+import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,6 +21,11 @@ sys.path.insert(0, ROOT)
 def _load(path):
   from tokendrop_jax import config_lib
   return config_lib.load_file(path)
+
+
+def _save(ckpt, state):
+  ckpt.save(1, state, force=True)
+  ckpt.wait()
 
 
 def main():
@@ -33,15 +37,12 @@ def main():
   args = p.parse_args()
 
   import jax
-  import numpy as np
   from tokendrop_jax import benchmark, synthetic
   from tokendrop_jax.training import checkpoint, loop
 
   config = _load(args.config)
   run = loop.build(config, synthetic.SPECIAL_IDS, devices=jax.devices()[:1])
-  t = time.perf_counter()
-  state = jax.block_until_ready(run.init_state())
-  init_s = time.perf_counter() - t
+  state, init_s, _ = benchmark.timed(run.init_state)
   leaves = jax.tree_util.tree_leaves(state)
   nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -52,18 +53,11 @@ def main():
     for i in range(args.repeats):
       d = os.path.join(root, f"ckpt{i}")
       ckpt = checkpoint.Checkpointer(d, save_every=1, keep=1, async_save=False)
-      t = time.perf_counter()
-      ckpt.save(1, state, force=True)
-      ckpt.wait()
-      saves.append(time.perf_counter() - t)
+      saves.append(benchmark.timed(lambda c=ckpt: _save(c, state)).wall_s)
       ckpt.close()
       ckpt = checkpoint.Checkpointer(d, save_every=1, keep=1)
-      t = time.perf_counter()
-      restored, _ = ckpt.restore(run.layout.abstract)
-      jax.block_until_ready(restored)
-      restores.append(time.perf_counter() - t)
+      restores.append(benchmark.timed(lambda c=ckpt: c.restore(run.layout.abstract)).wall_s)
       ckpt.close()
-      del restored
       disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
       shutil.rmtree(d)
   finally:
@@ -79,12 +73,9 @@ def main():
       "disk_gb": round(disk / 1e9, 3),
       "save_s": [round(s, 2) for s in saves],
       "restore_s": [round(s, 2) for s in restores],
-      "restore_s_median": round(float(np.median(restores)), 2),
-      "restore_gb_per_s": round(nbytes / 1e9 / float(np.median(restores)), 3),
+      "restore_s_median": round(statistics.median(restores), 2),
+      "restore_gb_per_s": round(nbytes / 1e9 / statistics.median(restores), 3),
       "init_s": round(init_s, 2),
-      "device": str(jax.devices()[0].device_kind),
-      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared)",
-      "command": "python benchmarks/restore_time.py",
   }
   print(json.dumps(result, indent=2))
   benchmark.write_results(result, args.out)

@@ -76,11 +76,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import collections  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -253,7 +251,7 @@ def _compile(run, fn, batch, logical_rules: bool):
 
 def config_records(name: str, variant: str, meshes, kinds, global_batch, logical_rules: bool):
   """Yields one record per (mesh, kind) of config `name`."""
-  from tokendrop_jax import synthetic
+  from tokendrop_jax import benchmark, synthetic
   from tokendrop_jax.training import loop
 
   for mesh_name in meshes:
@@ -272,12 +270,11 @@ def config_records(name: str, variant: str, meshes, kinds, global_batch, logical
       if kinds and not (kind.name in kinds or ("drop" in kinds and not kind.full
                                                and not kind.consistency)):
         continue
-      t0 = time.perf_counter()
-      compiled = _compile(run, fn, batch, logical_rules)
+      compiled = benchmark.timed(lambda f=fn: _compile(run, f, batch, logical_rules))
       record = {"config": name, "mesh": mesh_name, "data": data, "fsdp": fsdp, "tensor": tensor,
                 "kind": kind.name, "global_batch": b, "logical_rules": logical_rules,
-                "compile_s": round(time.perf_counter() - t0, 1)}
-      record.update(measure(compiled, b))
+                "compile_s": round(compiled.wall_s, 1)}
+      record.update(measure(compiled.value, b))
       if probe:  # the same step at a batch size no other dimension has
         m = measure(_compile(run, fn, abstract_batch(config, run.layout.mesh, probe),
                              logical_rules), probe)
@@ -396,13 +393,11 @@ def run(configs=("bert_base", "bert_large"), meshes=MESHES, kinds=(), global_bat
         output="benchmarks/results/sharded_comm.json", merge=False, logical_rules=True,
         smoke=False, variant="loss_ema", command=None) -> dict:
   """Compiles, measures, writes JSON + PNG at `output`, prints the table; returns the results."""
-  import jax
+  from tokendrop_jax import benchmark
   if smoke:
     configs, global_batch = SMOKE["configs"], SMOKE["global_batch"]
-  results = {"records": [], "configs": {}, "commands": []}
-  if merge and os.path.exists(output):
-    with open(output) as f:
-      results = json.load(f)
+  results = (merge and benchmark.read_results(output)) or {"records": [], "configs": {},
+                                                           "commands": []}
   for name in configs:
     facts = config_facts(name, variant, global_batch)
     results["configs"][name] = facts
@@ -413,19 +408,12 @@ def run(configs=("bert_base", "bert_large"), meshes=MESHES, kinds=(), global_bat
   results["commands"].append(command or " ".join(sys.argv))
   results.update(
       metric="bytes of each collective's result arrays, per device, per train step",
-      minimum="see the docstring of benchmarks/sharded_comm.py",
-      jax_version=jax.__version__, device=f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
-      not_run=[])
+      minimum="see the docstring of benchmarks/sharded_comm.py")
   results["not_run"] = not_run(results)
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  with open(output, "w") as f:
-    json.dump(results, f, indent=2)
-  plot(results, os.path.splitext(output)[0] + ".png")
   print(markdown(results))
   if results["not_run"]:
     print("not run:", ", ".join(results["not_run"]))
-  print(f"wrote {output}")
-  return results
+  return benchmark.write_results(results, output, plot)
 
 
 def main(argv):

@@ -5,7 +5,8 @@
 
 Each point runs `tokendrop_jax.benchmark.run_benchmark`: the full and the drop
 train step of one config, alternated in one process, medians after warm-up.
-Writes JSON and a PNG of measured vs analytic (FLOPs) drop/full ratio.
+Writes JSON (`points`: one `run_benchmark` result each) and a PNG of measured vs
+analytic (FLOPs) drop/full ratio.
 """
 from __future__ import annotations
 
@@ -63,13 +64,14 @@ def main(argv):
           f" full {r['full_step_s']:.3f} s  drop {r['drop_step_s']:.3f} s  measured "
           f"{r['measured_ratio']:.3f}  FLOPs {r['flops_ratio']:.3f}  "
           f"{r['full_tokens_per_s']:.0f} -> {r['drop_tokens_per_s']:.0f} tok/s", flush=True)
-  benchmark.write_results(results, _OUTPUT.value, plot)
+  benchmark.write_results({"points": results}, _OUTPUT.value, plot)
 
 
 def plot(results, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  results = results["points"]
   fig, ax = plt.subplots(figsize=(5.5, 5))
   colors = {"size": "#3b75af", "seq_len": "#e1812c", "keep": "#519e3e"}
   for sweep in colors:

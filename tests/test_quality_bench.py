@@ -181,23 +181,6 @@ def test_calibrate_only_refuses_a_timed_json(bench, tmp_path):
   assert not (tmp_path / "q.json").exists()
 
 
-def test_code_version_reads_git_in_a_checkout_and_commit_in_a_copy(bench, tmp_path):
-  import subprocess
-  copy = tmp_path / "copy"
-  copy.mkdir()
-  (copy / "COMMIT").write_text("abc123 (git archive)\n")
-  assert bench.code_version(str(copy)) == "abc123 (git archive)"
-  assert bench.code_version(str(tmp_path)) == "unknown"
-  repo = tmp_path / "repo"
-  repo.mkdir()
-  git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True,
-                                  text=True).stdout.strip()
-  git("init", "-q")
-  git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
-  (repo / "COMMIT").write_text("stale\n")  # left over in a checkout: not read
-  assert bench.code_version(str(repo)) == git("rev-parse", "HEAD")
-
-
 def test_run_names_and_configs(bench):
   assert bench.run_name("loss_ema+sctd", 0) == "loss_ema+sctd"
   assert bench.run_name("loss_ema+sctd", 2) == "loss_ema+sctd@seed2"

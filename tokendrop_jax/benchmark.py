@@ -1,12 +1,20 @@
-"""Step-time benchmark: the full and the token-drop train step of one config, one run.
+"""The benchmark harness, and the step-time benchmark of one config built on it.
 
   python -m tokendrop_jax.benchmark --config=configs/bench_cpu.py --output=FILE.json
 
-Times the jitted train step (forward + backward + AdamW + importance update) of
-the full model and of the token-drop model on the same synthetic batch,
-alternating the two so that machine noise hits both alike. Compile and warm-up
-are excluded; the figure is the median step. The analytic FLOPs ratio comes
-from `tokendrop_jax.flops`.
+The harness is what every script in benchmarks/ is a short recipe on: `timed`
+(one call's wall and CPU seconds), `time_interleaved` (thunks called in turn after
+a warm-up, so that a shared machine's drift hits them alike) and `time_steps` (the
+same for jitted train steps, `step_thunks`), `medians`/`ratios`, `setup` (model,
+optimizer, one synthetic batch and fresh states of a config), `write_results` (the
+JSON, with the run's `environment()`, and a PNG by the script's plot) and
+`read_results` (the JSON so far, for a script that merges into it).
+
+The step benchmark times the jitted train step (forward + backward + AdamW +
+importance update) of the full model and of the token-drop model on the same
+synthetic batch, alternating the two. Compile and warm-up are excluded; the
+figure is the median step. The analytic FLOPs ratio comes from
+`tokendrop_jax.flops`.
 """
 from __future__ import annotations
 
@@ -15,13 +23,18 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from typing import Any, Callable, Optional
+from importlib import metadata
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+# The packages whose versions `environment()` records (those installed).
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "libtpu", "jax-cuda12-plugin")
 
 
 def _define_flags() -> None:
@@ -33,41 +46,154 @@ def _define_flags() -> None:
   flags.mark_flag_as_required("config")
 
 
-def write_results(results, path: str, plot: Optional[Callable[[Any, str], None]] = None) -> None:
-  """Writes `results` as JSON at `path` (making its folder) and, given `plot`,
-  calls plot(results, PNG path beside it); prints where the JSON went."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  if plot is not None:
-    plot(results, os.path.splitext(path)[0] + ".png")
-  print(f"wrote {path}")
+# ---------------------------------------------------------------------------
+# Where a result was measured.
+
+
+def code_version(top: str | None = None) -> str:
+  """The commit of the tokendrop_jax this process runs ('+dirty': with uncommitted
+  changes), or the COMMIT file beside a copy made with `git archive` (never read in a
+  git checkout, where it could only be stale)."""
+  top = top or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if not os.path.exists(os.path.join(top, ".git")):
+    if os.path.exists(os.path.join(top, "COMMIT")):
+      with open(os.path.join(top, "COMMIT")) as f:
+        return f.read().strip()
+    return "unknown"
+  try:
+    git = lambda *a: subprocess.run(["git", "-C", top, *a], capture_output=True, text=True,  # noqa: E731
+                                    check=True).stdout.strip()
+    return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "tokendrop_jax")
+                                       else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _installed(package: str) -> Optional[str]:
+  try:
+    return metadata.version(package)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _cpu_name() -> str:
+  """The host CPU's model name (Linux), else what `platform` knows of it."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+  """What a figure was measured with, so that it is compared only with its peers: the
+  devices, the package versions, XLA's flags, the host, the code's commit, the command."""
+  import jax
+  versions = {p: _installed(p) for p in PACKAGES}
+  return {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+          "platform": jax.default_backend(),
+          "versions": {p: v for p, v in versions.items() if v is not None},
+          "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "host_cpu": _cpu_name(), "cpu_count": os.cpu_count(), "commit": code_version(),
+          "command": " ".join(sys.argv)}
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+
+
+class Timing(NamedTuple):
+  value: Any     # what the call returned
+  wall_s: float
+  cpu_s: float   # this process's CPU time, all threads: what other jobs on the cores do not add
+
+
+def timed(thunk: Callable[[], Any]) -> Timing:
+  """Calls `thunk()` once and waits for JAX's asynchronous results, so they are in its time."""
+  import jax
+  t0, c0 = time.perf_counter(), time.process_time()
+  value = jax.block_until_ready(thunk())
+  return Timing(value, time.perf_counter() - t0, time.process_time() - c0)
+
+
+def time_interleaved(thunks: dict, repeats: int, warmup: int = 0) -> dict[Any, list[float]]:
+  """{name: wall seconds of each of `repeats` calls of thunks[name]}, after `warmup`
+  untimed calls of each. The calls go round the names, one of each per round, so that a
+  drift of a shared machine hits every name alike."""
+  for _ in range(warmup):
+    for thunk in thunks.values():
+      timed(thunk)
+  times = {name: [] for name in thunks}
+  for _ in range(repeats):
+    for name, thunk in thunks.items():
+      times[name].append(timed(thunk).wall_s)
+  return times
+
+
+def step_thunks(steps_fn: dict, states: dict, batch) -> dict:
+  """{name: a thunk taking one step of jitted `state, batch -> state, metrics`
+  steps_fn[name] from states[name] (which it updates), returning the metrics}."""
+  def step(name):
+    def call():
+      states[name], metrics = steps_fn[name](states[name], batch)
+      return metrics
+    return call
+  return {name: step(name) for name in steps_fn}
 
 
 def time_steps(steps_fn: dict, states: dict, batch, steps: int, warmup: int):
-  """Times jitted `state, batch -> state, metrics` functions, interleaved.
+  """Times jitted train steps (`step_thunks`) with `time_interleaved`.
 
-  Returns ({name: [seconds per timed step]}, {name: compile + first step seconds}).
-  Interleaving makes machine noise hit every function alike.
+  Returns ({name: [seconds per timed step]}, {name: compile + first step seconds});
+  `states` ends holding each function's last state.
   """
-  import jax
-  compile_s = {}
-  for name, fn in steps_fn.items():
-    t0 = time.perf_counter()
-    states[name], m = fn(states[name], batch)
-    jax.block_until_ready(m)
-    compile_s[name] = time.perf_counter() - t0
-    for _ in range(warmup):
-      states[name], m = fn(states[name], batch)
-    jax.block_until_ready(m)
-  times = {name: [] for name in steps_fn}
-  for _ in range(steps):
-    for name, fn in steps_fn.items():
-      t0 = time.perf_counter()
-      states[name], m = fn(states[name], batch)
-      jax.block_until_ready(m)
-      times[name].append(time.perf_counter() - t0)
-  return times, compile_s
+  thunks = step_thunks(steps_fn, states, batch)
+  first_s = {name: timed(thunk).wall_s for name, thunk in thunks.items()}
+  return time_interleaved(thunks, steps, warmup), first_s
+
+
+def medians(times: dict) -> dict:
+  """{name: median of its times}: the figure every timing here reports (robust to a hiccup)."""
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def ratios(values: dict, base) -> dict:
+  """{name: value / values[base]}."""
+  return {name: v / values[base] for name, v in values.items()}
+
+
+# ---------------------------------------------------------------------------
+# Results.
+
+
+def read_results(path: str) -> Optional[dict]:
+  """The JSON at `path`, or None if there is none (a merging script's start)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_results(results: dict, path: str,
+                  plot: Optional[Callable[[Any, str], None]] = None) -> dict:
+  """Writes `results` plus `environment` (this run's `environment()`) as JSON at `path`,
+  and given `plot`, calls plot(that, PNG path beside it); returns what it wrote.
+
+  The folder is made; the file is replaced whole (written beside, then renamed), so a run
+  stopped while writing leaves the previous JSON."""
+  out = {**results, "environment": environment()}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, indent=2)
+  os.replace(path + ".tmp", path)
+  if plot is not None:
+    plot(out, os.path.splitext(path)[0] + ".png")
+  print(f"wrote {path}", flush=True)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Step benchmarks.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +221,20 @@ class Setup:
     return jax.jit(step_lib.make_train_step(self.model, self.optimizer, self.schedule, settings,
                                             prng_impl=self.config.train.prng_impl),
                    donate_argnums=0)
+
+  def kinds(self) -> dict:
+    """{"full": the full step's settings, "drop": the paper's drop step's}."""
+    return {"full": self.settings.full(), "drop": self.settings}
+
+  def contenders(self, settings: dict) -> tuple[dict, dict]:
+    """({name: jitted step}, {name: a fresh state}) of `settings` {name: DropSettings}:
+    what `time_steps` takes."""
+    return ({name: self.jit_step(s) for name, s in settings.items()},
+            {name: self.init(self.key(0)) for name in settings})
+
+  def time(self, settings: dict, steps: int, warmup: int):
+    """`time_steps` of `settings` {name: DropSettings} on this batch, from fresh states."""
+    return time_steps(*self.contenders(settings), self.batch, steps, warmup)
 
   def step_flops(self, keep_tokens=None, **kwargs) -> float:
     """Analytic FLOPs of one train step at this config's batch and sequence."""
@@ -135,19 +275,16 @@ def setup(config, strategy: str = "loss_ema") -> Setup:
 
 def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
   """Times both steps; returns the figures (see the module docstring)."""
-  import jax
-
   from tokendrop_jax import importance
 
   td = config.token_drop
   # A config without dropping still benchmarks the paper's drop step against its full one.
   strategy = td.strategy if importance.get(td.strategy).drops else importance.LOSS_EMA.name
   bench = setup(config, strategy)
-  cfg, data, batch = bench.cfg, config.data, bench.batch
-  steps_fn = {"full": bench.jit_step(bench.settings.full()), "drop": bench.jit_step(bench.settings)}
-  states = {name: bench.init(bench.key(0)) for name in steps_fn}
-  times, compile_s = time_steps(steps_fn, states, batch, steps, warmup)
-  full_s, drop_s = statistics.median(times["full"]), statistics.median(times["drop"])
+  cfg, data = bench.cfg, config.data
+  times, compile_s = bench.time(bench.kinds(), steps, warmup)
+  med = medians(times)
+  full_s, drop_s = med["full"], med["drop"]
   tokens = data.global_batch_size * data.seq_len
   full_flops, drop_flops = bench.step_flops(), bench.step_flops(td.keep_tokens)
   return {
@@ -173,12 +310,6 @@ def run_benchmark(config, steps: int = 10, warmup: int = 5) -> dict:
       "compile_s": compile_s,
       "steps": steps,
       "warmup": warmup,
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
-      "jax_version": jax.__version__,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "host": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
   }
 
 
