@@ -38,11 +38,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist), each file whole in one
+# worker so that its module fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: install-dev
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-slow: install-dev
-	$(PY) -m pytest -q -m slow tests
+	$(PYTEST) -m slow tests
 
 demo: install
 	$(PY) -m tokendrop_jax.train --config=configs/demo.py --workdir=$(WORKDIR)
