@@ -84,6 +84,8 @@ def table() -> str:
           "| peak GiB/chip (of HBM) | all-reduce MB | other collectives MB | compile s | host GiB |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
+    if "max_batch" in r:  # a --max_batch case: its own table
+      continue
     hbm = r["hbm_bytes_per_chip"] / 2**30
     # (JSONs from before the field: splash exactly when attention dropout was turned off)
     attention = r.get("attention") or ("splash" if any(
@@ -110,11 +112,13 @@ def table() -> str:
 def max_batch_table() -> str:
   """The largest global batch of each --max_batch case."""
   rows = ["| config | slice | remat | step | largest global batch that fits (rows/chip) "
-          "| smallest refused | compiles |", "| --- | --- | --- | --- | --- | --- | --- |"]
+          "| its temporaries GiB/chip | smallest refused | compiles |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
     for kind, m in r.get("max_batch", {}).items():
       rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
-                  f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) | {m['refused_at']} "
+                  f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) "
+                  f"| {m['tried'][str(m['max_batch'])]['temp_bytes'] / 2**30:.1f} | {m['refused_at']} "
                   f"| {len(m['tried'])} |")
   return "\n".join(rows) if len(rows) > 2 else ""
 
