@@ -49,7 +49,16 @@ CASES = {
     "base_v4-8_max_remat": _case("bert_base", "v4-8", "full,drop256", "--max_batch",
                                  "--config.model.remat=full"),
     "large_v5p-8_max": _case("bert_large", "v5p-8", "full,drop256", "--max_batch"),
+    # The sharded meshes of benchmarks/sharded_comm.py on 8 TPU chips (its data x fsdp x tensor
+    # names; 8x1x1 is base_v5e-8): the TPU compiler's collectives beside XLA:CPU's.
+    "base_v5e-8_mesh1x8x1": _case("bert_base", "v5e-8", "full,drop256", "--config.mesh.data=1",
+                                  "--config.mesh.fsdp=8"),
+    "base_v5e-8_mesh2x2x2": _case("bert_base", "v5e-8", "full,drop256", "--config.mesh.data=2",
+                                  "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+                                  "--config.mesh.device_order=list"),
 }
+COMM_CASES = {"8x1x1": "base_v5e-8", "1x8x1": "base_v5e-8_mesh1x8x1",
+              "2x2x2": "base_v5e-8_mesh2x2x2"}
 
 _CASES = flags.DEFINE_list("cases", list(CASES), "Which cases to compile (in this order).")
 _TABLE = flags.DEFINE_bool("table", False, "Only print the table of the existing JSONs.")
@@ -84,8 +93,8 @@ def table() -> str:
           "| peak GiB/chip (of HBM) | all-reduce MB | other collectives MB | compile s | host GiB |",
           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
-    if "max_batch" in r:  # a --max_batch case: its own table
-      continue
+    if "max_batch" in r or name in COMM_CASES.values() and name != "base_v5e-8":
+      continue  # --max_batch and sharded-mesh cases: their own tables
     hbm = r["hbm_bytes_per_chip"] / 2**30
     # (JSONs from before the field: splash exactly when attention dropout was turned off)
     attention = r.get("attention") or ("splash" if any(
@@ -123,6 +132,28 @@ def max_batch_table() -> str:
   return "\n".join(rows) if len(rows) > 2 else ""
 
 
+def comm_table() -> str:
+  """Collective bytes per chip and step by mesh: the TPU compiler's (v5e-8) beside XLA:CPU's
+  (benchmarks/results/sharded_comm.json, 8 CPU devices, the same programs)."""
+  with open(os.path.join(ROOT, "benchmarks", "results", "sharded_comm.json")) as f:
+    cpu = {(r["config"], r["mesh"], r["kind"]): r for r in json.load(f)["records"]}
+  rows = ["| config | mesh data×fsdp×tensor | step | TPU collectives MB/chip (by kind) "
+          "| XLA:CPU MB/device | TPU peak GiB/chip |", "| --- | --- | --- | --- | --- | --- |"]
+  results = dict(_results())
+  for mesh, name in COMM_CASES.items():
+    r = results.get(name)
+    for kind, k in (r["kinds"].items() if r else ()):
+      if "collective_bytes" not in k:
+        continue
+      by_kind = ", ".join(f"{c} {b / 1e6:,.0f}" for c, b in k["collective_bytes"].items() if b)
+      c = cpu.get((r["config"], mesh, kind))
+      cpu_mb = f"{c['total_bytes'] / 1e6:,.0f}" if c else "-"
+      rows.append(f"| {r['config']} | {mesh.replace('x', '×')} | {kind} "
+                  f"| {k['collective_bytes_total'] / 1e6:,.0f} ({by_kind}) | {cpu_mb} "
+                  f"| {k['peak_bytes'] / 2**30:.1f} |")
+  return "\n".join(rows) if len(rows) > 2 else ""
+
+
 def main(argv):
   del argv
   if not _TABLE.value:
@@ -131,6 +162,7 @@ def main(argv):
       run_case(name)
   print(table())
   print(max_batch_table())
+  print(comm_table())
 
 
 if __name__ == "__main__":
