@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tokendrop_jax.partitioning import DEFAULT_RULES, LOGICAL_AXES, MESH_AXES  # noqa: F401
+from tokendrop_jax.partitioning import DEFAULT_RULES, MESH_AXES
 from tokendrop_jax.partitioning import rules_from_config
 
 
