@@ -17,8 +17,7 @@ all of dropout's random bits cost. `cudnn` and `splash` need a GPU or a TPU
 (benchmarks/accelerator.sh measures them there). --rows picks rows (`default` is
 always run).
 
---set=token_drop (benchmarks/results/options_speed.json, 10 timed steps after 3;
-made by benchmarks/options_speed.py before it was folded in here): every step
+--set=token_drop (benchmarks/results/options_speed.json, 10 timed steps after 3): every step
 kind of the options beyond the paper, from the config as it is:
   full               the plain model
   drop               the paper (loss_ema, keep_tokens)
