@@ -19,7 +19,6 @@ figure is the median step. The analytic FLOPs ratio comes from
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,8 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from tokendrop_jax import files
 
 FLAGS = flags.FLAGS
 # The packages whose versions `environment()` records (those installed).
@@ -168,10 +169,7 @@ def ratios(values: dict, base) -> dict:
 
 def read_results(path: str) -> Optional[dict]:
   """The JSON at `path`, or None if there is none (a merging script's start)."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path) if files.exists(path) else None
 
 
 def write_results(results: dict, path: str,
@@ -182,10 +180,7 @@ def write_results(results: dict, path: str,
   The folder is made; the file is replaced whole (written beside, then renamed), so a run
   stopped while writing leaves the previous JSON."""
   out = {**results, "environment": environment()}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, out)
   if plot is not None:
     plot(out, os.path.splitext(path)[0] + ".png")
   print(f"wrote {path}", flush=True)

@@ -221,6 +221,11 @@ def atomic_write(target, data: str | bytes) -> None:
     raise
 
 
+def replace(src, target) -> None:
+  """Renames `src` to `target`, replacing it (in a bucket: a copy, then a delete)."""
+  epath.Path(src).replace(target)
+
+
 def write_json(target, obj: Any) -> None:
   atomic_write(target, json.dumps(obj, indent=2))
 

@@ -15,7 +15,6 @@ import logging
 
 import jax
 import numpy as np
-from etils import epath
 from jax.experimental import multihost_utils
 
 from tokendrop_jax import config_fields, files
@@ -52,7 +51,7 @@ def _sample_file(source, corpus_dir: str) -> str:
       n += len(doc)
       if n >= TOKENIZER_TRAINING_SENTENCES:
         break
-  epath.Path(tmp).replace(path)
+  files.replace(tmp, path)
   return path
 
 
@@ -260,7 +259,7 @@ def is_prepared(dataset_dir: str) -> bool:
 
 
 def _same_file(a: str, b: str) -> bool:
-  return epath.Path(a).read_bytes() == epath.Path(b).read_bytes()
+  return files.read_bytes(a) == files.read_bytes(b)
 
 
 def _same_tokenizer(given, saved_path: str) -> bool:

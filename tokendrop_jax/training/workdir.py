@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import ml_collections
-from etils import epath
 
 from tokendrop_jax import files
 
@@ -87,9 +86,9 @@ def write_started_config(config, workdir) -> None:
 
 
 def _check_dir(workdir) -> None:
-  if not epath.Path(workdir).exists():
+  if not files.exists(workdir):
     raise FileNotFoundError(f"Pretraining workdir {workdir} does not exist.")
-  if not epath.Path(workdir).is_dir():
+  if not files.isdir(workdir):
     raise NotADirectoryError(f"Pretraining workdir {workdir} is not a directory.")
 
 
@@ -117,7 +116,7 @@ def read_config(workdir) -> ml_collections.ConfigDict:
   allowed to make (config_changes.jsonl); errors name the file."""
   _check_dir(workdir)
   source = path(workdir, CONFIG_FILE)
-  if not epath.Path(source).exists():
+  if not files.exists(source):
     raise FileNotFoundError(
         f"No {CONFIG_FILE} in {workdir}: not a pretraining workdir "
         "(the train main writes it at start).")
@@ -159,7 +158,7 @@ def check_resume(config, workdir, fields: Iterable[str],
   would be resumed and any config may start there.
   """
   source = path(workdir, CONFIG_FILE)
-  if not (epath.Path(source).exists() and checkpoint_steps(workdir)):
+  if not (files.exists(source) and checkpoint_steps(workdir)):
     return {}
   started = _flat(_apply_changes(read_json(source), _read_changes(workdir)))
   saved = {**dict(added or {}), **started}
@@ -212,10 +211,11 @@ def checkpoint_steps(workdir) -> list[int]:
   Names that are not plain integers (orbax temp dirs, `<step>.corrupt`
   quarantined by the Checkpointer) are not steps.
   """
-  root = epath.Path(checkpoint_dir(workdir))
-  if not root.is_dir():
+  root = checkpoint_dir(workdir)
+  if not files.isdir(root):
     return []
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+  return sorted(int(name) for name in files.listdir(root)
+                if name.isdigit() and files.isdir(files.join(root, name)))
 
 
 def find_tokenizer(directory) -> str | None:
