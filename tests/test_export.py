@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import hf_reference
 from tokendrop_jax import config_lib
 from tokendrop_jax import export as export_lib
 from tokendrop_jax.data import demo_corpus
@@ -221,13 +222,9 @@ def hf_model(exported):
 
 
 def test_mlm_logits_match_transformers(workdir, exported, hf_model):
-  import torch
   assert type(hf_model).__name__ == "BertForMaskedLM"
   ids, mask, types = _random_batch(hf_model.config.vocab_size)
-  with torch.no_grad():
-    theirs = hf_model(input_ids=torch.from_numpy(ids).long(),
-                      attention_mask=torch.from_numpy(mask).long(),
-                      token_type_ids=torch.from_numpy(types).long()).logits.numpy()
+  theirs = hf_reference.outputs(hf_model, ids, mask, types)
   ours = _our_logits(workdir, ids, mask, types)
   assert ours.shape == theirs.shape == ids.shape + (300,)
   assert np.abs(ours).max() > 1.0  # a random init that would hide errors is not enough
@@ -266,10 +263,7 @@ def test_hidden_act_logits_match_transformers(hidden_act):
   missing, unexpected = hf.load_state_dict(tensors, strict=False)
   assert not unexpected and set(missing) <= {"cls.predictions.decoder.weight",
                                              "cls.predictions.decoder.bias"}  # tied
-  with torch.no_grad():
-    theirs = hf(input_ids=torch.from_numpy(ids).long(),
-                attention_mask=torch.from_numpy(mask).long(),
-                token_type_ids=torch.from_numpy(types).long()).logits.numpy()
+  theirs = hf_reference.outputs(hf, ids, mask, types)
   np.testing.assert_allclose(ours(cfg), theirs, atol=1e-4, rtol=0)
   swapped = {"gelu": "gelu_tanh", "gelu_tanh": "gelu"}[hidden_act]
   other = dataclasses.replace(cfg, hidden_act=swapped)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from tests import hf_reference
 from tests.resume_checks import final_state, losses, sigterm_once_training
 from tests.test_config import load
 from tokendrop_jax import config_lib, export
@@ -99,11 +100,7 @@ def batch(seed=0):
 
 
 def hf_logits(model, ids, mask, types):
-  with torch.no_grad():
-    out = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                attention_mask=torch.tensor(mask, dtype=torch.long),
-                token_type_ids=torch.tensor(types, dtype=torch.long))
-  return out.logits.numpy() if hasattr(out, "logits") else out.prediction_logits.numpy()
+  return hf_reference.outputs(model, ids, mask, types)
 
 
 # ---------------------------------------------------------------------------
@@ -176,10 +173,7 @@ def test_bert_model_without_head_gives_the_encoder_only(tmp_path):
   from tokendrop_jax.model.encoder import BertEncoder
   ids, mask, types = batch(2)
   got = np.asarray(BertEncoder(cfg).apply({"params": params["bert"]}, ids, mask, types))
-  with torch.no_grad():
-    want = model(input_ids=torch.tensor(ids, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long),
-                 token_type_ids=torch.tensor(types, dtype=torch.long)).last_hidden_state.numpy()
+  want = hf_reference.outputs(model, ids, mask, types, "last_hidden_state")
   np.testing.assert_allclose(got[mask > 0], want[mask > 0], atol=1e-4, rtol=0)
 
 
