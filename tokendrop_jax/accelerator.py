@@ -8,7 +8,8 @@ they found and the install command that fixes it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from importlib import metadata
+from typing import Optional, Sequence
 
 PLATFORMS = ("any", "cpu", "gpu", "tpu")
 # What installs each platform's jaxlib plugin (Makefile: ACCEL=...).
@@ -21,6 +22,17 @@ INSTALL = {
 
 class PlatformError(ValueError):
   """The backend is not the one the run expects (a ValueError: exit 2, bad input)."""
+
+
+def versions(packages: Sequence[str]) -> dict[str, Optional[str]]:
+  """{package: its installed version, or None}: which build of the stack a figure came from."""
+  out = {}
+  for name in packages:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = None
+  return out
 
 
 def describe(devices: Sequence) -> str:

@@ -25,13 +25,12 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from tokendrop_jax import files
+from tokendrop_jax import accelerator, files
 
 FLAGS = flags.FLAGS
 # The packages whose versions `environment()` records (those installed).
@@ -70,13 +69,6 @@ def code_version(top: str | None = None) -> str:
     return "unknown"
 
 
-def _installed(package: str) -> Optional[str]:
-  try:
-    return metadata.version(package)
-  except metadata.PackageNotFoundError:
-    return None
-
-
 def _cpu_name() -> str:
   """The host CPU's model name (Linux), else what `platform` knows of it."""
   try:
@@ -90,7 +82,7 @@ def environment() -> dict:
   """What a figure was measured with, so that it is compared only with its peers: the
   devices, the package versions, XLA's flags, the host, the code's commit, the command."""
   import jax
-  versions = {p: _installed(p) for p in PACKAGES}
+  versions = accelerator.versions(PACKAGES)
   return {"device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
           "platform": jax.default_backend(),
           "versions": {p: v for p, v in versions.items() if v is not None},

@@ -32,7 +32,7 @@ import tempfile  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from tokendrop_jax import cli, flops  # noqa: E402
+from tokendrop_jax import accelerator, cli, flops  # noqa: E402
 from tokendrop_jax.training import slice_plan  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
@@ -108,7 +108,7 @@ def main(argv):
       "remat": str(config.model.remat), "dtype": config.model.dtype,
       "attention": slice_plan.attention_kernel(config),
       "mesh": {a: int(config.mesh[a]) for a in ("data", "fsdp", "tensor")},
-      "versions": slice_plan.versions(), "kinds": {},
+      "versions": accelerator.versions(("jax", "jaxlib", "libtpu")), "kinds": {},
   }
   isolate = _ISOLATE.value and len(names) > 1
   for i, name in enumerate(names):

@@ -48,9 +48,7 @@ class Mirror:
     for name in names:  # files to continue (e.g. metrics.jsonl on resume)
       if files.exists(files.join(self.target, name)):
         dst = os.path.join(self.local, name)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with builtins.open(dst, "wb") as f:
-          f.write(files.read_bytes(files.join(self.target, name)))
+        files.copy_file(files.join(self.target, name), dst)
         self._sent[name] = self._stamp(dst)
     self.interval_s = interval_s
     self.uploads = 0          # objects uploaded (the benchmark reads these)

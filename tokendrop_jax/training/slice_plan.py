@@ -9,7 +9,6 @@ kind does not fit, and the table.
 from __future__ import annotations
 
 import math
-from importlib import metadata
 from typing import Callable
 
 import flax.linen as nn
@@ -154,16 +153,6 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
   return {"max_batch": lo, "refused_at": hi,
           "tried": {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r)}
                     for k, r in sorted(tried.items())}}
-
-
-def versions() -> dict:
-  out = {}
-  for name in ("jax", "jaxlib", "libtpu"):
-    try:
-      out[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      out[name] = None
-  return out
 
 
 def advice(config, the_slice, report: dict) -> str:
