@@ -234,13 +234,11 @@ def _resolve(dataset_dir_or_source, split: str, tokenizer, masking: str = "token
     source = text_builder.open_split(path, split)
     if tokenizer is None:
       tokenizer = _dataset_tokenizer(path) if words else text_builder.load_corpus_meta(path)
-    special = masking_lib.SpecialIds.of(tokenizer, word_starts=words)
   else:
     source = dataset_dir_or_source
     if tokenizer is None:
       raise ValueError("tokenizer (special ids) is required when passing a data source")
-    special = masking_lib.SpecialIds.of(tokenizer, word_starts=words)
-  return source, special
+  return source, masking_lib.SpecialIds.of(tokenizer, word_starts=words)
 
 
 def _check_args(seq_len, max_predictions_per_seq, global_batch_size, mask_prob,
