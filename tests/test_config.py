@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tokendrop_jax import config_checks
+from tokendrop_jax.training.input_settings import InputSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN_CONFIGS = ["tiny", "demo", "bench_cpu", "small", "bert_base", "bert_large"]
@@ -24,6 +25,22 @@ def test_configs_validate(name, variant):
   c = load(name, variant)
   config_checks.validate(c)
   assert c.token_drop.strategy == (variant or "loss_ema")
+
+
+@pytest.mark.parametrize("name", PRETRAIN_CONFIGS)
+def test_input_settings_carry_every_data_field(name):
+  """The input code sees `InputSettings`, not the config: a new `data.*` field must reach
+  it (or be listed here as read elsewhere), and each arrives with its config value."""
+  c = load(name)
+  s = InputSettings.of(c)
+  carried = {"dataset_dir": s.dataset_dir}
+  for part in (s.corpus, s.tokenizer, s.batches):
+    carried.update(vars(part))
+  read_elsewhere = {"num_shards"}  # host_rows.plan: which process reads which shards
+  assert set(c.data) - read_elsewhere == set(carried) - {"vocab_size", "eval_batches"}
+  assert all(carried[k] == c.data[k] for k in set(c.data) - read_elsewhere)
+  assert (carried["vocab_size"], carried["eval_batches"]) == (c.model.vocab_size,
+                                                             c.train.eval_batches)
 
 
 def test_paper_recipe():

@@ -26,6 +26,7 @@ from tokendrop_jax import prepare as prepare_lib
 from tokendrop_jax.data import demo_corpus, text_builder, text_readers, text_sources
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.training import inputs
+from tokendrop_jax.training.input_settings import Corpus
 
 flags.FLAGS.mark_as_parsed()
 
@@ -103,7 +104,7 @@ def test_jsonl_and_parquet_read_a_document_per_record(root, texts):
   data.update(demo_corpus=False, text_field="body", valid_fraction=0.3,
               sources=f"{files.join(root, 'wiki', '*.parquet')}@2,"
                       f"{files.join(root, 'books', '*.jsonl.gz')}@1")
-  carved = inputs.corpus_source(data, corpus_dir="")
+  carved = inputs.corpus_source(Corpus.of(data), corpus_dir="")
   train, valid = list(carved.documents(TRAIN)), list(carved.documents(VALIDATION))
   assert train and valid and sorted(train + valid) == sorted(carved.source.documents(TRAIN))
 
@@ -135,10 +136,10 @@ def test_bad_records_name_the_file_and_the_field(tmp_path, texts):
   c = load("tiny")
   c.data.update(demo_corpus=False, train_files=good, valid_files=good, text_field="body")
   with pytest.raises(ValueError, match=r"data.text_field='body': .*good.parquet: no text field"):
-    inputs.corpus_source(c.data, corpus_dir="")
+    inputs.corpus_source(Corpus.of(c.data), corpus_dir="")
   c.data.update(text_field="text", valid_files=str(fake))
   with pytest.raises(ValueError, match="data.valid_files: .*fake.parquet: cannot read"):
-    inputs.corpus_source(c.data, corpus_dir="")
+    inputs.corpus_source(Corpus.of(c.data), corpus_dir="")
 
 
 # --------------------------------------------------------------- mixtures ---
@@ -239,16 +240,16 @@ def test_mixture_inputs_are_checked_before_any_work(mixture_files, tmp_path):
   c = load("tiny")
   c.data.update(demo_corpus=False, sources=f"{a}@1,{tmp_path}/none-*.txt@1")
   with pytest.raises(FileNotFoundError, match=r"data.sources \(.*none-\*.txt\): no file matches"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   c.data.sources = f"{a}@1,{empty}@1"
   with pytest.raises(ValueError, match="data.sources: .*empty.txt' holds no document"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   c.data.sources = f"{a}@1,{b}@1"
   with pytest.raises(ValueError, match="data.valid_files must be set when data.sources is "
                                        r"\(or data.valid_fraction > 0"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   c.data.valid_files = b
-  source = inputs.corpus_source(c.data, "")
+  source = inputs.corpus_source(Corpus.of(c.data), "")
   assert isinstance(source, text_sources.Mixture) and source.weights == (1.0, 1.0)
   assert list(source.documents(VALIDATION)) == list(text_readers.read_documents(b))
 
@@ -317,19 +318,19 @@ def test_tfds_splits_are_checked_before_anything_runs(tmp_path, monkeypatch):
     prepare_lib.prepare(c, str(tmp_path / "out"), say=lambda line: None)
   c.data.update(tfds_train_split="training[:90%]", tfds_valid_split="train[90%:]")
   with pytest.raises(ValueError, match=r"data.tfds_train_split='training\[:90%\]'"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   c.data.update(tfds_name="no_such_dataset_xyz")
   with pytest.raises(ValueError, match="data.tfds_name='no_such_dataset_xyz': .*not found"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   c.data.update(tfds_name="tiny_wiki_ds", tfds_data_dir=str(tmp_path / "elsewhere"))
   with pytest.raises(ValueError, match="data.tfds_name='tiny_wiki_ds' is not prepared in"):
-    inputs.corpus_source(c.data, "")
+    inputs.corpus_source(Corpus.of(c.data), "")
   assert not (tmp_path / "out").exists()
   monkeypatch.undo()
 
   # Sliced splits pass; a dataset without a validation split is carved.
   c.data.update(tfds_data_dir=src, tfds_train_split="train[:30]", tfds_valid_split="train[30:]")
-  assert isinstance(inputs.corpus_source(c.data, ""), text_sources.TfdsText)
+  assert isinstance(inputs.corpus_source(Corpus.of(c.data), ""), text_sources.TfdsText)
   c.data.update(tfds_train_split="train", tfds_valid_split="validation", valid_fraction=0.25)
   result = prepare_lib.prepare(c, str(tmp_path / "carved"), workers=1, say=lambda line: None)
   splits = result["splits"]
@@ -348,7 +349,7 @@ def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
   books = mixture_files[2]
   c = tiny_config(sources=f"tfds:tiny_wiki_ds@0.5,{books}@0.5", tfds_data_dir=src,
                   valid_fraction=0.25)
-  source = inputs.corpus_source(c.data, "")
+  source = inputs.corpus_source(Corpus.of(c.data), "")
   mix = source.source
   assert isinstance(mix, text_sources.Mixture)
   assert isinstance(mix.parts[0], text_sources.TfdsText) and mix.parts[0].train_split == "train"
@@ -357,7 +358,7 @@ def test_a_tfds_dataset_in_a_mixture(mixture_files, tmp_path, monkeypatch):
   from_wiki = [doc for doc in stream if doc in wiki]
   cycled = wiki * (len(from_wiki) // len(wiki) + 1)  # the small member repeats (epochs > 1)
   assert from_wiki == cycled[:len(from_wiki)] and 0 < len(from_wiki) < len(stream)
-  assert list(inputs.corpus_source(c.data, "").source.documents(TRAIN)) == stream
+  assert list(inputs.corpus_source(Corpus.of(c.data), "").source.documents(TRAIN)) == stream
   # A split the member lacks, or no name, is refused naming the member and the field.
   c.data.tfds_train_split = "training"
   monkeypatch.setattr(text_builder, "build_from_source", _refuse)

@@ -22,6 +22,7 @@ from tests import multiprocess_jobs
 from tests.test_config import load
 from tests.test_finetune import write_task
 from tokendrop_jax.training import inputs
+from tokendrop_jax.training.input_settings import InputSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = {"8x1x1": (8, 1, 1), "2x1x4": (2, 1, 4), "1x2x4": (1, 2, 4), "1x1x8": (1, 1, 8)}
@@ -66,7 +67,7 @@ def prepared(tmp_path_factory):
   d = tmp_path_factory.mktemp("mp_inputs")
   config = load("tiny")
   config.data.dataset_dir = str(d / "data")
-  dataset_dir, _ = inputs.prepare(config, str(d / "prep"))
+  dataset_dir, _ = inputs.prepare(InputSettings.of(config), str(d / "prep"))
   return {"data.dataset_dir": dataset_dir,
           "data.tokenizer_model": str(d / "prep" / "tokenizer.model")}
 

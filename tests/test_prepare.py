@@ -24,6 +24,7 @@ from tokendrop_jax import prepare as prepare_lib
 from tokendrop_jax.data import demo_corpus, encode_pool, text_builder
 from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.training import inputs, loop
+from tokendrop_jax.training.input_settings import InputSettings
 
 flags.FLAGS.mark_as_parsed()
 
@@ -53,6 +54,11 @@ def config(corpus, **data):
   c.train.update(num_steps=2, log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2,
                  async_checkpoint=False)
   return c
+
+
+def prepare_inputs(c, workdir: str):
+  """What the train main does first: find (prepared) or build the inputs of `c`."""
+  return inputs.prepare(InputSettings.of(c), workdir)
 
 
 def quiet(_line):
@@ -122,7 +128,7 @@ def test_train_starts_from_prepared_without_building(prepared, corpus, tmp_path,
   assert not (workdir / "data").exists() and not (workdir / "corpus").exists()
   assert stamps(out) == before
   # The train main's own sources are not needed, and a demo_corpus default is not used.
-  dataset_dir, tok = inputs.prepare(config(corpus, dataset_dir=out, demo_corpus=True),
+  dataset_dir, tok = prepare_inputs(config(corpus, dataset_dir=out, demo_corpus=True),
                                     str(workdir))
   assert dataset_dir == out and tok.vocab_size == VOCAB
 
@@ -134,19 +140,19 @@ def test_train_refuses_a_mismatched_prepared_directory(prepared, corpus, tmp_pat
   with pytest.raises(ValueError, match=re.escape(f"data.tokenizer_model={other_tok} is not the "
                                                  f"tokenizer of the prepared data.dataset_dir "
                                                  f"({out}/tokenizer.model)")):
-    inputs.prepare(config(corpus, dataset_dir=out, tokenizer_model=str(other_tok)),
+    prepare_inputs(config(corpus, dataset_dir=out, tokenizer_model=str(other_tok)),
                    str(tmp_path / "a"))
-  same = inputs.prepare(config(corpus, dataset_dir=out, tokenizer_model=prepared["tokenizer"]),
+  same = prepare_inputs(config(corpus, dataset_dir=out, tokenizer_model=prepared["tokenizer"]),
                         str(tmp_path / "b"))
   assert same[0] == out
   bad = config(corpus, dataset_dir=out)
   bad.model.vocab_size = 300
   with pytest.raises(ValueError, match="model.vocab_size=300 .*prepared.*400 pieces"):
-    inputs.prepare(bad, str(tmp_path / "c"))
+    prepare_inputs(bad, str(tmp_path / "c"))
   (tmp_path / "d").mkdir()
   shutil.copyfile(other_tok, tmp_path / "d" / "tokenizer.model")  # a run started on another
   with pytest.raises(ValueError, match="started with another tokenizer"):
-    inputs.prepare(config(corpus, dataset_dir=out), str(tmp_path / "d"))
+    prepare_inputs(config(corpus, dataset_dir=out), str(tmp_path / "d"))
   for refused in "acd":
     assert not (tmp_path / refused / "tokenizer.model").exists() or refused == "d"
   assert (tmp_path / "d" / "tokenizer.model").read_bytes() == other_tok.read_bytes()
@@ -276,7 +282,7 @@ def test_process_1_never_builds(corpus, tmp_path, monkeypatch):
   _no_building(monkeypatch)
   _as_process(monkeypatch, 1, [{"found": [str(tmp_path / "host0" / "corpus-1"), "x.model"]}])
   with pytest.raises(FileNotFoundError, match="process 1 of 2 cannot read"):
-    inputs.prepare(config(corpus), str(tmp_path / "run"))
+    prepare_inputs(config(corpus), str(tmp_path / "run"))
 
 
 def test_an_error_of_process_0_stops_the_others(prepared, corpus, tmp_path, monkeypatch):
@@ -285,13 +291,13 @@ def test_an_error_of_process_0_stops_the_others(prepared, corpus, tmp_path, monk
   shared = []
   _as_process(monkeypatch, 0, shared)
   with pytest.raises(ValueError, match="model.vocab_size=300"):
-    inputs.prepare(bad, str(tmp_path / "run0"))
+    prepare_inputs(bad, str(tmp_path / "run0"))
   assert "model.vocab_size=300" in shared[0]["error"]
   _no_building(monkeypatch)
   _as_process(monkeypatch, 1, shared)
   with pytest.raises(ValueError, match="process 0 could not prepare the inputs: ValueError: "
                                        "model.vocab_size=300"):
-    inputs.prepare(bad, str(tmp_path / "run1"))
+    prepare_inputs(bad, str(tmp_path / "run1"))
 
 
 def _main(*args):

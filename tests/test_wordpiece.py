@@ -16,6 +16,7 @@ from tokendrop_jax.data import tokenizer as tokenizer_lib
 from tokendrop_jax.data import wordpiece
 from tokendrop_jax.hf import bert_config, tokenizer_files
 from tokendrop_jax.training import inputs
+from tokendrop_jax.training.input_settings import TokenizerSpec
 from tokendrop_jax.training import workdir as workdir_lib
 
 flags.FLAGS.mark_as_parsed()
@@ -173,7 +174,8 @@ def test_workdir_finds_the_tokenizer_and_a_vocab_becomes_tokenizer_json(trained,
   w.mkdir()
   with pytest.raises(FileNotFoundError, match=r"No tokenizer at .*tokenizer.model"):
     workdir_lib.tokenizer_path(str(w))
-  tok = inputs.ensure_tokenizer(c, str(w), source=None, corpus_dir="")  # nothing to train
+  # A given tokenizer: nothing to train.
+  tok = inputs.ensure_tokenizer(TokenizerSpec.of(c), str(w), source=None, corpus_dir="")
   assert os.listdir(w) == ["tokenizer.json"]
   assert workdir_lib.tokenizer_path(str(w)) == str(w / "tokenizer.json")
   assert tok.special_ids == (0, 100, 101, 102, 103) and tok.lowercase == lowercase
@@ -185,7 +187,7 @@ def test_workdir_finds_the_tokenizer_and_a_vocab_becomes_tokenizer_json(trained,
   c.model.vocab_size = 800
   os.remove(w / "tokenizer.model")
   with pytest.raises(ValueError, match=r"model.vocab_size=800 but the tokenizer .* 700 pieces"):
-    inputs.ensure_tokenizer(c, str(w), source=None, corpus_dir="")
+    inputs.ensure_tokenizer(TokenizerSpec.of(c), str(w), source=None, corpus_dir="")
 
 
 @pytest.mark.slow

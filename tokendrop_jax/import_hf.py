@@ -66,11 +66,12 @@ def initial_state(config, tok, imported: dict, has_head: bool, workdir: str):
   from tokendrop_jax import config_lib, importance  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.data import text_builder  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.model.encoder import to_scanned  # pylint: disable=g-import-not-at-top
-  from tokendrop_jax.training import inputs, loop  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tokendrop_jax.training import input_settings, inputs, loop
   counts = None
   if importance.get(config.token_drop.strategy).needs_counts:
     # Token frequencies of the user's corpus: built now, as train would (and reused by it).
-    dataset_dir, _ = inputs.prepare(config, workdir)
+    dataset_dir, _ = inputs.prepare(input_settings.InputSettings.of(config), workdir)
     counts = text_builder.load_token_counts(dataset_dir)
   # One device: the state's values do not depend on the mesh, and a checkpoint
   # restores onto any mesh; config.json keeps the configured one.

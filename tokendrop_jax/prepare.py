@@ -37,6 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from tokendrop_jax import files
+from tokendrop_jax.training.input_settings import InputSettings
 
 META_KEY = "prepared"  # the entry of corpus_meta.json this main adds
 _STAGING = "-prepare-"
@@ -61,61 +62,61 @@ def _stamps(patterns, field: str) -> dict[str, list[int]]:
   return out
 
 
-def recipe(config) -> dict:
+def recipe(settings: InputSettings) -> dict:
   """What the dataset is made from, by config field; cheap (no tokenizing).
 
   Files count as changed when their size or modification time changes.
   """
   from tokendrop_jax.training import inputs
-  data = config.data
-  out = {"model.vocab_size": config.model.vocab_size}
-  if data.tokenizer_model:
-    if not files.isfile(data.tokenizer_model):
-      raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
-    if data.tokenizer_model.endswith(".model"):
-      sha = _sha256(data.tokenizer_model)
+  spec, corpus = settings.tokenizer, settings.corpus
+  out = {"model.vocab_size": spec.vocab_size}
+  if spec.tokenizer_model:
+    if not files.isfile(spec.tokenizer_model):
+      raise FileNotFoundError(f"data.tokenizer_model: no such file {spec.tokenizer_model}")
+    if spec.tokenizer_model.endswith(".model"):
+      sha = _sha256(spec.tokenizer_model)
     else:  # a vocab.txt / tokenizer.json: the tokenizer.json it becomes (with data.lowercase)
-      sha = hashlib.sha256(inputs.given_tokenizer(data).serialized()).hexdigest()
+      sha = hashlib.sha256(inputs.given_tokenizer(spec).serialized()).hexdigest()
     out["tokenizer"] = f"data.tokenizer_model with sha256 {sha}"
   else:
-    out["tokenizer"] = f"trained, data.tokenizer_type={data.tokenizer_type!r}"
-    if data.tokenizer_type == "wordpiece":
-      out["tokenizer"] += f", data.lowercase={data.lowercase!r}"
+    out["tokenizer"] = f"trained, data.tokenizer_type={spec.tokenizer_type!r}"
+    if spec.tokenizer_type == "wordpiece":
+      out["tokenizer"] += f", data.lowercase={spec.lowercase!r}"
   # Fields added since the first prepared datasets appear only when they matter, so
   # that those datasets still count as prepared from the same inputs.
-  carve = data.valid_fraction > 0
+  carve = corpus.valid_fraction > 0
   listed = []  # the files the dataset is made from
-  if data.tfds_name:
+  if corpus.tfds_name:
     for k in ("tfds_name", "tfds_text_field", "tfds_train_split", "tfds_valid_split",
               "tfds_data_dir"):
       if not (carve and k == "tfds_valid_split"):
-        out[f"data.{k}"] = data[k]
-  elif data.demo_corpus:
+        out[f"data.{k}"] = getattr(corpus, k)
+  elif corpus.demo_corpus:
     out["data.demo_corpus"] = True
-  elif data.sources:
+  elif corpus.sources:
     from tokendrop_jax import config_fields
-    mixture = config_fields.mixture_sources(data.sources)
+    mixture = config_fields.mixture_sources(corpus.sources)
     out["data.sources"] = ",".join(f"{pattern}@{weight:g}" for pattern, weight in mixture)
     out["files of data.sources"] = _stamps(
         [p for p, _ in mixture if not config_fields.tfds_member(p)], "data.sources")
     if any(config_fields.tfds_member(p) for p, _ in mixture):  # what its TFDS members read
       for k in ("tfds_text_field", "tfds_train_split", "tfds_data_dir"):
-        out[f"data.{k}"] = data[k]
+        out[f"data.{k}"] = getattr(corpus, k)
     if not carve:
-      inputs.need_validation(data, "data.sources")
+      inputs.need_validation(corpus, "data.sources")
     listed += list(out["files of data.sources"])
   else:
-    train, _ = inputs.text_files(data, corpus_dir="")
+    train, _ = inputs.text_files(corpus, corpus_dir="")
     out["data.train_files"] = _stamps(train, "data.train_files")
     listed += list(out["data.train_files"])
   if carve:
-    out["data.valid_fraction"] = data.valid_fraction
-  elif not data.tfds_name and not data.demo_corpus:
-    out["data.valid_files"] = _stamps(data.valid_files.split(","), "data.valid_files")
+    out["data.valid_fraction"] = corpus.valid_fraction
+  elif not corpus.tfds_name and not corpus.demo_corpus:
+    out["data.valid_files"] = _stamps(corpus.valid_files.split(","), "data.valid_files")
     listed += list(out["data.valid_files"])
   from tokendrop_jax.data import text_readers
   if any(text_readers.file_format(p) != "text" for p in listed):
-    out["data.text_field"] = data.text_field
+    out["data.text_field"] = corpus.text_field
   return out
 
 
@@ -297,15 +298,17 @@ def _check_existing(output: str, now: dict) -> dict | None:
   return _result(output, "already prepared from the same sources and tokenizer: nothing to do")
 
 
-def _build(config, output: str, staging: str, workers: int, now: dict, say) -> dict:
+def _build(settings: InputSettings, output: str, staging: str, workers: int, now: dict,
+           say) -> dict:
   from tokendrop_jax.data import text_builder
   from tokendrop_jax.training import inputs
-  data, t0 = config.data, time.monotonic()
+  spec, t0 = settings.tokenizer, time.monotonic()
   corpus_dir = os.path.join(staging, "corpus")
-  source = inputs.corpus_source(data, corpus_dir)  # checks the inputs before any long work
-  how = "copying" if data.tokenizer_model else "training"
-  say(f"{how} the {config.model.vocab_size}-piece tokenizer ...")
-  tok = inputs.ensure_tokenizer(config, staging, source, corpus_dir)
+  # Checks the inputs before any long work.
+  source = inputs.corpus_source(settings.corpus, corpus_dir)
+  how = "copying" if spec.tokenizer_model else "training"
+  say(f"{how} the {spec.vocab_size}-piece tokenizer ...")
+  tok = inputs.ensure_tokenizer(spec, staging, source, corpus_dir)
   t_tok = time.monotonic() - t0
   say(f"tokenizing with {workers} worker(s) ...")
   progress = Progress()
@@ -340,7 +343,8 @@ def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   output, workers = files.resolve(output), max(1, workers or os.cpu_count() or 1)
-  now = recipe(config)
+  settings = InputSettings.of(config)  # all that preparing reads of the config
+  now = recipe(settings)
   found = _check_existing(output, now)
   if found:
     return found
@@ -349,7 +353,7 @@ def prepare(config, output: str, workers: int | None = None, say=_say) -> dict:
   staging = _staging_prefix(output) + f"{socket.gethostname()}-{os.getpid()}"
   os.makedirs(staging, exist_ok=True)
   try:
-    return _build(config, output, staging, workers, now, say)
+    return _build(settings, output, staging, workers, now, say)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -7,6 +7,9 @@ everything is built into the workdir (or under `data.dataset_dir`) and reused
 on restart. On a pod only process 0 builds; the others wait for it and read
 what it built, and if their disk does not hold it (per-host disks) they stop
 with what to do instead of building a dataset of their own.
+
+The functions here take the config's typed `input_settings` (the corpus, the
+tokenizer, the batches), built once by the mains, never the config itself.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from tokendrop_jax.data import wordpiece
 from tokendrop_jax.data.shards import ShardedIterator
 from tokendrop_jax.training import host_rows
 from tokendrop_jax.training import workdir as workdir_lib
+from tokendrop_jax.training.input_settings import Batches, Corpus, InputSettings, TokenizerSpec
 
 TOKENIZER_TRAINING_SENTENCES = 2_000_000
 _MAX_SHARED_BYTES = 8192  # the JSON of the paths process 0 hands to the others
@@ -65,12 +69,12 @@ def tokenizer_files(source, corpus_dir: str) -> list[str]:
   return [_sample_file(source, corpus_dir)]
 
 
-def tfds_source(data) -> text_sources.TfdsText:
-  return text_sources.TfdsText(data.tfds_name, data.tfds_text_field, data.tfds_train_split,
-                               data.tfds_valid_split, data.tfds_data_dir or None)
+def tfds_source(corpus: Corpus) -> text_sources.TfdsText:
+  return text_sources.TfdsText(corpus.tfds_name, corpus.tfds_text_field, corpus.tfds_train_split,
+                               corpus.tfds_valid_split, corpus.tfds_data_dir or None)
 
 
-def check_tfds_splits(data, name: str | None = None, where: str = "") -> None:
+def check_tfds_splits(corpus: Corpus, name: str | None = None, where: str = "") -> None:
   """Fails, naming the field and listing the dataset's splits, on a TFDS split that the
   dataset lacks (slices such as 'train[:99%]' count as their split).
 
@@ -79,9 +83,9 @@ def check_tfds_splits(data, name: str | None = None, where: str = "") -> None:
   """
   import tensorflow_datasets as tfds
   field = where or "data.tfds_name"
-  name = name or data.tfds_name
+  name = name or corpus.tfds_name
   try:
-    builder = tfds.builder(name, data_dir=data.tfds_data_dir or None)
+    builder = tfds.builder(name, data_dir=corpus.tfds_data_dir or None)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{field}={name!r}: {str(e).splitlines()[0]}") from None
   splits = builder.info.splits
@@ -89,9 +93,9 @@ def check_tfds_splits(data, name: str | None = None, where: str = "") -> None:
     raise ValueError(f"{field}={name!r} is not prepared in {builder.data_dir} "
                      "(no splits there): prepare it with file_format='array_record', and set "
                      "data.tfds_data_dir to where it is")
-  fields = [("data.tfds_train_split", data.tfds_train_split)]
-  if not data.valid_fraction and not where:
-    fields.append(("data.tfds_valid_split", data.tfds_valid_split))
+  fields = [("data.tfds_train_split", corpus.tfds_train_split)]
+  if not corpus.valid_fraction and not where:
+    fields.append(("data.tfds_valid_split", corpus.tfds_valid_split))
   for field, split in fields:
     try:
       splits[split]  # pylint: disable=pointless-statement
@@ -102,7 +106,7 @@ def check_tfds_splits(data, name: str | None = None, where: str = "") -> None:
                        f"{name!r}: {list(splits)}{hint}") from None
 
 
-def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
+def text_files(corpus: Corpus, corpus_dir: str) -> tuple[list[str], list[str]] | None:
   """(train files, validation files) of the corpus the config names; None for TFDS or a
   mixture (`data.sources`). No validation files when `data.valid_fraction` > 0.
 
@@ -110,27 +114,28 @@ def text_files(data, corpus_dir: str) -> tuple[list[str], list[str]] | None:
   `data.demo_corpus` (written into `corpus_dir`), `data.sources` or
   `data.train_files`/`data.valid_files`.
   """
-  if data.tfds_name:
+  if corpus.tfds_name:
     return None
-  if data.demo_corpus:
+  if corpus.demo_corpus:
     train, valid = _demo_files(corpus_dir)
-    return [train], [] if data.valid_fraction else [valid]
-  if data.sources:
+    return [train], [] if corpus.valid_fraction else [valid]
+  if corpus.sources:
     return None
-  if not data.train_files:
+  if not corpus.train_files:
     raise ValueError("no corpus: set data.train_files/data.valid_files, data.sources, "
                      "data.tfds_name, or data.demo_corpus=True, or point data.dataset_dir at "
                      "a directory prepared by `python -m tokendrop_jax.prepare`")
-  need_validation(data, "data.train_files")
-  sources = data.train_files.split(","), data.valid_files.split(",") if data.valid_files else []
+  need_validation(corpus, "data.train_files")
+  valid = corpus.valid_files.split(",") if corpus.valid_files else []
+  sources = corpus.train_files.split(","), valid
   for field, patterns in zip(("data.train_files", "data.valid_files"), sources):
     if patterns:
       files.expand(patterns, field)  # a missing file, named by its field
   return sources
 
 
-def need_validation(data, field: str) -> None:
-  if not data.valid_files and not data.valid_fraction:
+def need_validation(corpus: Corpus, field: str) -> None:
+  if not corpus.valid_files and not corpus.valid_fraction:
     raise ValueError(f"data.valid_files must be set when {field} is (or data.valid_fraction "
                      "> 0, to carve the validation documents from the train documents)")
 
@@ -148,31 +153,31 @@ def _checked_files(patterns, field: str, text_field: str) -> tuple[str, ...]:
   return tuple(paths)
 
 
-def _mixture(data, carve: bool) -> text_sources.Mixture:
+def _mixture(corpus: Corpus, carve: bool) -> text_sources.Mixture:
   parts, weights = [], []
-  for pattern, weight in config_fields.mixture_sources(data.sources):
+  for pattern, weight in config_fields.mixture_sources(corpus.sources):
     name = config_fields.tfds_member(pattern)
     if name:  # its data.tfds_train_split, field data.tfds_text_field, in data.tfds_data_dir
-      check_tfds_splits(data, name, f"data.sources ({pattern})")
-      part = text_sources.TfdsText(name, data.tfds_text_field, data.tfds_train_split,
-                                   data.tfds_valid_split, data.tfds_data_dir or None)
+      check_tfds_splits(corpus, name, f"data.sources ({pattern})")
+      part = text_sources.TfdsText(name, corpus.tfds_text_field, corpus.tfds_train_split,
+                                   corpus.tfds_valid_split, corpus.tfds_data_dir or None)
     else:
-      paths = _checked_files([pattern], f"data.sources ({pattern})", data.text_field)
-      part = text_sources.TextFiles(paths, (), data.text_field)
+      paths = _checked_files([pattern], f"data.sources ({pattern})", corpus.text_field)
+      part = text_sources.TextFiles(paths, (), corpus.text_field)
     if next(part.documents(text_sources.TRAIN), None) is None:
       raise ValueError(f"data.sources: {pattern!r} holds no document")
     parts.append(part)
     weights.append(weight)
   valid = None
   if not carve:
-    need_validation(data, "data.sources")
+    need_validation(corpus, "data.sources")
     valid = text_sources.TextFiles(
-        (), _checked_files(data.valid_files.split(","), "data.valid_files", data.text_field),
-        data.text_field)
+        (), _checked_files(corpus.valid_files.split(","), "data.valid_files", corpus.text_field),
+        corpus.text_field)
   return text_sources.Mixture(tuple(parts), tuple(weights), valid)
 
 
-def corpus_source(data, corpus_dir: str):
+def corpus_source(corpus: Corpus, corpus_dir: str):
   """The `text_sources` source of the corpus the config names (see `text_files`).
 
   Checked before any long work, each error naming its config field: the files
@@ -180,54 +185,54 @@ def corpus_source(data, corpus_dir: str):
   source of a mixture holds a document. `data.valid_fraction` > 0 carves the
   validation split from the train documents (`text_sources.Carved`).
   """
-  carve = data.valid_fraction > 0
-  found = text_files(data, corpus_dir)
-  if data.tfds_name:
-    check_tfds_splits(data)
-    source = tfds_source(data)
+  carve = corpus.valid_fraction > 0
+  found = text_files(corpus, corpus_dir)
+  if corpus.tfds_name:
+    check_tfds_splits(corpus)
+    source = tfds_source(corpus)
   elif found is None:
-    source = _mixture(data, carve)
+    source = _mixture(corpus, carve)
   else:
-    train = _checked_files(found[0], "data.train_files", data.text_field)
-    valid = () if carve else _checked_files(found[1], "data.valid_files", data.text_field)
-    source = text_sources.TextFiles(train, valid, data.text_field)
-  return text_sources.Carved(source, data.valid_fraction) if carve else source
+    train = _checked_files(found[0], "data.train_files", corpus.text_field)
+    valid = () if carve else _checked_files(found[1], "data.valid_files", corpus.text_field)
+    source = text_sources.TextFiles(train, valid, corpus.text_field)
+  return text_sources.Carved(source, corpus.valid_fraction) if carve else source
 
 
-def given_tokenizer(data):
+def given_tokenizer(spec: TokenizerSpec):
   """`data.tokenizer_model` loaded (with `data.lowercase`); errors name the field."""
-  if not files.exists(data.tokenizer_model):
-    raise FileNotFoundError(f"data.tokenizer_model: no such file {data.tokenizer_model}")
+  if not files.exists(spec.tokenizer_model):
+    raise FileNotFoundError(f"data.tokenizer_model: no such file {spec.tokenizer_model}")
   try:
-    return tokenizer_lib.load_tokenizer(data.tokenizer_model,
-                                        config_fields.lowercase_option(data.get("lowercase")))
+    return tokenizer_lib.load_tokenizer(spec.tokenizer_model, spec.lowercase_option)
   except ValueError as e:
     raise ValueError(f"data.tokenizer_model: {e}") from None
 
 
-def ensure_tokenizer(config, tok_dir: str, source, corpus_dir: str):
+def ensure_tokenizer(spec: TokenizerSpec, tok_dir: str, source, corpus_dir: str):
   """The tokenizer in `tok_dir` (tokenizer.model or tokenizer.json): a copy of
   `data.tokenizer_model` (a vocab.txt saved as tokenizer.json), or one of
   `data.tokenizer_type` trained on the corpus `source` (`tokenizer_files`); kept if
   already there. Its size must be `model.vocab_size`."""
-  data, vocab_size = config.data, config.model.vocab_size
+  vocab_size = spec.vocab_size
   existing = workdir_lib.find_tokenizer(tok_dir)
-  if data.tokenizer_model:
-    given = given_tokenizer(data)
+  if spec.tokenizer_model:
+    given = given_tokenizer(spec)
     if existing is None:
       workdir_lib.atomic_write(workdir_lib.tokenizer_target(tok_dir, given), given.serialized())
   elif existing is None:
     sample = tokenizer_files(source, corpus_dir)
-    logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, data.tokenizer_type, sample)
-    if data.tokenizer_type == "wordpiece":
-      lowercase = config_fields.lowercase_option(data.lowercase)
+    logging.info("Training a %d-piece %s tokenizer on %s", vocab_size, spec.tokenizer_type,
+                 sample)
+    if spec.tokenizer_type == "wordpiece":
+      lowercase = spec.lowercase_option
       wordpiece.train_wordpiece(
           sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_JSON),
           lowercase=True if lowercase is None else lowercase)
     else:
       tokenizer_lib.train_tokenizer(
           sample, vocab_size, workdir_lib.path(tok_dir, workdir_lib.TOKENIZER_FILE)[:-len(".model")],
-          model_type=data.tokenizer_type)
+          model_type=spec.tokenizer_type)
   tok_path = workdir_lib.tokenizer_path(tok_dir)
   tok = tokenizer_lib.load_tokenizer(tok_path)
   if tok.vocab_size != vocab_size:
@@ -244,11 +249,11 @@ def build_dataset(source, tok, data_dir: str, **options) -> str:
   return text_builder.build_from_source(source, tok, data_dir, **options)
 
 
-def _build(config, workdir: str) -> tuple[str, str]:
+def _build(settings: InputSettings, workdir: str) -> tuple[str, str]:
   corpus_dir = workdir_lib.path(workdir, workdir_lib.CORPUS_DIR)
-  source = corpus_source(config.data, corpus_dir)
-  tok = ensure_tokenizer(config, workdir, source, corpus_dir)
-  data_dir = config.data.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
+  source = corpus_source(settings.corpus, corpus_dir)
+  tok = ensure_tokenizer(settings.tokenizer, workdir, source, corpus_dir)
+  data_dir = settings.dataset_dir or workdir_lib.path(workdir, workdir_lib.DATA_DIR)
   return build_dataset(source, tok, data_dir), workdir_lib.tokenizer_path(workdir)
 
 
@@ -269,18 +274,18 @@ def _same_tokenizer(given, saved_path: str) -> bool:
           and given.serialized() == files.read_bytes(saved_path))
 
 
-def use_prepared(config, workdir: str) -> tuple[str, str]:
+def use_prepared(settings: InputSettings, workdir: str) -> tuple[str, str]:
   """Checks the prepared `data.dataset_dir` against the config and the workdir and
   copies its tokenizer into the workdir -> (dataset_dir, its tokenizer)."""
-  data, vocab_size = config.data, config.model.vocab_size
-  dataset_dir = workdir_lib.resolve(data.dataset_dir)
+  spec, vocab_size = settings.tokenizer, settings.tokenizer.vocab_size
+  dataset_dir = workdir_lib.resolve(settings.dataset_dir)
   tok_path = workdir_lib.find_tokenizer(dataset_dir)
   if tok_path is None:
     raise FileNotFoundError(f"data.dataset_dir={dataset_dir} has no {workdir_lib.TOKENIZER_FILE} "
                             f"(or {workdir_lib.TOKENIZER_JSON}): not a directory prepared by "
                             "`python -m tokendrop_jax.prepare`")
-  if data.tokenizer_model and not _same_tokenizer(given_tokenizer(data), tok_path):
-    raise ValueError(f"data.tokenizer_model={data.tokenizer_model} is not the tokenizer of the "
+  if spec.tokenizer_model and not _same_tokenizer(given_tokenizer(spec), tok_path):
+    raise ValueError(f"data.tokenizer_model={spec.tokenizer_model} is not the tokenizer of the "
                      f"prepared data.dataset_dir ({tok_path}); the dataset was tokenized with "
                      "the latter: unset data.tokenizer_model, or prepare a dataset with it")
   tok = tokenizer_lib.load_tokenizer(tok_path)
@@ -335,13 +340,13 @@ def inputs_here(found: tuple[str, str], process_index: int, process_count: int,
   return dataset_dir, workdir_lib.path(dataset_dir, files.basename(tok_path))
 
 
-def _find_or_build(config, workdir: str) -> tuple[str, str]:
-  if is_prepared(config.data.dataset_dir):
-    return use_prepared(config, workdir)
-  return _build(config, workdir)
+def _find_or_build(settings: InputSettings, workdir: str) -> tuple[str, str]:
+  if is_prepared(settings.dataset_dir):
+    return use_prepared(settings, workdir)
+  return _build(settings, workdir)
 
 
-def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
+def prepare(settings: InputSettings, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
                                            wordpiece.WordPieceTokenizer]:
   """Finds (prepared) or builds the tokenizer and dataset -> (local dataset_dir, tokenizer).
 
@@ -354,7 +359,7 @@ def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
   payload = None
   if index == 0:
     try:
-      payload = {"found": list(_find_or_build(config, workdir))}
+      payload = {"found": list(_find_or_build(settings, workdir))}
     except Exception as e:  # pylint: disable=broad-except
       if count > 1:
         _share({"error": f"{type(e).__name__}: {e}"[:2000]})
@@ -368,9 +373,8 @@ def prepare(config, workdir: str) -> tuple[str, tokenizer_lib.Tokenizer |
   return text_builder.local_dataset(dataset_dir), tokenizer_lib.load_tokenizer(tok_path)
 
 
-def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
+def train_iterator(data: Batches, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
   """The training batches of this process's virtual shards (`plan.shards`)."""
-  data = config.data
   threads = max(1, 4 // len(plan.shards))  # one process reads all shards on one host
   return ShardedIterator({v: pipeline.make_pretrain_iterator(
       dataset_dir, split=text_sources.TRAIN, seq_len=data.seq_len,
@@ -381,13 +385,12 @@ def train_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> Shard
       for v in plan.shards}, plan.num_shards, plan.owned)
 
 
-def eval_iterator(config, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
+def eval_iterator(data: Batches, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
   """`train.eval_batches` fixed validation batches of this process's virtual shards."""
-  data = config.data
   return ShardedIterator({v: pipeline.make_eval_iterator(
       dataset_dir, split=text_sources.VALIDATION, seq_len=data.seq_len,
       max_predictions_per_seq=data.max_predictions_per_seq,
       global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
-      shard_index=v, num_shards=plan.num_shards, num_batches=config.train.eval_batches,
+      shard_index=v, num_shards=plan.num_shards, num_batches=data.eval_batches,
       read_threads=max(1, 4 // len(plan.shards)), masking=data.masking,
       max_ngram=data.max_ngram) for v in plan.shards}, plan.num_shards, plan.owned)

@@ -20,6 +20,7 @@ from tokendrop_jax.training import state as state_lib
 from tokendrop_jax.training import step as step_lib
 from tokendrop_jax.training import step_plan
 from tokendrop_jax.training import workdir as workdir_lib
+from tokendrop_jax.training.input_settings import InputSettings
 
 # What a resume must not change (resume_fields.PRETRAIN; names kept for the tests).
 RESUME_FIELDS, RESUME_ADDED, RESUME_CANONICAL = resume_fields.PRETRAIN
@@ -99,7 +100,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
   changes = workdir_lib.check_resume(config, workdir, *resume_fields.PRETRAIN,
                                      allow=allow_changes)
   is_main = jax.process_index() == 0
-  dataset_dir, tok = inputs.prepare(config, workdir)
+  settings = InputSettings.of(config)  # all that the inputs read of the config
+  dataset_dir, tok = inputs.prepare(settings, workdir)
   counts = (text_builder.load_token_counts(dataset_dir)
             if importance.get(config.token_drop.strategy).needs_counts else None)
   run = build(config, tok.special_ids, counts, devices=devices)
@@ -107,7 +109,7 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
 
   plan = host_rows.plan(run.layout.mesh, config.data.global_batch_size, config.data.num_shards)
   host_rows.log_plan(plan, run.layout.mesh, config.data.global_batch_size)
-  train_iter = inputs.train_iterator(config, dataset_dir, plan)
+  train_iter = inputs.train_iterator(settings.batches, dataset_dir, plan)
   train = config.train
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(workdir),
                                  save_every=train.checkpoint_every, keep=train.keep_checkpoints,
@@ -137,7 +139,8 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
 
   def do_eval(step, state):
     nonlocal last_eval
-    last_eval = evaluate(run, state.params, inputs.eval_iterator(config, dataset_dir, plan), plan)
+    batches = inputs.eval_iterator(settings.batches, dataset_dir, plan)
+    last_eval = evaluate(run, state.params, batches, plan)
     writer.write_eval(step, last_eval)
     if is_main:
       print(f"eval step {step}: full-model loss {last_eval['loss']:.4f}, "
