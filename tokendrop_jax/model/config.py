@@ -76,6 +76,9 @@ class BertConfig:
                  "intermediate_size", "max_position", "type_vocab_size"):
       if int(getattr(self, name)) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+    if self.scan_layers and self.num_layers < 2:
+      raise ValueError(f"model.scan_layers needs model.num_layers >= 2 (the cross layer and "
+                       f"the last one stay single), got {self.num_layers}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"model.num_heads ({self.num_heads}) must divide "
                        f"model.hidden_size ({self.hidden_size})")

@@ -19,7 +19,7 @@ unrolled one names them `layer_<i>`; `to_scanned` / `to_unrolled` convert params
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -31,6 +31,17 @@ from tokendrop_jax.model.embeddings import Embeddings
 from tokendrop_jax.model.layers import remat_layer
 
 Array = jax.Array
+
+
+def run_layer(layer, x: Array, key_mask: Array, deterministic: bool,
+              keep: Optional[Array] = None) -> Array:
+  """One layer on all tokens, or with `keep` [batch, keep] on that subset only: the
+  others carry their input past it unchanged (layer-wise dropping)."""
+  if keep is None:
+    return layer(x, x, key_mask, deterministic)
+  kept = token_drop.gather_tokens(x, keep)  # [batch, keep, hidden]
+  kept = layer(kept, kept, token_drop.gather_tokens(key_mask, keep), deterministic)
+  return token_drop.scatter_tokens(x, keep, kept)
 
 
 class ScannedLayers(nn.Module):
@@ -47,12 +58,7 @@ class ScannedLayers(nn.Module):
   def __call__(self, x: Array, key_mask: Array, deterministic: bool,
                keep_idx: Optional[Array] = None):
     def body(layer, x, keep):
-      if keep is None:
-        x = layer(x, x, key_mask, deterministic)
-      else:
-        kept = token_drop.gather_tokens(x, keep)  # [batch, keep, hidden]
-        kept = layer(kept, kept, token_drop.gather_tokens(key_mask, keep), deterministic)
-        x = token_drop.scatter_tokens(x, keep, kept)
+      x = run_layer(layer, x, key_mask, deterministic, keep)
       return x, x[:, 0]
 
     scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
@@ -91,20 +97,43 @@ class BertEncoder(nn.Module):
 
   keep_idx: None (full model), [batch, keep] (the paper: one subset for the
   middle block), or [L - 1 - s, batch, keep] (layer-wise: one subset per middle layer).
+  The layers run as four parts, scanned or unrolled alike: the block before the
+  cross layer s, layer s, the middle block, the last layer (`_block`, `_layer`).
   """
   cfg: BertConfig
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
+    layer = remat_layer(self.cfg)
     if self.cfg.scan_layers:
       s, last = self.cfg.split_layer, self.cfg.num_layers - 1
       self.blocks = {name: ScannedLayers(self.cfg, count, name=name)
                      for name, _, count in scanned_names(self.cfg)}
-      self.cross = remat_layer(self.cfg)(self.cfg, name=f"layer_{s}")
-      self.last_layer = remat_layer(self.cfg)(self.cfg, name=f"layer_{last}")
+      self.single = {i: layer(self.cfg, name=f"layer_{i}") for i in (s, last)}
       return
-    self.layers = [remat_layer(self.cfg)(self.cfg, name=f"layer_{i}")
-                   for i in range(self.cfg.num_layers)]
+    self.layers = [layer(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+
+  def _layer(self, i: int):
+    """Layer i: the cross layer s or the last one (the layers scanning leaves single)."""
+    return self.single[i] if self.cfg.scan_layers else self.layers[i]
+
+  def _block(self, name: str, x: Array, mask: Array, deterministic: bool,
+             keep: Optional[Array] = None) -> tuple[Array, Optional[Array]]:
+    """The layers of block `name` (`scanned_names`) -> (x, h0 [count, batch, hidden]: each
+    layer's output at position 0; None for an empty block). `keep` [count, batch, keep]:
+    layer j on its own subset (layer-wise)."""
+    found = [(first, count) for n, first, count in scanned_names(self.cfg) if n == name]
+    if not found:
+      return x, None
+    if self.cfg.scan_layers:
+      return self.blocks[name](x, mask, deterministic, keep)
+    first, count = found[0]
+    h0 = []
+    for j in range(count):
+      x = run_layer(self.layers[first + j], x, mask, deterministic,
+                    None if keep is None else keep[j])
+      h0.append(x[:, 0])
+    return x, jnp.stack(h0)
 
   def __call__(self, input_ids: Array, input_mask: Array, token_type_ids: Array,
                keep_idx: Optional[Array] = None, deterministic: bool = True,
@@ -112,101 +141,54 @@ class BertEncoder(nn.Module):
     """-> x [batch, seq, hidden]; with `cls_layers` = n > 0, (x, cls [n, batch, hidden]):
     the [CLS] (position 0) output of each of the last n layers (ScTD as its authors define
     it compares them between the full and the token-dropping pass)."""
-    last = self.cfg.num_layers - 1
+    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
     cls: list[Array] = []
 
     def record(i: int, h0: Array) -> None:  # h0 [batch, hidden]: layer i's output at position 0
       if i > last - cls_layers:
         cls.append(h0)
 
+    def record_block(first: int, h0: Optional[Array], first_kept=None, carried=None) -> None:
+      for j in range(0 if h0 is None else h0.shape[0]):
+        record(first + j, h0[j] if first_kept is None else jnp.where(first_kept, h0[j], carried))
+
     def out(x):
       return (x, jnp.stack(cls)) if cls_layers else x
 
     x = self.embeddings(input_ids, token_type_ids, deterministic)  # [batch, seq, hidden]
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    if self.cfg.scan_layers:
-      return out(self._scanned(x, input_mask, keep_idx, deterministic, record))
-    if keep_idx is None:
+    if keep_idx is None and not self.cfg.scan_layers:  # every layer in order (L = 1 too)
       for i, layer in enumerate(self.layers):
         x = layer(x, x, input_mask, deterministic)
         record(i, x[:, 0])
       return out(x)
-    s = self.cfg.split_layer
-    for i, layer in enumerate(self.layers[:s]):
-      x = layer(x, x, input_mask, deterministic)
-      record(i, x[:, 0])
-    if keep_idx.ndim == 3:
-      x = self._layerwise(x, input_mask, keep_idx, deterministic, record)
+    x, h0 = self._block("pre_layers", x, input_mask, deterministic)
+    record_block(0, h0)
+    if keep_idx is None:
+      x = self._layer(s)(x, x, input_mask, deterministic)
+      record(s, x[:, 0])
+      x, h0 = self._block("mid_layers", x, input_mask, deterministic)
+      record_block(s + 1, h0)
+    elif keep_idx.ndim == 3:
+      # Random-LTD: layer s and each middle layer s+j on its own subset keep_idx[j]; unlike
+      # the paper's split there is no cross layer (a kept token attends to kept tokens).
+      if keep_idx.shape[0] != last - s:
+        raise ValueError(f"layer-wise keep_idx needs one row per middle layer ({last - s}), "
+                         f"got shape {keep_idx.shape}")
+      x = run_layer(self._layer(s), x, input_mask, deterministic, keep_idx[0])
+      record(s, x[:, 0])
+      x, h0 = self._block("mid_layers", x, input_mask, deterministic, keep_idx[1:])
+      record_block(s + 1, h0)
     else:
       # x: layer s-1's output for all tokens; dropped tokens carry it to the last layer.
       kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
       # Position 0, if kept, is the first kept token (kept positions ascend).
       first_kept = (keep_idx[:, :1] == 0)  # [batch, 1]
-      kept = self.layers[s](token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
+      kept = self._layer(s)(token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
       record(s, jnp.where(first_kept, kept[:, 0], x[:, 0]))
-      for i, layer in enumerate(self.layers[s + 1:last], s + 1):
-        kept = layer(kept, kept, kept_mask, deterministic)  # [batch, keep, hidden]
-        record(i, jnp.where(first_kept, kept[:, 0], x[:, 0]))
+      kept, h0 = self._block("mid_layers", kept, kept_mask, deterministic)  # [batch, keep, hidden]
+      record_block(s + 1, h0, first_kept, x[:, 0])
       x = token_drop.scatter_tokens(x, keep_idx, kept)
-    x = self.layers[last](x, x, input_mask, deterministic)
+    x = self._layer(last)(x, x, input_mask, deterministic)
     record(last, x[:, 0])
     return out(x)
-
-  def _scanned(self, x: Array, input_mask: Array, keep_idx: Optional[Array], deterministic: bool,
-               record: Callable[[int, Array], None]) -> Array:
-    """The same layers as the unrolled path, the blocks of identical layers scanned."""
-    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
-
-    def block(name, x, mask, keep=None, first_kept=None, carried=None):
-      if name not in self.blocks:
-        return x
-      x, h0 = self.blocks[name](x, mask, deterministic, keep)  # h0 [count, batch, hidden]
-      first = 0 if name == "pre_layers" else s + 1
-      for j in range(h0.shape[0]):
-        record(first + j, h0[j] if first_kept is None else jnp.where(first_kept, h0[j], carried))
-      return x
-
-    x = block("pre_layers", x, input_mask)
-    if keep_idx is None:
-      x = self.cross(x, x, input_mask, deterministic)
-      record(s, x[:, 0])
-      x = block("mid_layers", x, input_mask)
-    elif keep_idx.ndim == 3:  # layer-wise: layer s and each middle layer on its own subset
-      if keep_idx.shape[0] != last - s:
-        raise ValueError(f"layer-wise keep_idx needs one row per middle layer ({last - s}), "
-                         f"got shape {keep_idx.shape}")
-      kept = token_drop.gather_tokens(x, keep_idx[0])
-      kept = self.cross(kept, kept, token_drop.gather_tokens(input_mask, keep_idx[0]),
-                        deterministic)
-      x = token_drop.scatter_tokens(x, keep_idx[0], kept)
-      record(s, x[:, 0])
-      x = block("mid_layers", x, input_mask, keep_idx[1:])
-    else:
-      kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
-      first_kept = (keep_idx[:, :1] == 0)  # [batch, 1]
-      kept = self.cross(token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
-      record(s, jnp.where(first_kept, kept[:, 0], x[:, 0]))
-      kept = block("mid_layers", kept, kept_mask, first_kept=first_kept, carried=x[:, 0])
-      x = token_drop.scatter_tokens(x, keep_idx, kept)
-    x = self.last_layer(x, x, input_mask, deterministic)
-    record(last, x[:, 0])
-    return x
-
-  def _layerwise(self, x: Array, input_mask: Array, keep_idx: Array, deterministic: bool,
-                 record: Callable[[int, Array], None]) -> Array:
-    """Random-LTD: middle layer s+j runs on its own subset keep_idx[j] [batch, keep].
-
-    The tokens a layer skips carry their input past it unchanged; unlike the
-    paper's split there is no cross layer (a kept token attends to kept tokens).
-    Returns the input of the last layer.
-    """
-    s, last = self.cfg.split_layer, self.cfg.num_layers - 1
-    if keep_idx.shape[0] != last - s:
-      raise ValueError(f"layer-wise keep_idx needs one row per middle layer ({last - s}), "
-                       f"got shape {keep_idx.shape}")
-    for j, layer in enumerate(self.layers[s:last]):
-      kept = token_drop.gather_tokens(x, keep_idx[j])  # [batch, keep, hidden]
-      kept = layer(kept, kept, token_drop.gather_tokens(input_mask, keep_idx[j]), deterministic)
-      x = token_drop.scatter_tokens(x, keep_idx[j], kept)
-      record(s + j, x[:, 0])
-    return x
