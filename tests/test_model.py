@@ -224,12 +224,16 @@ def test_remat_bools_are_the_old_spelling():
 
 @pytest.mark.parametrize("field,value,match", [
     ("remat", "some", r"model.remat must be one of \('none', 'full', 'dots', 'dots_no_batch'\)"),
-    ("hidden_act", "relu", r"model.hidden_act must be one of \('gelu_tanh', 'gelu'\)")])
-def test_unknown_remat_or_activation_is_refused_naming_the_field(field, value, match):
+    ("hidden_act", "relu", r"model.hidden_act must be one of \('gelu_tanh', 'gelu'\)"),
+    # Scanned, the cross layer and the last one stay single: one layer cannot be both.
+    ("scan_layers", True, r"model.scan_layers needs model.num_layers >= 2.* got 1")])
+def test_bad_model_options_are_refused_naming_the_field(field, value, match):
   from tokendrop_jax import config_checks
   from tests.test_config import load
-  c = load("tiny")
+  c = load("tiny", "none")  # the full model: any number of layers
   c.model[field] = value
+  if field == "scan_layers":
+    c.model.num_layers = 1
   with pytest.raises(ValueError, match=match):
     config_checks.validate(c)
 
