@@ -61,7 +61,7 @@ def _bare_finetune_step(config, steps: int, warmup: int) -> float:
 
   spec = glue.get_task(config.task)
   init = pretrained.resolve_init(config)
-  data = glue_batches.load_data(config.data, spec, init.tokenizer)
+  data = glue_batches.load_data(glue_batches.GlueFiles.of(config.data), spec, init.tokenizer)
   run = finetune_loop.build(config, spec, init.model_cfg, len(data.train["input_ids"]))
   rows, weights = glue_batches.batch_rows(np.arange(len(data.train["input_ids"])), 0,
                                           config.data.global_batch_size)

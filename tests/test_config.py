@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tokendrop_jax import config_checks
+from tokendrop_jax.data.glue_batches import GlueFiles
 from tokendrop_jax.training.input_settings import InputSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +42,15 @@ def test_input_settings_carry_every_data_field(name):
   assert all(carried[k] == c.data[k] for k in set(c.data) - read_elsewhere)
   assert (carried["vocab_size"], carried["eval_batches"]) == (c.model.vocab_size,
                                                              c.train.eval_batches)
+
+
+def test_glue_files_carry_the_data_fields_fine_tuning_reads():
+  c = load("glue", "sst2")
+  read_elsewhere = {"global_batch_size", "eval_batch_size", "seed",  # finetune_loop: batches
+                    "tokenizer_model", "lowercase"}  # pretrained.resolve_init: the tokenizer
+  carried = vars(GlueFiles.of(c.data))
+  assert set(c.data) - read_elsewhere == set(carried)
+  assert all(c.data[k] == v for k, v in carried.items())
 
 
 def test_paper_recipe():

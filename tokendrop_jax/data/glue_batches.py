@@ -15,6 +15,23 @@ import numpy as np
 from tokendrop_jax.data import glue
 
 
+@dataclasses.dataclass(frozen=True)
+class GlueFiles:
+  """Where a task's splits are read (the config's `data` fields of the same names): TSV
+  files where given, else the task's TFDS splits (in `tfds_data_dir`); `seq_len` tokens a
+  row."""
+  train_file: str
+  eval_file: str
+  eval_mismatched_file: str
+  predict_file: str
+  tfds_data_dir: str
+  seq_len: int
+
+  @classmethod
+  def of(cls, data) -> "GlueFiles":
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
 @dataclasses.dataclass
 class TaskData:
   train: dict[str, np.ndarray]            # input_ids, input_mask, token_type_ids [N, S]; labels [N]
@@ -24,9 +41,8 @@ class TaskData:
   sources: dict[str, str]                  # split -> file or TFDS name it came from
 
 
-def load_data(data, spec: glue.TaskSpec, tokenizer) -> TaskData:
-  """Reads and encodes every split a run needs (TSV files, else TFDS) from the
-  config's `data` section."""
+def load_data(data: GlueFiles, spec: glue.TaskSpec, tokenizer) -> TaskData:
+  """Reads and encodes every split a run needs (TSV files, else TFDS)."""
   tfds_dir = data.tfds_data_dir or None
 
   def read(path, split, require_labels=True):

@@ -157,7 +157,7 @@ def train_and_evaluate(config, workdir: str, devices=None, allow_changes=()) -> 
                                      allow=allow_changes)
   is_main = jax.process_index() == 0
   init = pretrained.resolve_init(config)
-  data = batches_lib.load_data(config.data, spec, init.tokenizer)
+  data = batches_lib.load_data(batches_lib.GlueFiles.of(config.data), spec, init.tokenizer)
   n_train = len(data.train["input_ids"])
   run = build(config, spec, init.model_cfg, n_train, devices)
   workdir_lib.write_started_config(config, workdir)
