@@ -1,7 +1,9 @@
 """Every command the README and docs/ show is run: the mains up to config validation
-(tests/readme_dry_run.py), the launchers with --dry-run. A renamed flag, an unknown
-config field or variant, or a topology name the compile main does not know breaks
-this test rather than a user's run."""
+(tests/readme_dry_run.py), the launchers with --dry-run; the benchmark scripts they name
+exist and define every flag shown. A renamed flag, an unknown config field or variant,
+or a topology name the compile main does not know breaks this test rather than a
+user's run."""
+import json
 import glob
 import os
 import re
@@ -47,6 +49,47 @@ def _commands():
 
 
 COMMANDS = _commands()
+SCRIPT = re.compile(r"(benchmarks/\w+\.(?:py|sh))((?:\s+[^\s`|]+)*)")
+
+
+def _benchmark_commands():
+  """(doc:line, script, [flag names]) of each benchmark command, in a shell block or in
+  `inline code`; a flag's name is what precedes its '=' (and a config override's '.')."""
+  out = []
+  for path in DOCS:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    blocks = re.sub(r"```.*?```", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text, flags=re.S)
+    spans = [(m.start(), m.group(1)) for m in re.finditer(r"`([^`]+)`", blocks)]
+    for b in re.finditer(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
+      start, body = b.start(1), b.group(1)
+      for m in re.finditer(r"(?:[^\n]*\\\n)*[^\n]*", body):
+        line = m.group(0)
+        if line.strip() and not line.lstrip().startswith("#"):
+          spans.append((start + m.start(), re.sub(r"\s+#.*$", "", line.replace("\\\n", " "))))
+    for pos, command in spans:
+      for m in SCRIPT.finditer(command.replace("[", " ").replace("]", " ")):
+        names = [t[2:].split("=")[0].split(".")[0] for t in m.group(2).split()
+                 if t.startswith("--") and "…" not in t[:3]]
+        where = f"{os.path.relpath(path, ROOT)}:{text.count(chr(10), 0, pos) + 1}"
+        out.append((where, m.group(1), names))
+  return out
+
+
+def test_the_benchmark_commands_shown_exist_and_their_flags_too():
+  commands = _benchmark_commands()
+  assert len({script for _, script, _ in commands}) >= 15  # the docs' benchmarks, all found
+  for where, script, names in commands:
+    assert os.path.exists(os.path.join(ROOT, script)), f"{where}: no {script}"
+    if script.endswith(".sh"):
+      with open(os.path.join(ROOT, script), encoding="utf-8") as f:
+        body = f.read()
+      assert all(f"--{n}" in body for n in names), f"{where}: {script} {names}"
+  python = [c for c in commands if c[1].endswith(".py")]
+  res = subprocess.run([sys.executable, "-m", "tests.doc_benchmark_flags"], cwd=ROOT,
+                       input=json.dumps(python), capture_output=True, text=True, timeout=300,
+                       check=False)
+  assert res.returncode == 0, res.stdout + res.stderr[-3000:]
 
 
 def test_the_docs_show_the_commands_we_check():
