@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from tokendrop_jax.data import vocab
+
 MASKINGS = ("token", "whole_word", "ngram")
 
 
@@ -97,9 +99,8 @@ class SpecialIds:
 # ------------------------------------------------------------- word starts ---
 def word_start_table(tok: Any) -> np.ndarray:
   """bool[vocab]: whether each id begins a word; special ids are True (their own unit)."""
-  from tokendrop_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  kind = getattr(tok, "kind", "sentencepiece")
-  table = np.array([tokenizer_lib.is_word_start(tok.id_to_piece(i), kind)
+  kind = getattr(tok, "kind", vocab.SENTENCEPIECE)
+  table = np.array([vocab.is_word_start(tok.id_to_piece(i), kind)
                     for i in range(tok.vocab_size)], bool)
   table[list(tok.special_ids)] = True
   return table

@@ -217,7 +217,7 @@ def _dataset_tokenizer(path: str):
   """The tokenizer a dataset directory was built with (its copy inside it)."""
   from tokendrop_jax import files  # pylint: disable=g-import-not-at-top
   from tokendrop_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-  names = tuple(getattr(tokenizer_lib, "SAVED_NAMES", {}).values()) or ("tokenizer.model",)
+  names = tuple(tokenizer_lib.SAVED_NAMES.values())
   for name in names:
     if files.exists(files.join(path, name)):
       return tokenizer_lib.load_tokenizer(files.join(path, name))

@@ -23,49 +23,22 @@ the literal string "[MASK]" (SentencePiece: control symbols; WordPiece: the
 specials are not added tokens, so the brackets split off as punctuation). The
 rest of the code reads the ids from a tokenizer (or the corpus metadata), never
 from literals. `load_tokenizer` opens any of the three file forms; a workdir
-holds `tokenizer.model` or `tokenizer.json` (`SAVED_NAMES`).
+holds `tokenizer.model` or `tokenizer.json` (`vocab.SAVED_NAMES`).
 """
 from __future__ import annotations
 
 import io
 import os
 import re
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import sentencepiece as spm
 
 from tokendrop_jax import files
-
-if TYPE_CHECKING:
-  from tokendrop_jax.data.wordpiece import WordPieceTokenizer
-
-PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_PIECES = (PAD, UNK, CLS, SEP, MASK)  # the order of `special_ids`; ids 0..4 when we train
-SENTENCEPIECE, WORDPIECE = "sentencepiece", "wordpiece"
-SAVED_NAMES = {SENTENCEPIECE: "tokenizer.model", WORDPIECE: "tokenizer.json"}  # in a workdir
-CONTINUATION = "##"   # WordPiece: a piece inside a word
-WORD_START = "\u2581"  # SentencePiece: a piece that begins a word (escaped space)
-
-
-def is_word_start(piece: str, kind: str) -> bool:
-  """Whether `piece` begins a word (whole-word masking); specials are the caller's."""
-  if kind == WORDPIECE:
-    return not piece.startswith(CONTINUATION)
-  if kind == SENTENCEPIECE:
-    return piece.startswith(WORD_START)
-  raise ValueError(f"unknown tokenizer kind {kind!r}")
-
-
-def find_special_ids(piece_to_id, where: str, hint: str = "") -> tuple[int, ...]:
-  """(pad, unk, cls, sep, mask) ids by name; `piece_to_id` returns None when absent."""
-  out = []
-  for piece in SPECIAL_PIECES:
-    i = piece_to_id(piece)
-    if i is None:
-      raise ValueError(f"{where}: the special token {piece} is missing{hint}")
-    out.append(int(i))
-  return tuple(out)
-
+from tokendrop_jax.data.vocab import (CLS, MASK, PAD, SAVED_NAMES, SENTENCEPIECE, SEP,
+                                      SPECIAL_PIECES, UNK, check_nonempty, find_special_ids,
+                                      is_word_start)
+from tokendrop_jax.data.wordpiece import WordPieceTokenizer
 
 def _training_sentences(paths: list[str], errors: list[Exception]) -> Iterator[str]:
   try:
@@ -76,15 +49,6 @@ def _training_sentences(paths: list[str], errors: list[Exception]) -> Iterator[s
   except Exception as e:  # sentencepiece would re-raise it as an opaque RuntimeError
     errors.append(e)
     raise
-
-
-def check_nonempty(paths: list[str]) -> None:
-  """Fails early (before SentencePiece's own opaque error) on an empty corpus."""
-  for path in paths:
-    for line in files.read_lines(path):
-      if line.strip():
-        return
-  raise ValueError(f"empty corpus: no non-blank line in {paths}")
 
 
 def train_tokenizer(input_files: Sequence[str] | str, vocab_size: int, model_prefix: str,
@@ -225,8 +189,6 @@ class Tokenizer:
 def load_tokenizer(path: str, lowercase: bool | None = None) -> Tokenizer | WordPieceTokenizer:
   """The tokenizer in `path`: a SentencePiece `.model`, an HF `tokenizer.json` (WordPiece)
   or BERT's `vocab.txt` (`lowercase` None: inferred from the vocabulary)."""
-  # Imported here: wordpiece imports this module for the specials.
-  from tokendrop_jax.data.wordpiece import WordPieceTokenizer  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   name = os.path.basename(path)
   if name.endswith(".model"):

@@ -14,9 +14,9 @@ import os
 from typing import Iterator, Sequence
 
 from tokendrop_jax import files
-from tokendrop_jax.data.tokenizer import (CONTINUATION, SAVED_NAMES, SPECIAL_PIECES, UNK,
-                                          WORDPIECE, check_nonempty, find_special_ids,
-                                          is_word_start)
+from tokendrop_jax.data.vocab import (CONTINUATION, SAVED_NAMES, SPECIAL_PIECES, UNK,
+                                      WORDPIECE, check_nonempty, find_special_ids,
+                                      is_word_start)
 
 
 def _bert_normalizer(lowercase: bool, strip_accents: bool | None, clean_text: bool = True,

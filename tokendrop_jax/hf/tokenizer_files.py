@@ -12,12 +12,12 @@ import json
 from typing import Any, Mapping
 
 from tokendrop_jax import files
-from tokendrop_jax.data import tokenizer as tok_lib
+from tokendrop_jax.data import vocab
 from tokendrop_jax.data import wordpiece
 
 # HF's names of our five specials (special_tokens_map.json, tokenizer_config.json).
-_SPECIAL = {"pad_token": tok_lib.PAD, "unk_token": tok_lib.UNK, "cls_token": tok_lib.CLS,
-            "sep_token": tok_lib.SEP, "mask_token": tok_lib.MASK}
+_SPECIAL = {"pad_token": vocab.PAD, "unk_token": vocab.UNK, "cls_token": vocab.CLS,
+            "sep_token": vocab.SEP, "mask_token": vocab.MASK}
 
 
 # ---------------------------------------------------------------------------
@@ -28,12 +28,12 @@ def _added_specials(ids: Mapping[str, int]) -> list[dict[str, Any]]:
   """HF's added tokens: the five specials at their ids, matched before normalising."""
   return sorted(({"id": ids[p], "content": p, "single_word": False, "lstrip": False,
                   "rstrip": False, "normalized": False, "special": True}
-                 for p in tok_lib.SPECIAL_PIECES), key=lambda a: a["id"])
+                 for p in vocab.SPECIAL_PIECES), key=lambda a: a["id"])
 
 
 def _bert_template(ids: Mapping[str, int]) -> dict[str, Any]:
   """`[CLS] A [SEP] (B [SEP])`, token_type_ids 0/1."""
-  cls, sep = tok_lib.CLS, tok_lib.SEP
+  cls, sep = vocab.CLS, vocab.SEP
 
   def special(piece, type_id):
     return {"SpecialToken": {"id": piece, "type_id": type_id}}
@@ -82,7 +82,7 @@ def hf_wordpiece_files(tok, model_max_length: int) -> dict[str, Any]:
   vocab.txt, and a tokenizer_config.json whose do_lower_case matches (the fast class
   rebuilds its normaliser from it)."""
   spec = json.loads(tok.to_json())
-  ids = dict(zip(tok_lib.SPECIAL_PIECES, tok.special_ids))
+  ids = dict(zip(vocab.SPECIAL_PIECES, tok.special_ids))
   added = _added_specials(ids)
   spec.update(added_tokens=added, post_processor=_bert_template(ids))
   norm = tok.normalizer_settings
@@ -145,7 +145,7 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
   spec, norm_spec = m.trainer_spec, m.normalizer_spec
   pieces = [p.piece for p in m.pieces]
   ids = {p: i for i, p in reversed(list(enumerate(pieces)))}  # the first of repeats
-  for special in tok_lib.SPECIAL_PIECES:
+  for special in vocab.SPECIAL_PIECES:
     if special not in ids:
       raise ValueError(f"the special token {special} is missing in the SentencePiece model")
   if spec.treat_whitespace_as_suffix or not norm_spec.escape_whitespaces:
@@ -156,12 +156,12 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
                      "(train without it: tokendrop_jax.data.tokenizer.train_tokenizer)")
   model_type = pb.TrainerSpec.ModelType.Name(spec.model_type)
   if model_type == "UNIGRAM":
-    model = {"type": "Unigram", "unk_id": ids[tok_lib.UNK],
+    model = {"type": "Unigram", "unk_id": ids[vocab.UNK],
              "vocab": [[p.piece, float(p.score)] for p in m.pieces], "byte_fallback": False}
   elif model_type == "BPE":
     normal = pb.ModelProto.SentencePiece.Type.Value("NORMAL")
     mergeable = {p.piece: i for i, p in enumerate(m.pieces) if p.type == normal}
-    model = {"type": "BPE", "dropout": None, "unk_token": tok_lib.UNK,
+    model = {"type": "BPE", "dropout": None, "unk_token": vocab.UNK,
              "continuing_subword_prefix": None, "end_of_word_suffix": None,
              "fuse_unk": True, "byte_fallback": False, "ignore_merges": False,
              "vocab": {p: i for i, p in enumerate(pieces)},
@@ -170,7 +170,7 @@ def hf_tokenizer_files(proto: bytes, model_max_length: int) -> dict[str, dict]:
     raise ValueError(f"SentencePiece model type {model_type} cannot be converted "
                      "(only UNIGRAM and BPE)")
   prepend = "always" if norm_spec.add_dummy_prefix else "never"
-  metaspace = {"type": "Metaspace", "replacement": tok_lib.WORD_START,  # the escaped space
+  metaspace = {"type": "Metaspace", "replacement": vocab.WORD_START,  # the escaped space
                "prepend_scheme": prepend, "split": True}
   added = _added_specials(ids)
   tokenizer = {
