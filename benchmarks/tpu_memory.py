@@ -40,6 +40,13 @@ CASES = {
     "base_v5e-16": _case("bert_base", "v5e-16", "full,drop256"),
     "large_v4-8": _case("bert_large", "v4-8", "full,drop256"),
     "large_v5e-8": _case("bert_large", "v5e-8", "full,drop256"),
+    # Does a chip's limit carry to a larger slice of the same chip (pure data parallel: the
+    # same rows per chip)? v5e-8's largest full batch (72 rows a chip) and smallest refused
+    # one (80), on 16 chips.
+    "base_v5e-16_rows72": _case("bert_base", "v5e-16", "full",
+                                "--config.data.global_batch_size=1152"),
+    "base_v5e-16_rows80": _case("bert_base", "v5e-16", "full",
+                                "--config.data.global_batch_size=1280"),
     # The largest global batch per slice (a few compiles per kind: --max_batch).
     "base_v5e-8_max_full": _case("bert_base", "v5e-8", "full", "--max_batch"),
     "base_v5e-8_max_drop": _case("bert_base", "v5e-8", "drop256", "--max_batch"),
