@@ -223,3 +223,36 @@ def test_max_batch_search_brackets_the_largest_batch_that_fits(start):
   assert (found["max_batch"], found["refused_at"]) == (296, 304)
   assert len(calls) == len(set(calls)) <= 10  # no batch compiled twice, a few compiles
   assert found["tried"]["296"] == {"fits": True, "temp_bytes": 988}
+
+
+@pytest.mark.parametrize("start", [64, 512, 2048])
+def test_max_batch_search_does_not_creep_when_the_compiler_squeezes(start):
+  """Near the limit the TPU compiler fits a program by squeezing its temporaries just under
+  the chip's (999 of 1000 bytes from batch 300 to 600 here): a line through them lands one
+  step above the last fit, try after try. The search still halves its way to 600."""
+  calls = []
+
+  def compile_at(b):
+    calls.append(b)
+    if b <= 600:
+      return {"fits": True, "temp_bytes": min(100 + 3 * b, 999)}
+    return {"fits": False, "needed_bytes": 100 + 3 * b, "available_bytes": 1000}
+
+  found = slice_plan.search_max_batch(compile_at, start, 8, resolution=0.0)
+  assert (found["max_batch"], found["refused_at"]) == (600, 608)
+  assert len(calls) == len(set(calls)) <= 12
+
+
+def test_a_compile_whose_process_fails_is_named_with_its_command():
+  """A kind compiled in its own process that dies without a report (here: bad input the
+  child refuses) stops the main with the child's status, its host memory and its command."""
+  code = ("from tokendrop_jax import compile as c; c._compile_isolated("
+          "['--config=configs/tiny.py:loss_ema', '--topology=v5e-4', "
+          "'--config.data.global_batch_size=6'], 'full')")
+  res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert "error: compiling full failed: its process exited with status 2 after using" in res.stderr
+  assert ("python -m tokendrop_jax.compile --config=configs/tiny.py:loss_ema --topology=v5e-4 "
+          "--config.data.global_batch_size=6 --kinds=full --noisolate") in res.stderr
+  assert "data.global_batch_size=6" in res.stderr.split("--noisolate")[-1]  # the child's words

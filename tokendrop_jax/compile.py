@@ -25,6 +25,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import json  # noqa: E402
 import resource  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -70,8 +71,13 @@ def _compile_isolated(argv: list[str], name: str) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if not os.path.exists(path):
       tail = "\n".join(stderr.strip().splitlines()[-15:])
-      print(f"error: compiling {name} failed in its process (exit {code}):\n{tail}",
-            file=sys.stderr)
+      how = f"exited with status {code}"
+      if code < 0:
+        how = (f"was killed by {signal.Signals(-code).name} (the TPU compiler crashed, as it "
+               "would on a TPU VM, or this host ran out of memory)")
+      print(f"error: compiling {name} failed: its process {how} after using "
+            f"{_host_gib(rusage):.1f} GiB of host memory; repeat it with: "
+            f"python -m tokendrop_jax.compile {' '.join(cmd[3:-1])}\n{tail}", file=sys.stderr)
       sys.exit(1)
     with open(path) as f:
       report = json.load(f)["kinds"][name]
@@ -110,7 +116,9 @@ def main(argv):
       "mesh": {a: int(config.mesh[a]) for a in ("data", "fsdp", "tensor")},
       "versions": accelerator.versions(("jax", "jaxlib", "libtpu")), "kinds": {},
   }
-  isolate = _ISOLATE.value and len(names) > 1
+  # --max_batch compiles every batch but the first in a child: the first too, so that this
+  # process stays small while the children compile, and a crash is reported, not suffered.
+  isolate = _ISOLATE.value and (len(names) > 1 or _MAX_BATCH.value)
   for i, name in enumerate(names):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
           f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)

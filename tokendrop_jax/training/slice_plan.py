@@ -111,8 +111,9 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
                      resolution: float = 1 / 8) -> dict:
   """The largest global batch (a multiple of `step`) for which `compile_at` fits, to within
   `resolution` of itself: bracket it by doubling or halving from `batch`, then split the
-  bracket where a line through the temporaries of its two ends meets the chip's limit
-  (the TPU compiler works harder as memory gets tight, so the line is only a guide).
+  bracket where a line through the temporaries of its two ends meets the chip's limit,
+  kept within the middle half of the bracket (the TPU compiler works harder as memory
+  gets tight, so the line is only a guide).
 
   Returns {"max_batch": the largest that fit (0: not even `step`), "refused_at": the
   smallest that did not, "tried": {batch: {"fits", "temp_bytes"}}}.
@@ -145,6 +146,11 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
     mid = (lo + hi) // 2
     if limit and t_lo is not None and t_hi is not None and t_hi > t_lo:
       mid = lo + int((limit - t_lo) / (t_hi - t_lo) * (hi - lo))
+    # Near the limit the compiler squeezes its temporaries just under it, so the line can
+    # land just above `lo` try after try: each try stays in the middle half of the bracket,
+    # which shrinks it by a quarter at least.
+    quarter = (hi - lo) // 4
+    mid = min(max(mid, lo + quarter), hi - quarter)
     mid = min(max(mid // step * step, lo + step), hi - step)
     if fits(mid):
       lo = mid
