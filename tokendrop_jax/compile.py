@@ -151,8 +151,9 @@ def main(argv):
 
       found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step)
       result["max_batch"][name] = found
-      print(f"    largest that fits: {found['max_batch']} ({found['max_batch'] / the_slice.total_chips:g}"
-            f" rows per chip); {found['refused_at']} does not", flush=True)
+      rows = found["max_batch"] / the_slice.total_chips
+      print(f"    largest that fits: {found['max_batch']} ({rows:g} rows per chip); "
+            f"{found['refused_at']} does not", flush=True)
   if _OUTPUT.value:
     from tokendrop_jax import files  # pylint: disable=import-outside-toplevel
     files.atomic_write(_OUTPUT.value, json.dumps(result, indent=2))
