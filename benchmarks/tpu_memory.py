@@ -55,8 +55,8 @@ CASES = {
        for chip in ("v4-8", "v5e-8") for kind, steps in (("full", "full"), ("drop", "drop256"))
        for tag, extra in (("", ()), ("_remat", ("--config.model.remat=full",)))
        if (chip, tag) != ("v5e-8", "")},
-    **{f"large_v5p-8_max_{kind}": _case("bert_large", "v5p-8", steps, "--max_batch")
-       for kind, steps in (("full", "full"), ("drop", "drop256"))},
+    **{f"{name}_v5p-8_max_{kind}": _case(f"bert_{name}", "v5p-8", steps, "--max_batch")
+       for name in ("large", "base") for kind, steps in (("full", "full"), ("drop", "drop256"))},
     # BERT-large fits neither v4-8 nor v5e-8 at the paper's batch without remat: with it?
     **{f"large_{chip}_max_{kind}_remat": _case("bert_large", chip, steps, "--max_batch",
                                                "--config.model.remat=full")
