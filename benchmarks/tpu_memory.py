@@ -17,6 +17,8 @@ import sys
 
 from absl import app, flags
 
+from tokendrop_jax.training import aot
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "tpu")
 
@@ -119,9 +121,11 @@ def table() -> str:
         ar = f"{coll.get('all-reduce', 0) / 1e6:.0f}"
         other = f"{(k['collective_bytes_total'] - coll.get('all-reduce', 0)) / 1e6:.0f}"
       else:
-        need = k.get("needed_bytes")
+        # (JSONs from before the field: the compiler's message says it)
+        need, space = k.get("needed_bytes"), aot.memory_space(k.get("error", ""))
         peak = (f"does not fit: {need / 2**30:.1f} needed of {k['available_bytes'] / 2**30:.2f}"
-                if need else "does not fit")
+                if need else "does not fit" if space == "hbm" else
+                f"does not compile: a kernel out of {space.upper()}")
         ar = other = "-"
       rows.append(f"| {r['config']} | {r['topology']} | {r['global_batch_size']} "
                   f"({r['rows_per_chip']:g}) | {r['remat']} | {attention} | {kind} | {peak} "

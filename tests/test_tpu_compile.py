@@ -87,6 +87,30 @@ def test_a_mesh_off_the_torus_is_an_error_unless_list_order_is_asked_for():
 def test_oom_sizes_read_the_compilers_message():
   assert aot.oom_sizes(OOM) == (int(44.23 * 2**30), int(15.75 * 2**30))
   assert aot.oom_sizes("RESOURCE_EXHAUSTED: something else") is None
+  assert aot.memory_space(OOM) == "hbm"
+
+
+# What libtpu 0.0.42.1 said compiling bert_large's full step with remat on 4 v4 chips at
+# global batch 512 (benchmarks/results/tpu/large_v4-8_max_full_remat.json).
+VMEM = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+        "vmem. Used 16.73M of 16.00M vmem. Exceeded vmem capacity by 748.0K.")
+
+
+def test_a_kernel_out_of_vmem_is_not_called_out_of_hbm():
+  """A kernel that does not fit a core's on-chip VMEM is the compiler's limit, not the
+  chip's HBM: the report and the advice say which."""
+  assert aot.memory_space(VMEM) == "vmem" and aot.oom_sizes(VMEM) is None
+  config = _tiny()
+  config.model.remat = "full"
+  s = tpu_slice.parse("v4-8")
+  report = {"fits": False, "error": VMEM, "memory_space": "vmem", "compile_s": 1.0}
+  said = slice_plan.advice(config, s, report)
+  assert said.startswith("does not compile: the TPU compiler ran out of VMEM")
+  assert "not of the chip's HBM" in said and "grad_accum_steps=2" in said
+  assert "by " not in said.split(";")[0]  # no HBM sizes: the message has none
+  hbm = slice_plan.advice(config, s, {"fits": False, "needed_bytes": 2 * 2**30,
+                                      "available_bytes": 2**30})
+  assert hbm.startswith("does not fit by 1.00 GiB")
 
 
 def _compile_every_kind(variant, topology):

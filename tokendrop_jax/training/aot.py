@@ -25,6 +25,9 @@ _BATCH_FIELDS = (("input_ids", "seq", "int32"), ("input_mask", "seq", "int32"),
 _NEEDED = re.compile(r"required for[^(]*\(([\d.]+)\s*([KMGT]?)i?B?\)")
 _AVAILABLE = re.compile(r"available HBM\s*\(([\d.]+)\s*([KMGT]?)i?B?\)")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# Its words when one of its kernels does not fit a core's on-chip scratch memory instead
+# ("Ran out of memory in memory space vmem. Used 16.73M of 16.00M vmem."): not HBM.
+_SPACE = re.compile(r"out of memory in memory space (\w+)", re.IGNORECASE)
 
 
 def abstract_batch(mesh, batch_size: int, seq_len: int, num_predictions: int) -> dict:
@@ -47,6 +50,12 @@ def oom_sizes(message: str) -> tuple[int, int] | None:
   return _bytes(*needed.groups()), _bytes(*available.groups())
 
 
+def memory_space(message: str) -> str:
+  """The memory the compiler ran out of: 'hbm' (the chip's), or the on-chip space it names."""
+  m = _SPACE.search(message)
+  return m.group(1).lower() if m else "hbm"
+
+
 def is_oom(error: Exception) -> bool:
   text = str(error)
   return "RESOURCE_EXHAUSTED" in text or "exceeds available" in text or "Ran out of memory" in text
@@ -66,7 +75,7 @@ def compile_step(fn: Callable, args: tuple, hbm_bytes: int | None = None) -> dic
       raise
     sizes = oom_sizes(str(e))
     out = {"fits": False, "compile_s": time.perf_counter() - t0,
-           "error": " ".join(str(e).split())[:2000]}
+           "error": " ".join(str(e).split())[:2000], "memory_space": memory_space(str(e))}
     if sizes:
       out["needed_bytes"], out["available_bytes"] = sizes
     return out

@@ -169,6 +169,13 @@ def advice(config, the_slice, report: dict) -> str:
          f"{have / 2**30:.2f} available)" if need and have else ""
   rows = config.data.global_batch_size // the_slice.total_chips
   knobs = []
+  space = report.get("memory_space", "hbm")
+  if space != "hbm":  # one of the compiler's kernels, not the chip's HBM
+    return (f"does not compile: the TPU compiler ran out of {space.upper()}, a core's on-chip "
+            "scratch memory, in one of its kernels; that is a limit of how it compiles this "
+            "program, not of the chip's HBM. Fewer rows per chip may compile (--max_batch finds "
+            f"out): try --config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps}; "
+            f"more chips (now {rows} rows per chip); or another model.remat policy")
   if config.model.remat in ("none", False):
     knobs.append("--config.model.remat=full (recompute each layer's activations)")
   knobs.append(f"--config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps} "
@@ -187,7 +194,9 @@ def table(result: dict) -> str:
     host = f"{r['host_peak_gib']:8.1f}" if "host_peak_gib" in r else f"{'':8}"
     steps = f"{r['steps_in_run']:9d}" if "steps_in_run" in r else f"{'':9}"
     if "peak_bytes" not in r:
-      lines.append(f"{name:<14}{steps} {'refused by the compiler: does not fit':<60}"
+      space = r.get("memory_space", "hbm")
+      why = "does not fit" if space == "hbm" else f"out of {space.upper()}"
+      lines.append(f"{name:<14}{steps} {'refused by the compiler: ' + why:<60}"
                    f"{r['compile_s']:9.0f} {host}")
       continue
     coll = r["collective_bytes"]
