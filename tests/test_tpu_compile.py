@@ -91,7 +91,8 @@ def test_oom_sizes_read_the_compilers_message():
 
 
 # What libtpu 0.0.42.1 said compiling bert_large's full step with remat on 4 v4 chips at
-# global batch 512 (benchmarks/results/tpu/large_v4-8_max_full_remat.json).
+# global batch 512 (`python -m tokendrop_jax.compile --config=configs/bert_large.py:loss_ema
+# --topology=v4-8 --kinds=full --config.model.remat=full`).
 VMEM = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
         "vmem. Used 16.73M of 16.00M vmem. Exceeded vmem capacity by 748.0K.")
 
