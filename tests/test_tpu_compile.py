@@ -111,7 +111,9 @@ def test_a_kernel_out_of_vmem_is_not_called_out_of_hbm():
   assert "by " not in said.split(";")[0]  # no HBM sizes: the message has none
   hbm = slice_plan.advice(config, s, {"fits": False, "needed_bytes": 2 * 2**30,
                                       "available_bytes": 2**30})
-  assert hbm.startswith("does not fit by 1.00 GiB")
+  assert hbm.startswith("does not fit by 1.00 GiB") and "--config.mesh.fsdp" in hbm
+  config.mesh.update(data=1, fsdp=4)  # already sharded over every chip: not advised again
+  assert "--config.mesh.fsdp" not in slice_plan.advice(config, s, {"fits": False})
 
 
 def _compile_every_kind(variant, topology):

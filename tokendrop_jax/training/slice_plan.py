@@ -180,8 +180,10 @@ def advice(config, the_slice, report: dict) -> str:
     knobs.append("--config.model.remat=full (recompute each layer's activations)")
   knobs.append(f"--config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps} "
                "(half the rows per compiled step, same global batch)")
-  knobs.append(f"more chips (now {rows} rows per chip), or --config.mesh.fsdp to shard "
-               "parameters and optimizer state")
+  chips = f"more chips (now {rows} rows per chip)"
+  if int(config.mesh.fsdp) == 1:  # already sharded: saying so again would not help
+    chips += ", or --config.mesh.fsdp to shard parameters and optimizer state"
+  knobs.append(chips)
   return f"does not fit{over}; try " + "; ".join(knobs)
 
 
