@@ -159,7 +159,12 @@ def comm_table() -> str:
   for mesh, name in COMM_CASES.items():
     r = results.get(name)
     for kind, k in (r["kinds"].items() if r else ()):
-      if "collective_bytes" not in k:
+      if "collective_bytes" not in k:  # refused: how much it needed is the finding
+        need = k.get("needed_bytes")
+        rows.append(f"| {r['config']} | {mesh.replace('x', '×')} | {kind} | - | - "
+                    f"| does not fit" + (f": {need / 2**30:.1f} needed of "
+                                         f"{k['available_bytes'] / 2**30:.2f}" if need else "")
+                    + " |")
         continue
       by_kind = ", ".join(f"{c} {b / 1e6:,.0f}" for c, b in k["collective_bytes"].items() if b)
       c = cpu.get((r["config"], mesh, kind))
