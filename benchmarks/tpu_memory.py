@@ -102,6 +102,18 @@ def _results():
         yield name, json.load(f)
 
 
+def _refused(kind: dict) -> str:
+  """The cell of a step kind the compiler refused: what it needed of the chip's HBM, or
+  which on-chip memory one of its kernels ran out of (read from its message, so that
+  JSONs from before the `memory_space` field say it too)."""
+  need, space = kind.get("needed_bytes"), aot.memory_space(kind.get("error", ""))
+  if need:
+    return f"does not fit: {need / 2**30:.1f} needed of {kind['available_bytes'] / 2**30:.2f}"
+  if space == "hbm":
+    return "does not fit"
+  return f"does not compile: a kernel out of {space.upper()}"
+
+
 def table() -> str:
   rows = ["| config | slice | global batch (rows/chip) | remat | attention | step "
           "| peak GiB/chip (of HBM) | all-reduce MB | other collectives MB | compile s | host GiB |",
@@ -121,12 +133,7 @@ def table() -> str:
         ar = f"{coll.get('all-reduce', 0) / 1e6:.0f}"
         other = f"{(k['collective_bytes_total'] - coll.get('all-reduce', 0)) / 1e6:.0f}"
       else:
-        # (JSONs from before the field: the compiler's message says it)
-        need, space = k.get("needed_bytes"), aot.memory_space(k.get("error", ""))
-        peak = (f"does not fit: {need / 2**30:.1f} needed of {k['available_bytes'] / 2**30:.2f}"
-                if need else "does not fit" if space == "hbm" else
-                f"does not compile: a kernel out of {space.upper()}")
-        ar = other = "-"
+        peak, ar, other = _refused(k), "-", "-"
       rows.append(f"| {r['config']} | {r['topology']} | {r['global_batch_size']} "
                   f"({r['rows_per_chip']:g}) | {r['remat']} | {attention} | {kind} | {peak} "
                   f"| {ar} | {other} "
@@ -160,11 +167,8 @@ def comm_table() -> str:
     r = results.get(name)
     for kind, k in (r["kinds"].items() if r else ()):
       if "collective_bytes" not in k:  # refused: how much it needed is the finding
-        need = k.get("needed_bytes")
         rows.append(f"| {r['config']} | {mesh.replace('x', '×')} | {kind} | - | - "
-                    f"| does not fit" + (f": {need / 2**30:.1f} needed of "
-                                         f"{k['available_bytes'] / 2**30:.2f}" if need else "")
-                    + " |")
+                    f"| {_refused(k)} |")
         continue
       by_kind = ", ".join(f"{c} {b / 1e6:,.0f}" for c, b in k["collective_bytes"].items() if b)
       c = cpu.get((r["config"], mesh, kind))

@@ -163,24 +163,22 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
 
 def advice(config, the_slice, report: dict) -> str:
   """By how much a kind does not fit, and the knobs that would help."""
-  need = report.get("needed_bytes") or report.get("peak_bytes")
-  have = report.get("available_bytes") or the_slice.hbm_bytes
-  over = f" by {(need - have) / 2**30:.2f} GiB ({need / 2**30:.2f} needed, " \
-         f"{have / 2**30:.2f} available)" if need and have else ""
-  rows = config.data.global_batch_size // the_slice.total_chips
-  knobs = []
+  accum = f"--config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps}"
+  chips = f"more chips (now {config.data.global_batch_size // the_slice.total_chips} rows per chip)"
   space = report.get("memory_space", "hbm")
   if space != "hbm":  # one of the compiler's kernels, not the chip's HBM
     return (f"does not compile: the TPU compiler ran out of {space.upper()}, a core's on-chip "
             "scratch memory, in one of its kernels; that is a limit of how it compiles this "
             "program, not of the chip's HBM. Fewer rows per chip may compile (--max_batch finds "
-            f"out): try --config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps}; "
-            f"more chips (now {rows} rows per chip); or another model.remat policy")
+            f"out): try {accum}; {chips}; or another model.remat policy")
+  need = report.get("needed_bytes") or report.get("peak_bytes")
+  have = report.get("available_bytes") or the_slice.hbm_bytes
+  over = f" by {(need - have) / 2**30:.2f} GiB ({need / 2**30:.2f} needed, " \
+         f"{have / 2**30:.2f} available)" if need and have else ""
+  knobs = []
   if config.model.remat in ("none", False):
     knobs.append("--config.model.remat=full (recompute each layer's activations)")
-  knobs.append(f"--config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps} "
-               "(half the rows per compiled step, same global batch)")
-  chips = f"more chips (now {rows} rows per chip)"
+  knobs.append(f"{accum} (half the rows per compiled step, same global batch)")
   if int(config.mesh.fsdp) == 1:  # already sharded: saying so again would not help
     chips += ", or --config.mesh.fsdp to shard parameters and optimizer state"
   knobs.append(chips)
