@@ -373,24 +373,24 @@ def prepare(settings: InputSettings, workdir: str) -> tuple[str, tokenizer_lib.T
   return text_builder.local_dataset(dataset_dir), tokenizer_lib.load_tokenizer(tok_path)
 
 
+def _shard_options(data: Batches, plan: host_rows.ShardPlan, shard: int) -> dict:
+  """What the train and eval pipelines of virtual shard `shard` share."""
+  return dict(seq_len=data.seq_len, max_predictions_per_seq=data.max_predictions_per_seq,
+              global_batch_size=data.global_batch_size, mask_prob=data.mask_prob,
+              seed=data.seed, shard_index=shard, num_shards=plan.num_shards,
+              read_threads=max(1, 4 // len(plan.shards)),  # one process reads all on one host
+              masking=data.masking, max_ngram=data.max_ngram)
+
+
 def train_iterator(data: Batches, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
   """The training batches of this process's virtual shards (`plan.shards`)."""
-  threads = max(1, 4 // len(plan.shards))  # one process reads all shards on one host
   return ShardedIterator({v: pipeline.make_pretrain_iterator(
-      dataset_dir, split=text_sources.TRAIN, seq_len=data.seq_len,
-      max_predictions_per_seq=data.max_predictions_per_seq,
-      global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
-      shard_index=v, num_shards=plan.num_shards, worker_count=data.worker_count,
-      read_threads=threads, masking=data.masking, max_ngram=data.max_ngram)
-      for v in plan.shards}, plan.num_shards, plan.owned)
+      dataset_dir, split=text_sources.TRAIN, worker_count=data.worker_count,
+      **_shard_options(data, plan, v)) for v in plan.shards}, plan.num_shards, plan.owned)
 
 
 def eval_iterator(data: Batches, dataset_dir: str, plan: host_rows.ShardPlan) -> ShardedIterator:
   """`train.eval_batches` fixed validation batches of this process's virtual shards."""
   return ShardedIterator({v: pipeline.make_eval_iterator(
-      dataset_dir, split=text_sources.VALIDATION, seq_len=data.seq_len,
-      max_predictions_per_seq=data.max_predictions_per_seq,
-      global_batch_size=data.global_batch_size, mask_prob=data.mask_prob, seed=data.seed,
-      shard_index=v, num_shards=plan.num_shards, num_batches=data.eval_batches,
-      read_threads=max(1, 4 // len(plan.shards)), masking=data.masking,
-      max_ngram=data.max_ngram) for v in plan.shards}, plan.num_shards, plan.owned)
+      dataset_dir, split=text_sources.VALIDATION, num_batches=data.eval_batches,
+      **_shard_options(data, plan, v)) for v in plan.shards}, plan.num_shards, plan.owned)
