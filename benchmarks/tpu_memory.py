@@ -141,17 +141,23 @@ def table() -> str:
   return "\n".join(rows)
 
 
+def _tries(tried: dict) -> str:
+  """How many batches a search compiled, and how many of them only up to buffer assignment."""
+  probes = sum(t.get("probe", False) for t in tried.values())
+  return f"{len(tried)} ({probes} probed)" if probes else str(len(tried))
+
+
 def max_batch_table() -> str:
   """The largest global batch of each --max_batch case."""
   rows = ["| config | slice | remat | step | largest global batch that fits (rows/chip) "
-          "| its temporaries GiB/chip | smallest refused | compiles |",
+          "| its temporaries GiB/chip | smallest refused | batches tried |",
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
     for kind, m in r.get("max_batch", {}).items():
       rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
                   f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) "
                   f"| {m['tried'][str(m['max_batch'])]['temp_bytes'] / 2**30:.1f} | {m['refused_at']} "
-                  f"| {len(m['tried'])} |")
+                  f"| {_tries(m['tried'])} |")
   return "\n".join(rows) if len(rows) > 2 else ""
 
 

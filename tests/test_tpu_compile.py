@@ -283,3 +283,40 @@ def test_a_compile_whose_process_fails_is_named_with_its_command():
   assert ("python -m tokendrop_jax.compile --config=configs/tiny.py:loss_ema --topology=v5e-4 "
           "--config.data.global_batch_size=6 --kinds=full --noisolate") in res.stderr
   assert "data.global_batch_size=6" in res.stderr.split("--noisolate")[-1]  # the child's words
+
+
+def test_max_batch_search_confirms_a_probed_answer_in_full():
+  """Probes say whether the buffers fit; a later pass can still refuse (a kernel out of
+  VMEM): here the full compile refuses 576 and 600 that the probe passed. The search
+  steps below them and answers only what a full compile accepted."""
+  probes, full = [], []
+
+  def compile_at(b):
+    probes.append(b)
+    if b <= 600:
+      return {"fits": True, "probe": True}
+    return {"fits": False, "needed_bytes": 100 + 3 * b, "available_bytes": 1000}
+
+  def confirm(b):
+    full.append(b)
+    return {"fits": b <= 560, "temp_bytes": 900} if b <= 560 else {"fits": False}
+
+  found = slice_plan.search_max_batch(compile_at, 64, 8, resolution=0.0, confirm=confirm)
+  assert (found["max_batch"], found["refused_at"]) == (560, 568)
+  assert found["tried"]["560"] == {"fits": True, "temp_bytes": 900}  # confirmed: no probe
+  assert all(found["tried"][str(b)]["fits"] is False for b in full if b > 560)
+  assert full[-1] == 560 and len(full) == len(set(full))
+  assert len(probes) == len(set(probes)) <= 16
+
+
+def test_a_probe_stops_the_compiler_once_the_buffers_fit():
+  """The probe's "fits" is the compiler's own HBM check, read from its log before it lowers
+  the program; a batch it refuses is reported with the compiler's sizes, as in full."""
+  from tokendrop_jax import compile as compile_main  # pylint: disable=import-outside-toplevel
+  args = ["--config=configs/tiny.py:loss_ema", "--topology=v5e-4"]
+  small = compile_main._compile_isolated(args, "full", probe=True)
+  assert small["fits"] and small["probe"] and "temp_bytes" not in small
+  big = compile_main._compile_isolated(
+      args + ["--config.data.global_batch_size=262144"], "full", probe=True)
+  assert not big["fits"] and "probe" not in big
+  assert big["needed_bytes"] > big["available_bytes"] == int(15.75 * 2**30)

@@ -23,12 +23,15 @@ import os
 # The host backend only runs the compiler: keep JAX off any local accelerator.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import collections  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -46,38 +49,67 @@ _ISOLATE = flags.DEFINE_bool("isolate", True, "Compile each kind in its own proc
                              "host memory to one compile)")
 _MAX_BATCH = flags.DEFINE_bool(
     "max_batch", False, "Also find, per train kind, the largest data.global_batch_size that "
-    "fits (a few compiles per kind: a line through two, then the predicted largest and the "
-    "next size up)")
+    "fits (a few compiles per kind, each stopped once the compiler has placed its buffers; "
+    "the answer compiled in full)")
 
 EXIT_DOES_NOT_FIT = 5
 _OWN_FLAGS = ("--output", "--kinds", "--isolate", "--noisolate", "--max_batch", "--nomax_batch")
 _BATCH_FLAG = "--config.data.global_batch_size"
+# libtpu's log lines ("I1206 00:07:08.758180 2666 file.cc:123] ..."), and the two of its
+# words (libtpu 0.0.42) that say HBM buffer assignment passed and lowering to LLO began.
+_LIBTPU_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\] ")
+_BUFFERS_PLACED = "memory space and buffer assignment time"
+_LOWERING = "Global Core Count"
 
 
 def _host_gib(rusage) -> float:
   return rusage.ru_maxrss * 1024 / 2**30  # Linux reports KiB
 
 
-def _compile_isolated(argv: list[str], name: str) -> dict:
-  """One kind in a child process; its report with the child's peak host memory."""
+def _compile_isolated(argv: list[str], name: str, probe: bool = False) -> dict:
+  """One kind in a child process; its report with the child's peak host memory.
+
+  `probe`: stop the child as soon as the TPU compiler has placed the program's buffers in
+  the chip's HBM (its log says so, and then lowers the program: most of a fitting compile's
+  time). A refusal for HBM comes before that point, so the probe answers "fits" with the
+  same test the compiler applies; the report then has no sizes and `probe` True."""
+  env = dict(os.environ)
+  if probe:  # libtpu's own log, at the level that names its compile phases
+    env.update(TPU_STDERR_LOG_LEVEL="0", TPU_MIN_LOG_LEVEL="0",
+               TPU_VMODULE="deepsea_compiler_base=1")
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "kind.json")
     cmd = [sys.executable, "-m", "tokendrop_jax.compile", *argv, f"--kinds={name}",
            "--noisolate", f"--output={path}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    stderr = proc.stderr.read()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    tail: collections.deque = collections.deque(maxlen=15)
+    placed = lowering = False
+    for line in proc.stderr:
+      if probe and _LIBTPU_LOG.match(line):
+        placed = placed or _BUFFERS_PLACED in line
+        lowering = placed and _LOWERING in line
+        if lowering:
+          proc.kill()
+          break
+      else:
+        tail.append(line.rstrip("\n"))
     _, status, rusage = os.wait4(proc.pid, 0)
     proc.stderr.close()
+    if lowering:
+      return {"fits": True, "probe": True, "compile_s": time.perf_counter() - t0,
+              "host_peak_gib": _host_gib(rusage)}
     code = os.waitstatus_to_exitcode(status)
     if not os.path.exists(path):
-      tail = "\n".join(stderr.strip().splitlines()[-15:])
       how = f"exited with status {code}"
       if code < 0:
         how = (f"was killed by {signal.Signals(-code).name} (the TPU compiler crashed, as it "
                "would on a TPU VM, or this host ran out of memory)")
       print(f"error: compiling {name} failed: its process {how} after using "
             f"{_host_gib(rusage):.1f} GiB of host memory; repeat it with: "
-            f"python -m tokendrop_jax.compile {' '.join(cmd[3:-1])}\n{tail}", file=sys.stderr)
+            f"python -m tokendrop_jax.compile {' '.join(cmd[3:-1])}\n" + "\n".join(tail),
+            file=sys.stderr)
       sys.exit(1)
     with open(path) as f:
       report = json.load(f)["kinds"][name]
@@ -143,13 +175,15 @@ def main(argv):
     for name in [n for n in names if n != "eval"]:
       print(f"largest batch for {name} (in steps of {step}):", flush=True)
 
-      def compile_at(b, name=name):
+      def compile_at(b, probe=True, name=name):
         r = result["kinds"][name] if b == d.global_batch_size else cli.run_or_exit(
-            lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name))
-        print(f"    global batch {b}: {'fits' if r['fits'] else 'does not fit'}", flush=True)
+            lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name, probe))
+        how = "buffers fit (probe)" if r.get("probe") else "fits" if r["fits"] else "refused"
+        print(f"    global batch {b}: {how} in {r['compile_s']:.0f} s", flush=True)
         return r
 
-      found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step)
+      found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step,
+                                          confirm=lambda b: compile_at(b, probe=False))
       result["max_batch"][name] = found
       rows = found["max_batch"] / the_slice.total_chips
       print(f"    largest that fits: {found['max_batch']} ({rows:g} rows per chip); "

@@ -108,15 +108,20 @@ def _temporaries(report: dict) -> int | None:
 
 
 def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
-                     resolution: float = 1 / 8) -> dict:
+                     resolution: float = 1 / 8,
+                     confirm: Callable[[int], dict] | None = None) -> dict:
   """The largest global batch (a multiple of `step`) for which `compile_at` fits, to within
   `resolution` of itself: bracket it by doubling or halving from `batch`, then split the
   bracket where a line through the temporaries of its two ends meets the chip's limit,
   kept within the middle half of the bracket (the TPU compiler works harder as memory
   gets tight, so the line is only a guide).
 
+  `confirm`, if given, compiles the answer in full when `compile_at` only probed it (a
+  probe stops the compiler once its buffers fit the chip; a later pass can still refuse):
+  a refusal there moves the search below it.
+
   Returns {"max_batch": the largest that fit (0: not even `step`), "refused_at": the
-  smallest that did not, "tried": {batch: {"fits", "temp_bytes"}}}.
+  smallest that did not, "tried": {batch: {"fits", "temp_bytes"[, "probe"]}}}.
   """
   tried: dict[int, dict] = {}
 
@@ -125,7 +130,15 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
       tried[b] = compile_at(b)
     return tried[b]["fits"]
 
-  lo, hi = 0, None
+  def down_from(hi: int) -> tuple[int, int]:
+    """Halve from a refused `hi` until a batch fits: (that batch or 0, the smallest refused)."""
+    while hi > step:
+      b = max(step, hi // 2 // step * step)
+      if fits(b):
+        return b, hi
+      hi = b
+    return 0, hi
+
   b = max(step, batch // step * step)
   if fits(b):
     lo = b
@@ -133,31 +146,37 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
       lo *= 2
     hi = 2 * lo
   else:
-    hi = b
-    while hi > step:
-      b = max(step, hi // 2 // step * step)
-      if fits(b):
-        lo = b
-        break
-      hi = b
-  limit = next((r["available_bytes"] for r in tried.values() if "available_bytes" in r), None)
-  while lo and hi - lo > max(step, int(lo * resolution)):
-    t_lo, t_hi = _temporaries(tried[lo]), _temporaries(tried[hi])
-    mid = (lo + hi) // 2
-    if limit and t_lo is not None and t_hi is not None and t_hi > t_lo:
-      mid = lo + int((limit - t_lo) / (t_hi - t_lo) * (hi - lo))
-    # Near the limit the compiler squeezes its temporaries just under it, so the line can
-    # land just above `lo` try after try: each try stays in the middle half of the bracket,
-    # which shrinks it by a quarter at least.
-    quarter = (hi - lo) // 4
-    mid = min(max(mid, lo + quarter), hi - quarter)
-    mid = min(max(mid // step * step, lo + step), hi - step)
-    if fits(mid):
-      lo = mid
-    else:
-      hi = mid
+    lo, hi = down_from(b)
+  while True:
+    limit = next((r["available_bytes"] for r in tried.values() if "available_bytes" in r),
+                 None)
+    while lo and hi - lo > max(step, int(lo * resolution)):
+      t_lo, t_hi = _temporaries(tried[lo]), _temporaries(tried[hi])
+      mid = (lo + hi) // 2
+      if limit and t_lo is not None and t_hi is not None and t_hi > t_lo:
+        mid = lo + int((limit - t_lo) / (t_hi - t_lo) * (hi - lo))
+      # Near the limit the compiler squeezes its temporaries just under it, so the line can
+      # land just above `lo` try after try: each try stays in the middle half of the bracket,
+      # which shrinks it by a quarter at least.
+      quarter = (hi - lo) // 4
+      mid = min(max(mid, lo + quarter), hi - quarter)
+      mid = min(max(mid // step * step, lo + step), hi - step)
+      if fits(mid):
+        lo = mid
+      else:
+        hi = mid
+    if not (lo and confirm and tried[lo].get("probe")):
+      break
+    tried[lo] = confirm(lo)
+    if tried[lo]["fits"]:
+      break
+    hi = lo  # refused in full: the largest probe below it, or halve down again
+    lo = max((k for k, r in tried.items() if r["fits"] and k < hi), default=0)
+    if not lo:
+      lo, hi = down_from(hi)
   return {"max_batch": lo, "refused_at": hi,
-          "tried": {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r)}
+          "tried": {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r),
+                             **({"probe": True} if r.get("probe") else {})}
                     for k, r in sorted(tried.items())}}
 
 
