@@ -49,20 +49,13 @@ CASES = {
                                 "--config.data.global_batch_size=1152"),
     "base_v5e-16_rows80": _case("bert_base", "v5e-16", "full",
                                 "--config.data.global_batch_size=1280"),
-    # The largest global batch per slice (a few compiles per kind: --max_batch).
-    "base_v5e-8_max_full": _case("bert_base", "v5e-8", "full", "--max_batch"),
-    "base_v5e-8_max_drop": _case("bert_base", "v5e-8", "drop256", "--max_batch"),
+    # The largest global batch per chip (--max_batch: probes, then the answer in full), for
+    # both models, full and drop, with and without remat, on the smallest slice of each chip.
     # One kind a case, so that a search cut off loses one kind's compiles, not two.
-    **{f"base_{chip}_max_{kind}{tag}": _case("bert_base", chip, steps, "--max_batch", *extra)
-       for chip in ("v4-8", "v5e-8") for kind, steps in (("full", "full"), ("drop", "drop256"))
+    **{f"{name}_{chip}_max_{kind}{tag}": _case(f"bert_{name}", chip, steps, "--max_batch", *extra)
+       for name in ("base", "large") for chip in ("v5e-8", "v4-8", "v5p-8")
        for tag, extra in (("", ()), ("_remat", ("--config.model.remat=full",)))
-       if (chip, tag) != ("v5e-8", "")},
-    **{f"{name}_v5p-8_max_{kind}": _case(f"bert_{name}", "v5p-8", steps, "--max_batch")
-       for name in ("large", "base") for kind, steps in (("full", "full"), ("drop", "drop256"))},
-    # BERT-large fits neither v4-8 nor v5e-8 at the paper's batch without remat: with it?
-    **{f"large_{chip}_max_{kind}_remat": _case("bert_large", chip, steps, "--max_batch",
-                                               "--config.model.remat=full")
-       for chip in ("v5e-8", "v4-8") for kind, steps in (("full", "full"), ("drop", "drop256"))},
+       for kind, steps in (("full", "full"), ("drop", "drop256"))},
     # The sharded meshes of benchmarks/sharded_comm.py on 8 TPU chips (its data x fsdp x tensor
     # names; 8x1x1 is base_v5e-8): the TPU compiler's collectives beside XLA:CPU's.
     "base_v5e-8_mesh1x8x1": _case("bert_base", "v5e-8", "full,drop256", "--config.mesh.data=1",

@@ -150,18 +150,23 @@ def main(argv):
   }
   # --max_batch compiles every batch but the first in a child: the first too, so that this
   # process stays small while the children compile, and a crash is reported, not suffered.
+  # Its first compile is a probe as well: the search ends with its answer compiled in full.
   isolate = _ISOLATE.value and (len(names) > 1 or _MAX_BATCH.value)
+  probe = isolate and _MAX_BATCH.value
   for i, name in enumerate(names):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
           f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)
     if isolate:
-      report = cli.run_or_exit(lambda n=name: _compile_isolated(own, n))
+      report = cli.run_or_exit(lambda n=name: _compile_isolated(own, n, probe))
     else:
       report = cli.run_or_exit(
           lambda n=name: slice_plan.compile_kinds(config, the_slice, devices, [n], run)[n])
       report["host_peak_gib"] = _host_gib(resource.getrusage(resource.RUSAGE_SELF))
     result["kinds"][name] = report
-    if report["fits"]:
+    if report.get("probe"):
+      print(f"    its buffers fit a chip's HBM (a probe, stopped after "
+            f"{report['compile_s']:.0f} s)", flush=True)
+    elif report["fits"]:
       print(f"    peak {report['peak_bytes'] / 2**30:.2f} GiB of "
             f"{the_slice.hbm_bytes / 2**30:.0f} GiB per chip, compiled in "
             f"{report['compile_s']:.0f} s", flush=True)

@@ -212,6 +212,10 @@ def table(result: dict) -> str:
   for name, r in result["kinds"].items():
     host = f"{r['host_peak_gib']:8.1f}" if "host_peak_gib" in r else f"{'':8}"
     steps = f"{r['steps_in_run']:9d}" if "steps_in_run" in r else f"{'':9}"
+    if r.get("probe"):
+      lines.append(f"{name:<14}{steps} {'fits (probed up to buffer assignment)':<60}"
+                   f"{r['compile_s']:9.0f} {host}")
+      continue
     if "peak_bytes" not in r:
       space = r.get("memory_space", "hbm")
       why = "does not fit" if space == "hbm" else f"out of {space.upper()}"
