@@ -88,6 +88,12 @@ def test_oom_sizes_read_the_compilers_message():
   assert aot.oom_sizes(OOM) == (int(44.23 * 2**30), int(15.75 * 2**30))
   assert aot.oom_sizes("RESOURCE_EXHAUSTED: something else") is None
   assert aot.memory_space(OOM) == "hbm"
+  # Refused after lowering, by a little (bert_large full on v5e-8 at global batch 192).
+  late = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran "
+          "out of memory in memory space hbm. Used 15.77G of 15.75G hbm. Exceeded hbm capacity "
+          "by 18.68M. Total hbm usage >= 16.02G: reserved 258.00M program 12.02G")
+  assert aot.oom_sizes(late) == (int(15.77 * 2**30), int(15.75 * 2**30))
+  assert aot.memory_space(late) == "hbm"
 
 
 # What libtpu 0.0.42.1 said compiling bert_large's full step with remat on 4 v4 chips at
@@ -320,3 +326,21 @@ def test_a_probe_stops_the_compiler_once_the_buffers_fit():
       args + ["--config.data.global_batch_size=262144"], "full", probe=True)
   assert not big["fits"] and "probe" not in big
   assert big["needed_bytes"] > big["available_bytes"] == int(15.75 * 2**30)
+
+
+@pytest.mark.slow
+def test_max_batch_compiles_its_answer_in_full_also_at_the_configs_batch(tmp_path):
+  """The config's own batch is probed first; when the search ends there, that batch is
+  compiled in full (sizes in the JSON), not left a probe. tiny on v5e-4: 110592 fits, the
+  next step of 4 does not (libtpu 0.0.42.1)."""
+  out = tmp_path / "plan.json"
+  res = _main("--config=configs/tiny.py:loss_ema", "--topology=v5e-4", "--kinds=full",
+              "--max_batch", "--config.data.global_batch_size=110592", f"--output={out}",
+              timeout=900)
+  assert res.returncode == 0, res.stderr[-3000:]
+  result = json.loads(out.read_text())
+  found = result["max_batch"]["full"]
+  assert found["max_batch"] == 110592 and found["refused_at"] > 110592
+  answer = found["tried"]["110592"]
+  assert answer["fits"] and "probe" not in answer and answer["temp_bytes"] > 0
+  assert "peak_bytes" in result["kinds"]["full"]  # the probe replaced by the full compile

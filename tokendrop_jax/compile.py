@@ -71,8 +71,10 @@ def _compile_isolated(argv: list[str], name: str, probe: bool = False) -> dict:
 
   `probe`: stop the child as soon as the TPU compiler has placed the program's buffers in
   the chip's HBM (its log says so, and then lowers the program: most of a fitting compile's
-  time). A refusal for HBM comes before that point, so the probe answers "fits" with the
-  same test the compiler applies; the report then has no sizes and `probe` True."""
+  time). Most HBM refusals come before that point; the lowered program is checked again
+  (its code added: a program a few MiB under the limit can be refused then) and a kernel
+  can run out of VMEM, so a probe's "fits" is a guide and the caller compiles its answer in
+  full. The report then has no sizes and `probe` True."""
   env = dict(os.environ)
   if probe:  # libtpu's own log, at the level that names its compile phases
     env.update(TPU_STDERR_LOG_LEVEL="0", TPU_MIN_LOG_LEVEL="0",
@@ -181,9 +183,16 @@ def main(argv):
       print(f"largest batch for {name} (in steps of {step}):", flush=True)
 
       def compile_at(b, probe=True, name=name):
-        r = result["kinds"][name] if b == d.global_batch_size else cli.run_or_exit(
-            lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name, probe))
-        how = "buffers fit (probe)" if r.get("probe") else "fits" if r["fits"] else "refused"
+        r = result["kinds"][name] if b == d.global_batch_size else None
+        if r is None or (r.get("probe") and not probe):
+          r = cli.run_or_exit(
+              lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name, probe))
+          if b == d.global_batch_size:  # the config's own batch, now compiled in full
+            result["kinds"][name] = r
+            if not r["fits"]:
+              r["advice"] = slice_plan.advice(config, the_slice, r)
+        how = ("buffers fit (probe)" if r.get("probe") else "fits" if r["fits"] else
+               f"refused ({r.get('memory_space', 'hbm').upper()})")
         print(f"    global batch {b}: {how} in {r['compile_s']:.0f} s", flush=True)
         return r
 

@@ -24,6 +24,9 @@ _BATCH_FIELDS = (("input_ids", "seq", "int32"), ("input_mask", "seq", "int32"),
 # required for HLO temporaries (44.23G) exceeds available HBM (15.75G)." (G = GiB).
 _NEEDED = re.compile(r"required for[^(]*\(([\d.]+)\s*([KMGT]?)i?B?\)")
 _AVAILABLE = re.compile(r"available HBM\s*\(([\d.]+)\s*([KMGT]?)i?B?\)")
+# Its words when the lowered program (its code and scoped buffers added) is over by a little:
+# "...Ran out of memory in memory space hbm. Used 15.77G of 15.75G hbm. Exceeded ...".
+_USED = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Its words when one of its kernels does not fit a core's on-chip scratch memory instead
 # ("Ran out of memory in memory space vmem. Used 16.73M of 16.00M vmem."): not HBM.
@@ -46,7 +49,8 @@ def oom_sizes(message: str) -> tuple[int, int] | None:
   """(needed, available) bytes from the compiler's out-of-memory message, if it says them."""
   needed, available = _NEEDED.search(message), _AVAILABLE.search(message)
   if needed is None or available is None:
-    return None
+    used = _USED.search(message)
+    return (_bytes(*used.groups()[:2]), _bytes(*used.groups()[2:])) if used else None
   return _bytes(*needed.groups()), _bytes(*available.groups())
 
 

@@ -121,7 +121,8 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
   a refusal there moves the search below it.
 
   Returns {"max_batch": the largest that fit (0: not even `step`), "refused_at": the
-  smallest that did not, "tried": {batch: {"fits", "temp_bytes"[, "probe"]}}}.
+  smallest that did not, "tried": {batch: {"fits", "temp_bytes"[, "probe"][, "memory_space"
+  the compiler ran out of]}}}.
   """
   tried: dict[int, dict] = {}
 
@@ -176,7 +177,9 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
       lo, hi = down_from(hi)
   return {"max_batch": lo, "refused_at": hi,
           "tried": {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r),
-                             **({"probe": True} if r.get("probe") else {})}
+                             **({"probe": True} if r.get("probe") else {}),
+                             **({"memory_space": r["memory_space"]} if "memory_space" in r
+                                else {})}
                     for k, r in sorted(tried.items())}}
 
 
