@@ -147,6 +147,12 @@ def max_batch_table() -> str:
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
     for kind, m in r.get("max_batch", {}).items():
+      if "died_at" in m:  # the compiler crashed on a batch whose buffers fit (by probe)
+        rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
+                    f"| the TPU compiler crashed ({m['died']}) compiling {m['died_at']} "
+                    f"({m['died_at'] / r['chips']:g}), whose buffers fit | - | - "
+                    f"| {_tries(m['tried'])} |")
+        continue
       rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
                   f"| {m['max_batch']} ({m['max_batch'] / r['chips']:g}) "
                   f"| {m['tried'][str(m['max_batch'])]['temp_bytes'] / 2**30:.1f} | {m['refused_at']} "

@@ -279,9 +279,9 @@ def test_max_batch_search_does_not_creep_when_the_compiler_squeezes(start):
 def test_a_compile_whose_process_fails_is_named_with_its_command():
   """A kind compiled in its own process that dies without a report (here: bad input the
   child refuses) stops the main with the child's status, its host memory and its command."""
-  code = ("from tokendrop_jax import compile as c; c._compile_isolated("
+  code = ("from tokendrop_jax import compile as c; c._or_exit(lambda: c._compile_isolated("
           "['--config=configs/tiny.py:loss_ema', '--topology=v5e-4', "
-          "'--config.data.global_batch_size=6'], 'full')")
+          "'--config.data.global_batch_size=6'], 'full'))")
   res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, check=False)
   assert res.returncode == 1, res.stderr[-2000:]
@@ -344,3 +344,41 @@ def test_max_batch_compiles_its_answer_in_full_also_at_the_configs_batch(tmp_pat
   answer = found["tried"]["110592"]
   assert answer["fits"] and "probe" not in answer and answer["temp_bytes"] > 0
   assert "peak_bytes" in result["kinds"]["full"]  # the probe replaced by the full compile
+
+
+_DIES_AT_64 = """
+import sys
+from absl import app
+from tokendrop_jax import compile as c
+
+def fake(argv, name, probe=False):  # buffers fit up to 64; compiling 64 in full crashes
+  b = int(([a for a in argv if a.startswith('--config.data.global_batch_size=')]
+           or ['=16'])[-1].split('=')[1])
+  if b > 64:
+    return {"fits": False, "compile_s": 1.0, "needed_bytes": b, "available_bytes": 64}
+  if probe:
+    return {"fits": True, "probe": True, "compile_s": 1.0}
+  if b == 64:
+    raise c.CompileDied("compiling full failed: its process was killed by SIGSEGV", "SIGSEGV")
+  return {"fits": True, "compile_s": 1.0, "temp_bytes": b}
+
+c._compile_isolated = fake
+sys.argv = ["compile", "--config=configs/tiny.py:loss_ema", "--topology=v5e-4", "--kinds=full",
+            "--max_batch", "--output=" + sys.argv[1]]
+app.run(c.main)
+"""
+
+
+def test_a_compile_that_dies_in_the_batch_search_is_a_recorded_result(tmp_path):
+  """A batch the TPU compiler crashes on cannot be trained either: the search stops there,
+  the JSON keeps where and how (and every compile before), and the main exits 1 naming it."""
+  out = tmp_path / "plan.json"
+  res = subprocess.run([sys.executable, "-c", _DIES_AT_64, str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert res.returncode == 1, res.stderr[-3000:]
+  assert "error: compiling full failed: its process was killed by SIGSEGV" in res.stderr
+  assert "global batch 64: the compile died (SIGSEGV)" in res.stdout
+  found = json.loads(out.read_text())["max_batch"]["full"]
+  assert (found["died_at"], found["died"]) == (64, "SIGSEGV")
+  assert found["tried"]["64"] == {"fits": True, "temp_bytes": None, "probe": True}
+  assert found["tried"]["128"]["fits"] is False

@@ -62,6 +62,15 @@ _BUFFERS_PLACED = "memory space and buffer assignment time"
 _LOWERING = "Global Core Count"
 
 
+class CompileDied(Exception):
+  """A kind's process ended without a report: the TPU compiler crashed (as it would on a
+  TPU VM), or this host ran out of memory. `how`: the signal or exit status."""
+
+  def __init__(self, message: str, how: str):
+    super().__init__(message)
+    self.how = how
+
+
 def _host_gib(rusage) -> float:
   return rusage.ru_maxrss * 1024 / 2**30  # Linux reports KiB
 
@@ -104,19 +113,27 @@ def _compile_isolated(argv: list[str], name: str, probe: bool = False) -> dict:
               "host_peak_gib": _host_gib(rusage)}
     code = os.waitstatus_to_exitcode(status)
     if not os.path.exists(path):
-      how = f"exited with status {code}"
+      how, why = f"exit status {code}", f"exited with status {code}"
       if code < 0:
-        how = (f"was killed by {signal.Signals(-code).name} (the TPU compiler crashed, as it "
-               "would on a TPU VM, or this host ran out of memory)")
-      print(f"error: compiling {name} failed: its process {how} after using "
-            f"{_host_gib(rusage):.1f} GiB of host memory; repeat it with: "
-            f"python -m tokendrop_jax.compile {' '.join(cmd[3:-1])}\n" + "\n".join(tail),
-            file=sys.stderr)
-      sys.exit(1)
+        how = signal.Signals(-code).name
+        why = (f"was killed by {how} (the TPU compiler crashed, as it would on a TPU VM, or "
+               "this host ran out of memory)")
+      raise CompileDied(
+          f"compiling {name} failed: its process {why} after using "
+          f"{_host_gib(rusage):.1f} GiB of host memory; repeat it with: "
+          f"python -m tokendrop_jax.compile {' '.join(cmd[3:-1])}\n" + "\n".join(tail), how)
     with open(path) as f:
       report = json.load(f)["kinds"][name]
   report["host_peak_gib"] = _host_gib(rusage)
   return report
+
+
+def _or_exit(fn):
+  try:
+    return cli.run_or_exit(fn)
+  except CompileDied as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv):
@@ -159,7 +176,7 @@ def main(argv):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
           f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)
     if isolate:
-      report = cli.run_or_exit(lambda n=name: _compile_isolated(own, n, probe))
+      report = _or_exit(lambda n=name: _compile_isolated(own, n, probe))
     else:
       report = cli.run_or_exit(
           lambda n=name: slice_plan.compile_kinds(config, the_slice, devices, [n], run)[n])
@@ -179,14 +196,21 @@ def main(argv):
     step = slice_plan.batch_step(config, the_slice.total_chips)
     base = [a for a in own if not a.startswith(_BATCH_FLAG)]
     result["max_batch"] = {}
+    died: list[CompileDied] = []
     for name in [n for n in names if n != "eval"]:
       print(f"largest batch for {name} (in steps of {step}):", flush=True)
 
-      def compile_at(b, probe=True, name=name):
+      seen: dict[int, dict] = {}
+
+      def compile_at(b, probe=True, name=name, seen=seen):
         r = result["kinds"][name] if b == d.global_batch_size else None
         if r is None or (r.get("probe") and not probe):
-          r = cli.run_or_exit(
-              lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name, probe))
+          try:
+            r = cli.run_or_exit(
+                lambda: _compile_isolated(base + [f"{_BATCH_FLAG}={b}"], name, probe))
+          except CompileDied as e:
+            e.batch = b
+            raise
           if b == d.global_batch_size:  # the config's own batch, now compiled in full
             result["kinds"][name] = r
             if not r["fits"]:
@@ -194,10 +218,19 @@ def main(argv):
         how = ("buffers fit (probe)" if r.get("probe") else "fits" if r["fits"] else
                f"refused ({r.get('memory_space', 'hbm').upper()})")
         print(f"    global batch {b}: {how} in {r['compile_s']:.0f} s", flush=True)
+        seen[b] = r
         return r
 
-      found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step,
-                                          confirm=lambda b: compile_at(b, probe=False))
+      try:
+        found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step,
+                                            confirm=lambda b: compile_at(b, probe=False))
+      except CompileDied as e:  # a result too: that batch cannot be compiled, so stop here
+        died.append(e)
+        result["max_batch"][name] = {"died_at": e.batch, "died": e.how,
+                                     "tried": slice_plan.tried_record(seen)}
+        print(f"    global batch {e.batch}: the compile died ({e.how}); search stopped",
+              flush=True)
+        continue
       result["max_batch"][name] = found
       rows = found["max_batch"] / the_slice.total_chips
       print(f"    largest that fits: {found['max_batch']} ({rows:g} rows per chip); "
@@ -209,6 +242,9 @@ def main(argv):
         f"seq {d.seq_len} ({result['rows_per_chip']:g} rows per chip), remat "
         f"{result['remat']}, mesh {result['mesh']}")
   print(slice_plan.table(result))
+  if _MAX_BATCH.value and died:
+    print(f"\nerror: {died[0]}", file=sys.stderr)
+    sys.exit(1)
   refused = [n for n, r in result["kinds"].items() if not r["fits"]]
   if refused:
     print(f"\nerror: {', '.join(refused)} does not fit a {the_slice.generation} chip: "

@@ -121,8 +121,7 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
   a refusal there moves the search below it.
 
   Returns {"max_batch": the largest that fit (0: not even `step`), "refused_at": the
-  smallest that did not, "tried": {batch: {"fits", "temp_bytes"[, "probe"][, "memory_space"
-  the compiler ran out of]}}}.
+  smallest that did not, "tried": `tried_record` of every compile}.
   """
   tried: dict[int, dict] = {}
 
@@ -175,12 +174,16 @@ def search_max_batch(compile_at: Callable[[int], dict], batch: int, step: int,
     lo = max((k for k, r in tried.items() if r["fits"] and k < hi), default=0)
     if not lo:
       lo, hi = down_from(hi)
-  return {"max_batch": lo, "refused_at": hi,
-          "tried": {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r),
-                             **({"probe": True} if r.get("probe") else {}),
-                             **({"memory_space": r["memory_space"]} if "memory_space" in r
-                                else {})}
-                    for k, r in sorted(tried.items())}}
+  return {"max_batch": lo, "refused_at": hi, "tried": tried_record(tried)}
+
+
+def tried_record(tried: dict[int, dict]) -> dict[str, dict]:
+  """What a batch search keeps of each compile: {batch: {"fits", "temp_bytes"[, "probe"]
+  [, "memory_space" the compiler ran out of]}}."""
+  return {str(k): {"fits": r["fits"], "temp_bytes": _temporaries(r),
+                   **({"probe": True} if r.get("probe") else {}),
+                   **({"memory_space": r["memory_space"]} if "memory_space" in r else {})}
+          for k, r in sorted(tried.items())}
 
 
 def advice(config, the_slice, report: dict) -> str:
