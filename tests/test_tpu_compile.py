@@ -382,3 +382,15 @@ def test_a_compile_that_dies_in_the_batch_search_is_a_recorded_result(tmp_path):
   assert (found["died_at"], found["died"]) == (64, "SIGSEGV")
   assert found["tried"]["64"] == {"fits": True, "temp_bytes": None, "probe": True}
   assert found["tried"]["128"]["fits"] is False
+
+
+def test_the_known_compiler_crash_names_its_way_around():
+  """libtpu 0.0.42.1 dies compiling a drop step with remat=full and einsum attention dropout
+  (docs/pods.md); only that combination gets the hint."""
+  config = _tiny()
+  config.model.remat = "full"
+  hint = slice_plan.crash_hint(config, "drop32")
+  assert "--config.model.remat=dots" in hint and "attention_dropout_rate=0" in hint
+  assert slice_plan.crash_hint(config, "full") == ""
+  config.model.remat = "dots"
+  assert slice_plan.crash_hint(config, "drop32") == ""

@@ -128,11 +128,11 @@ def _compile_isolated(argv: list[str], name: str, probe: bool = False) -> dict:
   return report
 
 
-def _or_exit(fn):
+def _or_exit(fn, hint: str = ""):
   try:
     return cli.run_or_exit(fn)
   except CompileDied as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
     sys.exit(1)
 
 
@@ -176,7 +176,8 @@ def main(argv):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
           f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)
     if isolate:
-      report = _or_exit(lambda n=name: _compile_isolated(own, n, probe))
+      report = _or_exit(lambda n=name: _compile_isolated(own, n, probe),
+                        slice_plan.crash_hint(config, name))
     else:
       report = cli.run_or_exit(
           lambda n=name: slice_plan.compile_kinds(config, the_slice, devices, [n], run)[n])
@@ -225,6 +226,7 @@ def main(argv):
         found = slice_plan.search_max_batch(compile_at, d.global_batch_size, step,
                                             confirm=lambda b: compile_at(b, probe=False))
       except CompileDied as e:  # a result too: that batch cannot be compiled, so stop here
+        e.args = (f"{e}\n{slice_plan.crash_hint(config, name)}".rstrip(),)
         died.append(e)
         result["max_batch"][name] = {"died_at": e.batch, "died": e.how,
                                      "tried": slice_plan.tried_record(seen)}

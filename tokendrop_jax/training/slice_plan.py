@@ -186,6 +186,17 @@ def tried_record(tried: dict[int, dict]) -> dict[str, dict]:
           for k, r in sorted(tried.items())}
 
 
+def crash_hint(config, kind: str) -> str:
+  """What avoids a compiler crash we know of (libtpu 0.0.42.1, docs/pods.md): a drop step
+  with model.remat=full and the einsum attention's dropout dies with SIGSEGV."""
+  if (kind.startswith("drop") and config.model.remat == "full"
+      and config.model.attention_dropout_rate > 0 and attention_kernel(config) == "einsum"):
+    return ("libtpu 0.0.42.1 crashes compiling a drop step with model.remat=full and the "
+            "einsum attention's dropout; it compiles with --config.model.remat=dots, or with "
+            "--config.model.attention_dropout_rate=0 (the splash kernel)")
+  return ""
+
+
 def advice(config, the_slice, report: dict) -> str:
   """By how much a kind does not fit, and the knobs that would help."""
   accum = f"--config.optim.grad_accum_steps={2 * config.optim.grad_accum_steps}"
