@@ -147,10 +147,12 @@ def max_batch_table() -> str:
           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
   for name, r in _results():
     for kind, m in r.get("max_batch", {}).items():
-      if "died_at" in m:  # the compiler crashed on a batch whose buffers fit (by probe)
+      if "died_at" in m:  # the compiler crashed: in full, on a batch whose buffers fit, or in a probe
+        placed = m["tried"].get(str(m["died_at"]), {}).get("fits")
         rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "
                     f"| the TPU compiler crashed ({m['died']}) compiling {m['died_at']} "
-                    f"({m['died_at'] / r['chips']:g}), whose buffers fit | - | - "
+                    f"({m['died_at'] / r['chips']:g}){', whose buffers fit' if placed else ''} "
+                    "| - | - "
                     f"| {_tries(m['tried'])} |")
         continue
       rows.append(f"| {r['config']} | {r['topology']} | {r['remat']} | {kind} "

@@ -171,6 +171,7 @@ def main(argv):
   # process stays small while the children compile, and a crash is reported, not suffered.
   # Its first compile is a probe as well: the search ends with its answer compiled in full.
   isolate = _ISOLATE.value and (len(names) > 1 or _MAX_BATCH.value)
+  died: list[CompileDied] = []  # batch searches stopped by a compile that died
   probe = isolate and _MAX_BATCH.value
   for i, name in enumerate(names):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
@@ -197,7 +198,6 @@ def main(argv):
     step = slice_plan.batch_step(config, the_slice.total_chips)
     base = [a for a in own if not a.startswith(_BATCH_FLAG)]
     result["max_batch"] = {}
-    died: list[CompileDied] = []
     for name in [n for n in names if n != "eval"]:
       print(f"largest batch for {name} (in steps of {step}):", flush=True)
 
@@ -244,7 +244,7 @@ def main(argv):
         f"seq {d.seq_len} ({result['rows_per_chip']:g} rows per chip), remat "
         f"{result['remat']}, mesh {result['mesh']}")
   print(slice_plan.table(result))
-  if _MAX_BATCH.value and died:
+  if died:
     print(f"\nerror: {died[0]}", file=sys.stderr)
     sys.exit(1)
   refused = [n for n, r in result["kinds"].items() if not r["fits"]]
