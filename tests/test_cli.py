@@ -57,3 +57,25 @@ def test_finetune_main_names_the_new_field_of_an_old_flag(tmp_path):
   assert proc.stderr.startswith("error: --config.learning_rate is now --config.optim.learning_rate")
   assert not os.path.exists(tmp_path / "run")
 
+
+
+_IMPORT_EVERY_MODULE = """
+import importlib, pkgutil
+from absl import flags
+import tokendrop_jax
+mains = ("tokendrop_jax.train", "tokendrop_jax.finetune")  # nothing but their flags and main
+for m in pkgutil.walk_packages(tokendrop_jax.__path__, "tokendrop_jax."):
+  if m.name not in mains:
+    importlib.import_module(m.name)
+print(sorted(n for n in flags.FLAGS
+             if (flags.FLAGS.find_module_defining_flag(n) or "").startswith("tokendrop_jax")))
+"""
+
+
+def test_importing_a_module_defines_no_flags():
+  """A main's flags are defined when it runs, not when a test or a benchmark imports it for
+  its functions: two --output flags in one process are an error (a CI run was lost to one)."""
+  res = subprocess.run([sys.executable, "-c", _IMPORT_EVERY_MODULE], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.strip() == "[]"

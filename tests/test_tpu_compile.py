@@ -363,6 +363,7 @@ def fake(argv, name, probe=False):  # buffers fit up to 64; compiling 64 in full
   return {"fits": True, "compile_s": 1.0, "temp_bytes": b}
 
 c._compile_isolated = fake
+c._define_flags()
 sys.argv = ["compile", "--config=configs/tiny.py:loss_ema", "--topology=v5e-4", "--kinds=full",
             "--max_batch", "--output=" + sys.argv[1]]
 app.run(c.main)

@@ -39,19 +39,6 @@ from ml_collections import config_flags  # noqa: E402
 from tokendrop_jax import accelerator, cli, flops  # noqa: E402
 from tokendrop_jax.training import slice_plan  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: v4-32, v5e-16 (v5litepod-16), "
-                                "v5p-128, v6e-8; 2xv5e-16 for two slices")
-_OUTPUT = flags.DEFINE_string("output", None, "JSON report path (default: none, table only)")
-_KINDS = flags.DEFINE_list("kinds", None, "Compile only these (full, drop256, drop256_sctd, "
-                           "eval); default: every kind the config trains, and eval")
-_ISOLATE = flags.DEFINE_bool("isolate", True, "Compile each kind in its own process (bounds "
-                             "host memory to one compile)")
-_MAX_BATCH = flags.DEFINE_bool(
-    "max_batch", False, "Also find, per train kind, the largest data.global_batch_size that "
-    "fits (a few compiles per kind, each stopped once the compiler has placed its buffers; "
-    "the answer compiled in full)")
-
 EXIT_DOES_NOT_FIT = 5
 _OWN_FLAGS = ("--output", "--kinds", "--isolate", "--noisolate", "--max_batch", "--nomax_batch")
 _BATCH_FLAG = "--config.data.global_batch_size"
@@ -136,14 +123,32 @@ def _or_exit(fn, hint: str = ""):
     sys.exit(1)
 
 
+def _define_flags() -> None:
+  """Defined only when run as a main, so that importing this module (tests, a benchmark
+  with its own --config/--output) cannot clash on flag names."""
+  config_flags.DEFINE_config_file("config", None, "configs/x.py[:variant]")
+  flags.DEFINE_string("topology", None, "TPU slice: v4-32, v5e-16 (v5litepod-16), "
+                      "v5p-128, v6e-8; 2xv5e-16 for two slices", required=True)
+  flags.DEFINE_string("output", None, "JSON report path (default: none, table only)")
+  flags.DEFINE_list("kinds", None, "Compile only these (full, drop256, drop256_sctd, eval); "
+                    "default: every kind the config trains, and eval")
+  flags.DEFINE_bool("isolate", True, "Compile each kind in its own process (bounds host "
+                    "memory to one compile)")
+  flags.DEFINE_bool(
+      "max_batch", False, "Also find, per train kind, the largest data.global_batch_size that "
+      "fits (a few compiles per kind, each stopped once the compiler has placed its buffers; "
+      "the answer compiled in full)")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  the_slice, devices, run = cli.run_or_exit(lambda: slice_plan.setup(config, _TOPOLOGY.value))
+  f = flags.FLAGS
+  config = f.config
+  the_slice, devices, run = cli.run_or_exit(lambda: slice_plan.setup(config, f.topology))
   known = slice_plan.kind_names(config)
-  names = _KINDS.value or known
+  names = f.kinds or known
   unknown = [n for n in names if n not in known]
   if unknown:
     print(f"error: --kinds: {', '.join(unknown)} not among this config's kinds: "
@@ -170,9 +175,9 @@ def main(argv):
   # --max_batch compiles every batch but the first in a child: the first too, so that this
   # process stays small while the children compile, and a crash is reported, not suffered.
   # Its first compile is a probe as well: the search ends with its answer compiled in full.
-  isolate = _ISOLATE.value and (len(names) > 1 or _MAX_BATCH.value)
+  isolate = f.isolate and (len(names) > 1 or f.max_batch)
   died: list[CompileDied] = []  # batch searches stopped by a compile that died
-  probe = isolate and _MAX_BATCH.value
+  probe = isolate and f.max_batch
   for i, name in enumerate(names):
     print(f"[{i + 1}/{len(names)}] {name}: compiling for {the_slice.name} "
           f"({the_slice.total_chips} chips, {the_slice.compiler_topology})...", flush=True)
@@ -194,7 +199,7 @@ def main(argv):
     else:
       report["advice"] = slice_plan.advice(config, the_slice, report)
       print(f"    the TPU compiler: {report['error'][:300]}\n    {report['advice']}", flush=True)
-  if _MAX_BATCH.value:
+  if f.max_batch:
     step = slice_plan.batch_step(config, the_slice.total_chips)
     base = [a for a in own if not a.startswith(_BATCH_FLAG)]
     result["max_batch"] = {}
@@ -237,9 +242,9 @@ def main(argv):
       rows = found["max_batch"] / the_slice.total_chips
       print(f"    largest that fits: {found['max_batch']} ({rows:g} rows per chip); "
             f"{found['refused_at']} does not", flush=True)
-  if _OUTPUT.value:
+  if f.output:
     from tokendrop_jax import files  # pylint: disable=import-outside-toplevel
-    files.atomic_write(_OUTPUT.value, json.dumps(result, indent=2))
+    files.atomic_write(f.output, json.dumps(result, indent=2))
   print(f"\n{result['config']} on {the_slice.name}: global batch {d.global_batch_size} x "
         f"seq {d.seq_len} ({result['rows_per_chip']:g} rows per chip), remat "
         f"{result['remat']}, mesh {result['mesh']}")
@@ -255,5 +260,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["topology"])
+  _define_flags()
   app.run(main)
