@@ -194,6 +194,10 @@ def rows_table() -> str:
   return "\n".join(rows)
 
 
+def _mb(n: int) -> str:
+  return f"{n / 1e6:,.0f}" if n >= 5e5 else "<1"
+
+
 def comm_table() -> str:
   """Collective bytes per chip and step by mesh: the TPU compiler's (v5e-8) beside XLA:CPU's
   (benchmarks/results/sharded_comm.json, 8 CPU devices, the same programs)."""
@@ -209,7 +213,7 @@ def comm_table() -> str:
         rows.append(f"| {r['config']} | {mesh.replace('x', '×')} | {kind} | - | - "
                     f"| {_refused(k)} |")
         continue
-      by_kind = ", ".join(f"{c} {b / 1e6:,.0f}" for c, b in k["collective_bytes"].items() if b)
+      by_kind = ", ".join(f"{c} {_mb(b)}" for c, b in k["collective_bytes"].items() if b)
       c = cpu.get((r["config"], mesh, kind))
       cpu_mb = f"{c['total_bytes'] / 1e6:,.0f}" if c else "-"
       rows.append(f"| {r['config']} | {mesh.replace('x', '×')} | {kind} "
