@@ -42,12 +42,19 @@ $(STAMP): requirements.txt pyproject.toml
 # worker so that its module fixtures are built once.
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+# Most of the suite's time is XLA compiling the same tiny programs in many processes (every
+# train main a test starts compiles its steps again): one persistent compilation cache,
+# shared by the workers and the processes they start, new for each suite and removed after
+# it (a bad or half-written entry is only a recompile).
+CACHED = cache=$$(mktemp -d) && JAX_COMPILATION_CACHE_DIR=$$cache \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+UNCACHE = ; rc=$$?; rm -rf $$cache; exit $$rc
 
 test: install-dev
-	$(PYTEST) tests
+	$(CACHED) $(PYTEST) tests $(UNCACHE)
 
 test-slow: install-dev
-	$(PYTEST) -m slow tests
+	$(CACHED) $(PYTEST) -m slow tests $(UNCACHE)
 
 demo: install
 	$(PY) -m tokendrop_jax.train --config=configs/demo.py --workdir=$(WORKDIR)
