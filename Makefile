@@ -46,15 +46,15 @@ PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 # train main a test starts compiles its steps again): one persistent compilation cache,
 # shared by the workers and the processes they start, new for each suite and removed after
 # it (a bad or half-written entry is only a recompile).
-CACHED = cache=$$(mktemp -d) && JAX_COMPILATION_CACHE_DIR=$$cache \
-	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
-UNCACHE = ; rc=$$?; rm -rf $$cache; exit $$rc
+cached = cache=$$(mktemp -d) && JAX_COMPILATION_CACHE_DIR=$$cache \
+	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0 \
+	$(1) ; rc=$$?; rm -rf $$cache; exit $$rc
 
 test: install-dev
-	$(CACHED) $(PYTEST) tests $(UNCACHE)
+	$(call cached,$(PYTEST) tests)
 
 test-slow: install-dev
-	$(CACHED) $(PYTEST) -m slow tests $(UNCACHE)
+	$(call cached,$(PYTEST) -m slow tests)
 
 demo: install
 	$(PY) -m tokendrop_jax.train --config=configs/demo.py --workdir=$(WORKDIR)
