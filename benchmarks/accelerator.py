@@ -34,6 +34,8 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from accelerator_cases import CASES, SMOKE_CASES, case_config  # noqa: E402
+
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/accelerator.json", "JSON path.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes, 2 steps: checks the script (CPU).")
 _CASES = flags.DEFINE_list("cases", [], "Only these case names (default: all).")
@@ -41,43 +43,6 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per step kind and case."
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 _BUDGET = flags.DEFINE_float("budget_s", 270.0, "Skip the cases left once this much time "
                              "has gone (compiles included).")
-
-# name -> (seq_len, global batch, keep_tokens, model.attention, train.prng_impl, attention
-# dropout, hidden dropout). Ordered by what a short budget should reach first: the baseline,
-# the fused kernel, then what the step costs besides its FLOPs (dropout's random bits, the PRNG).
-CASES = {
-    "s128_einsum": (128, 128, 64, "einsum", "threefry", 0.0, 0.1),
-    "s128_cudnn": (128, 128, 64, "cudnn", "threefry", 0.0, 0.1),
-    "s128_no_dropout": (128, 128, 64, "einsum", "threefry", 0.0, 0.0),
-    "s128_einsum_rbg": (128, 128, 64, "einsum", "rbg", 0.0, 0.1),
-    "s512_cudnn": (512, 32, 256, "cudnn", "threefry", 0.0, 0.1),
-    "s512_einsum": (512, 32, 256, "einsum", "threefry", 0.0, 0.1),
-    "s128_xla": (128, 128, 64, "xla", "threefry", 0.0, 0.1),
-    "s128_recipe": (128, 128, 64, "einsum", "threefry", 0.1, 0.1),
-    "s128_einsum_unsafe_rbg": (128, 128, 64, "einsum", "unsafe_rbg", 0.0, 0.1),
-}
-# The CPU smoke run: only what a CPU has.
-SMOKE_CASES = {
-    "s32_einsum": (32, 8, 16, "einsum", "threefry", 0.0, 0.1),
-    "s32_xla": (32, 8, 16, "xla", "threefry", 0.0, 0.1),
-    "s32_einsum_rbg": (32, 8, 16, "einsum", "rbg", 0.0, 0.1),
-    "s32_no_dropout": (32, 8, 16, "einsum", "threefry", 0.0, 0.0),
-    "s32_cudnn": (32, 8, 16, "cudnn", "threefry", 0.0, 0.1),  # refused on a CPU: recorded as such
-}
-
-
-def case_config(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout, dropout):
-  from tokendrop_jax import config_lib
-  c = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py" if smoke else "bert_base.py"))
-  c.model.update(attention=attention, attention_dropout_rate=attn_dropout, dropout_rate=dropout,
-                 max_position=max(c.model.max_position, seq_len))
-  c.model.dtype = "float32" if smoke else "bfloat16"
-  c.data.update(seq_len=seq_len, global_batch_size=batch, num_shards=1,
-                max_predictions_per_seq=max(1, round(0.15 * seq_len)))
-  c.token_drop.update(strategy="loss_ema", keep_tokens=keep)
-  c.train.prng_impl = prng
-  return c
-
 
 def peak_bytes_in_use():
   import jax

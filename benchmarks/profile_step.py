@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import glob
 import os
-import re
 import sys
 import tempfile
 
@@ -30,6 +29,8 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from tokendrop_jax.training.kernels import hlo_labels, part_of, pass_of  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(ROOT, "configs/bench_cpu.py"),
     "configs/x.py[:variant]; fields can be overridden, e.g. --config.model.dtype=bfloat16")
@@ -37,72 +38,6 @@ _KIND = flags.DEFINE_enum("kind", "full", ["full", "drop"], "Which step to profi
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after a warm-up step).")
 _TOP = flags.DEFINE_integer("top", 40, "Instructions listed in the JSON.")
 _OUTPUT = flags.DEFINE_string("output", "", "JSON path (default: print only).")
-
-# Part of the model, from the op_name metadata (first match wins; order matters).
-PARTS = (
-    ("optimizer", r"optax|adam|scale_by|clip|/update|apply_updates|global_norm"),
-    ("random bits", r"random_bits|threefry|rng_bit|random_wrap|random_unwrap|dropout"),
-    ("importance update", r"importance|segment_sum|loss_ema"),
-    ("token selection", r"select_kept|sort|top_k|gather_tokens|scatter_tokens"),
-    ("mlm head", r"mlm|predictions|attend|log_softmax|cls_head|head"),
-    ("attention", r"attention|einsum.*bhqd|softmax|HeadProjection|query|key|value"),
-    ("ffn", r"intermediate|ffn|mlp|gelu|output_dense|Dense_1|dense"),
-    ("layer norm", r"layer_norm|LayerNorm"),
-    ("embeddings", r"embed|Embed|position|token_type"),
-)
-# What an instruction computes, from its opcode or fused computation.
-KINDS = (("dot", r" dot\(| convolution\(|custom-call.*(matmul|gemm)"),
-         ("random bits", r"random_bits|threefry|rng"), ("sort", r" sort\("),
-         ("scatter", r" scatter\("), ("gather", r" gather\("), ("reduce", r" reduce\("),
-         ("copy/transpose", r" copy\(| transpose\("), ("loop", r" while\("))
-
-
-def hlo_labels(hlo_text: str) -> dict[str, dict]:
-  """instruction name -> {op_name, opcode, kind} from compiled HLO text."""
-  computations: dict[str, str] = {}
-  name, body = None, []
-  for line in hlo_text.splitlines():
-    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-    if m and not line.startswith(" "):
-      name, body = m.group(1), []
-      continue
-    if line.startswith("}") and name:
-      computations[name] = "\n".join(body)
-      name = None
-      continue
-    if name:
-      body.append(line)
-  out = {}
-  for line in hlo_text.splitlines():
-    m = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^()]*\)|\S+) ([\w\-]+)\(", line)
-    if not m:
-      continue
-    inst, opcode = m.group(1), m.group(2)
-    op = re.search(r'op_name="([^"]*)"', line)
-    called = re.findall(r"calls=%?([\w.\-]+)", line)
-    text = line + "\n" + "\n".join(computations.get(c, "") for c in called)
-    kind = next((k for k, pat in KINDS if re.search(pat, text)), "elementwise")
-    if kind == "loop" and re.search(r"\bu32\[", line):  # jax's threefry: a loop of u32 rounds
-      kind = "random bits"
-    shape = re.match(r"^\s*(?:ROOT )?%?[\w.\-]+ = (\([^()]*\)|\S+)", line).group(1)
-    out[inst] = {"op_name": op.group(1) if op else "", "opcode": opcode, "kind": kind,
-                 "shape": re.sub(r"\{[^}]*\}", "", shape)}
-  return out
-
-
-def part_of(op_name: str) -> str:
-  for part, pattern in PARTS:
-    if re.search(pattern, op_name, re.IGNORECASE):
-      return part
-  return "rest of a layer (GELU, residuals, biases)" if "/layer_" in op_name else "other"
-
-
-def pass_of(op_name: str) -> str:
-  """forward / backward (jax's transpose of the forward) / the rest (optimizer, metrics)."""
-  if "transpose(" in op_name:
-    return "backward"
-  return "forward" if "jvp(" in op_name else "rest"
-
 
 def _hlo_op(event) -> str:
   """The HLO instruction an event ran: its `hlo_op` stat where the runtime records one
