@@ -179,3 +179,28 @@ def test_a_new_strategy_is_one_definition():
   with pytest.raises(ValueError, match="token_drop.strategy must be one of"):
     importance.get("ema_twin")
 
+
+
+def test_cross_entropy_is_optaxs_in_value_and_gradient_without_a_scatter():
+  import optax
+
+  from tokendrop_jax.training import step as step_lib
+  logits = jax.random.normal(jax.random.key(0), (3, 5, 11), jnp.float32) * 4
+  labels = jax.random.randint(jax.random.key(1), (3, 5), 0, 11)
+  weights = jax.random.uniform(jax.random.key(2), (3, 5))
+  ours = lambda x: (step_lib.cross_entropy(x, labels) * weights).sum()  # noqa: E731
+  theirs = lambda x: (optax.softmax_cross_entropy_with_integer_labels(x, labels)  # noqa: E731
+                      * weights).sum()
+  np.testing.assert_allclose(step_lib.cross_entropy(logits, labels),
+                             optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+                             rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(theirs)(logits), atol=1e-6)
+  # bfloat16 logits are taken in float32
+  half = step_lib.cross_entropy(logits.astype(jnp.bfloat16), labels)
+  assert half.dtype == jnp.float32
+  np.testing.assert_array_equal(half, step_lib.cross_entropy(
+      logits.astype(jnp.bfloat16).astype(jnp.float32), labels))
+  # the point of it: the backward pass is elementwise, no scatter into a logits-sized buffer
+  hlo = jax.jit(jax.grad(ours)).lower(logits).compile().as_text()
+  assert " scatter(" not in hlo
+  assert " scatter(" in jax.jit(jax.grad(theirs)).lower(logits).compile().as_text()
