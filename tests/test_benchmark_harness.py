@@ -19,6 +19,17 @@ def test_time_interleaved_warms_up_then_goes_round_the_names():
   assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_time_pipelined_runs_each_name_in_a_block_and_waits_once_a_block(monkeypatch):
+  import jax
+  calls, waits = [], []
+  thunks = {name: (lambda n=name: calls.append(n) or n) for name in ("a", "b")}
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waits.append(x) or x)
+  times = benchmark.time_pipelined(thunks, steps=3, rounds=2)
+  assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+  assert waits == ["a", "b", "a", "b"]  # the last call of each block only
+  assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+
+
 def test_time_steps_times_a_first_step_then_the_interleaved_ones():
   states = {"x": 0, "y": 10}
   steps_fn = {"x": lambda s, batch: (s + batch, {"s": s}), "y": lambda s, batch: (s - batch, {})}
