@@ -5,6 +5,7 @@ both can import it."""
 from __future__ import annotations
 
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,14 +33,58 @@ SMOKE_CASES = {
 }
 
 
-def case_config(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout, dropout):
+def config_file(smoke: bool) -> str:
+  return os.path.join(ROOT, "configs", "tiny.py" if smoke else "bert_base.py")
+
+
+def case_fields(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout,
+                dropout) -> dict:
+  """{dotted config field: value}: what a case changes in its config file."""
   from tokendrop_jax import config_lib
-  c = config_lib.load_file(os.path.join(ROOT, "configs", "tiny.py" if smoke else "bert_base.py"))
-  c.model.update(attention=attention, attention_dropout_rate=attn_dropout, dropout_rate=dropout,
-                 max_position=max(c.model.max_position, seq_len))
-  c.model.dtype = "float32" if smoke else "bfloat16"
-  c.data.update(seq_len=seq_len, global_batch_size=batch, num_shards=1,
-                max_predictions_per_seq=max(1, round(0.15 * seq_len)))
-  c.token_drop.update(strategy="loss_ema", keep_tokens=keep)
-  c.train.prng_impl = prng
+  base = config_lib.load_file(config_file(smoke))
+  return {"model.attention": attention, "model.attention_dropout_rate": attn_dropout,
+          "model.dropout_rate": dropout, "model.max_position": max(base.model.max_position,
+                                                                   seq_len),
+          "model.dtype": "float32" if smoke else "bfloat16", "data.seq_len": seq_len,
+          "data.global_batch_size": batch, "data.num_shards": 1,
+          "data.max_predictions_per_seq": max(1, round(0.15 * seq_len)),
+          "token_drop.strategy": "loss_ema", "token_drop.keep_tokens": keep,
+          "train.prng_impl": prng}
+
+
+def case_config(smoke: bool, *case):
+  """The config of a case (CASES / SMOKE_CASES value)."""
+  from tokendrop_jax import config_lib
+  c = config_lib.load_file(config_file(smoke))
+  for field, value in case_fields(smoke, *case).items():
+    section, name = field.split(".")
+    c[section][name] = value
   return c
+
+
+def fastest(results: dict) -> str | None:
+  """The measured case of an accelerator.json whose full step was fastest per token."""
+  measured = {n: c["full"]["step_s"] / (c["seq_len"] * c["batch_size"])
+              for n, c in results["cases"].items() if "full" in c}
+  return min(measured, key=measured.get) if measured else None
+
+
+def main(argv: list[str]) -> int:
+  """`accelerator_cases.py ACCELERATOR_JSON`: prints the flags that give profile_step.py
+  the fastest measured case's config (nothing, status 1, if none was measured)."""
+  import json
+  with open(argv[1]) as f:
+    results = json.load(f)
+  name = fastest(results)
+  if name is None:
+    return 1
+  smoke = results.get("smoke", False)
+  case = (SMOKE_CASES if smoke else CASES)[name]
+  print(" ".join([f"--config={os.path.relpath(config_file(smoke), ROOT)}"] +
+                 [f"--config.{k}={v}" for k, v in case_fields(smoke, *case).items()]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, ROOT)
+  sys.exit(main(sys.argv))

@@ -1,4 +1,5 @@
-"""benchmarks/accelerator.sh --smoke: the GPU benchmark's script runs end to end on the CPU."""
+"""benchmarks/accelerator.sh --smoke: the GPU benchmark's script runs end to end on the CPU,
+profile included."""
 import json
 import os
 import subprocess
@@ -28,6 +29,13 @@ def test_smoke_run_writes_every_case_and_records_what_the_platform_lacks(tmp_pat
   no_dropout = results["cases"]["s32_no_dropout"]
   assert (no_dropout["dropout_rate"], xla["dropout_rate"]) == (0.0, 0.1)
   assert no_dropout["full"]["step_s"] > 0 and no_dropout["drop"]["compiled"]["compile_s"] > 0
+  # then the profile of the fastest case per token (cudnn has no time, so never it)
+  fastest = min(["s32_xla", "s32_no_dropout"], key=lambda n: results["cases"][n]["full"]["step_s"])
+  assert f"--config.model.attention={results['cases'][fastest]['attention']}" in proc.stdout
+  for kind in ("full", "drop"):
+    profile = json.loads((tmp_path / f"profile_{kind}.json").read_text())
+    assert profile["kind"] == kind and profile["batch_size"] == 8 and profile["seq_len"] == 32
+    assert profile["instructions_matched"] == profile["instructions_seen"] > 100
 
 
 def test_usage_without_an_output_folder():
