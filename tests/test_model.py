@@ -70,6 +70,27 @@ def test_drop_forward_matches_loop_reference(setup, keep):
   assert np.abs(logits - full).max() > 1e-3  # dropping really changes the output
 
 
+def test_kept_rows_are_distinct_and_sorted_so_their_gradient_needs_no_atomics():
+  """gather_kept / scatter_tokens tell XLA their indices are distinct and sorted: true of
+  every select_kept row (ties, padding, random tie-breaks), and it makes the gradient of the
+  gather a scatter that a GPU runs as plain writes instead of atomic adds."""
+  ids = jax.random.randint(jax.random.PRNGKey(0), (16, 24), 0, 9)
+  mask = (jnp.arange(24) < jax.random.randint(jax.random.PRNGKey(1), (16, 1), 3, 25))
+  scores = jnp.round(jax.random.normal(jax.random.PRNGKey(2), (16, 24)))  # many ties
+  for tie_rng in (None, jax.random.PRNGKey(3)):
+    keep = np.asarray(token_drop.select_kept(scores, ids, mask.astype(jnp.int32),
+                                             synthetic.SPECIAL_IDS, 10, tie_rng))
+    assert (np.diff(keep, axis=1) > 0).all()
+  x = jax.random.normal(jax.random.PRNGKey(4), (16, 24, 8))
+  grad = jax.grad(lambda x: (token_drop.gather_kept(x, keep) ** 2).sum())
+  np.testing.assert_allclose(grad(x), jax.grad(
+      lambda x: (token_drop.gather_tokens(x, keep) ** 2).sum())(x), rtol=1e-6)
+  scatters = [line for line in jax.jit(grad).lower(x).as_text().splitlines()
+              if "scatter" in line and "unique_indices" in line]
+  assert scatters and all("unique_indices = true" in line and "indices_are_sorted = true" in line
+                          for line in scatters)
+
+
 def test_selection_keeps_specials_and_drops_padding_first():
   ids = jnp.array([[2, 10, 4, 11, 12, 3, 0, 0], [2, 10, 11, 12, 13, 14, 15, 3]])
   mask = (ids != 0).astype(jnp.int32).at[1].set(1)

@@ -39,8 +39,8 @@ def run_layer(layer, x: Array, key_mask: Array, deterministic: bool,
   others carry their input past it unchanged (layer-wise dropping)."""
   if keep is None:
     return layer(x, x, key_mask, deterministic)
-  kept = token_drop.gather_tokens(x, keep)  # [batch, keep, hidden]
-  kept = layer(kept, kept, token_drop.gather_tokens(key_mask, keep), deterministic)
+  kept = token_drop.gather_kept(x, keep)  # [batch, keep, hidden]
+  kept = layer(kept, kept, token_drop.gather_kept(key_mask, keep), deterministic)
   return token_drop.scatter_tokens(x, keep, kept)
 
 
@@ -96,7 +96,8 @@ class BertEncoder(nn.Module):
   """Embeddings + L layers. `keep_idx` switches on token dropping.
 
   keep_idx: None (full model), [batch, keep] (the paper: one subset for the
-  middle block), or [L - 1 - s, batch, keep] (layer-wise: one subset per middle layer).
+  middle block), or [L - 1 - s, batch, keep] (layer-wise: one subset per middle layer);
+  each row distinct positions in increasing order, as `token_drop.select_kept` gives.
   The layers run as four parts, scanned or unrolled alike: the block before the
   cross layer s, layer s, the middle block, the last layer (`_block`, `_layer`).
   """
@@ -181,10 +182,10 @@ class BertEncoder(nn.Module):
       record_block(s + 1, h0)
     else:
       # x: layer s-1's output for all tokens; dropped tokens carry it to the last layer.
-      kept_mask = token_drop.gather_tokens(input_mask, keep_idx)  # [batch, keep]
+      kept_mask = token_drop.gather_kept(input_mask, keep_idx)  # [batch, keep]
       # Position 0, if kept, is the first kept token (kept positions ascend).
       first_kept = (keep_idx[:, :1] == 0)  # [batch, 1]
-      kept = self._layer(s)(token_drop.gather_tokens(x, keep_idx), x, input_mask, deterministic)
+      kept = self._layer(s)(token_drop.gather_kept(x, keep_idx), x, input_mask, deterministic)
       record(s, jnp.where(first_kept, kept[:, 0], x[:, 0]))
       kept, h0 = self._block("mid_layers", kept, kept_mask, deterministic)  # [batch, keep, hidden]
       record_block(s + 1, h0, first_kept, x[:, 0])

@@ -71,6 +71,18 @@ def gather_tokens(x: Array, idx: Array) -> Array:
   return jax.vmap(lambda row, i: row[i])(x, idx)
 
 
+def gather_kept(x: Array, keep: Array) -> Array:
+  """`gather_tokens` at kept positions (`select_kept`: distinct and sorted in each row).
+
+  Saying so lets the gradient, a scatter-add into [batch, seq, ...], be plain writes: with
+  possibly repeated indices a GPU adds with atomics, which for bfloat16 are
+  compare-and-swap loops on the 32-bit word two neighbouring elements share."""
+  return jax.vmap(lambda row, i: row.at[i].get(unique_indices=True, indices_are_sorted=True))(
+      x, keep)
+
+
 def scatter_tokens(x: Array, idx: Array, rows: Array) -> Array:
-  """x [batch, seq, hidden] with rows [batch, k, hidden] written at idx [batch, k]."""
-  return jax.vmap(lambda row, i, r: row.at[i].set(r, unique_indices=True))(x, idx, rows)
+  """x [batch, seq, hidden] with rows [batch, k, hidden] written at kept positions idx
+  [batch, k] (distinct and sorted, as `gather_kept`'s)."""
+  return jax.vmap(lambda row, i, r: row.at[i].set(r, unique_indices=True,
+                                                  indices_are_sorted=True))(x, idx, rows)
