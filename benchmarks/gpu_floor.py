@@ -34,7 +34,7 @@ from absl import app, flags  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from accelerator_cases import CASES, case_config  # noqa: E402
+from accelerator_cases import CASES, SMOKE_CASES, case_config  # noqa: E402
 
 # What XLA needs to know of a GPU to compile for it. bandwidth: bytes/s of its memory.
 GPUS = {
@@ -50,6 +50,9 @@ _GPU = flags.DEFINE_enum("gpu", "h100", sorted(GPUS), "The GPU to compile for.")
 _CASES = flags.DEFINE_list("cases", ["s128_einsum", "s128_cudnn", "s512_cudnn"],
                            f"Cases of accelerator_cases: {', '.join(CASES)}")
 _TOP = flags.DEFINE_integer("top", 15, "Kernels with the largest floors listed per step.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Checks the script without the CUDA plugin: the "
+                           "tiny smoke cases compiled for this host's CPU, floors at --gpu's "
+                           "numbers (the test suite runs it).")
 
 
 def target_config(gpu: str) -> str:
@@ -98,19 +101,20 @@ def compile_only_device(gpu: str):
   return topology.devices[0]
 
 
-def compile_case(name: str, device, gpu: str, top: int) -> dict:
+def compile_case(name: str, device, gpu: str, top: int, smoke: bool = False) -> dict:
   import jax
 
   from tokendrop_jax import benchmark, flops
   from tokendrop_jax.training import kernels
-  config = case_config(False, *CASES[name])
+  case = (SMOKE_CASES if smoke else CASES)[name]
+  config = case_config(smoke, *case)
   bench = benchmark.setup(config, "loss_ema")
   on_gpu = jax.sharding.SingleDeviceSharding(device)
   abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_gpu)  # noqa: E731
   state, batch = jax.tree.map(abstract, bench.abstract), jax.tree.map(abstract, bench.batch)
   peak = flops.peak_flops_per_device(GPUS[gpu]["name"])
   bandwidth = GPUS[gpu]["bandwidth"]
-  seq_len, batch_size, keep, attention, prng, attn_dropout, dropout = CASES[name]
+  seq_len, batch_size, keep, attention, prng, attn_dropout, dropout = case
   out = {"seq_len": seq_len, "batch_size": batch_size, "keep_tokens": keep,
          "attention": attention, "prng_impl": prng, "attention_dropout_rate": attn_dropout,
          "dropout_rate": dropout}
@@ -160,19 +164,25 @@ def plot(results: dict, path: str) -> None:
 def main(argv):
   del argv
   from tokendrop_jax import accelerator, benchmark
-  unknown = sorted(set(_CASES.value) - set(CASES))
+  cases = SMOKE_CASES if _SMOKE.value else CASES
+  names = ["s32_einsum", "s32_xla"] if _SMOKE.value and not _CASES.present else _CASES.value
+  unknown = sorted(set(names) - set(cases))
   if unknown:
-    raise app.UsageError(f"--cases: unknown {unknown}; known: {sorted(CASES)}")
+    raise app.UsageError(f"--cases: unknown {unknown}; known: {sorted(cases)}")
   gpu = _GPU.value
-  device = compile_only_device(gpu)
+  if _SMOKE.value:
+    import jax
+    device = jax.devices("cpu")[0]
+  else:
+    device = compile_only_device(gpu)
   g = GPUS[gpu]
-  results = {"device": g["name"], "gpu": gpu, "bandwidth": g["bandwidth"],
-             "compile_only": True, "command": " ".join(["benchmarks/gpu_floor.py", *sys.argv[1:]]),
+  results = {"device": "this host's CPU (--smoke)" if _SMOKE.value else g["name"], "gpu": gpu,
+             "bandwidth": g["bandwidth"], "compile_only": True, "smoke": _SMOKE.value, "command": " ".join(["benchmarks/gpu_floor.py", *sys.argv[1:]]),
              "versions": accelerator.versions(("jax", "jaxlib", "jax-cuda12-plugin",
                                                "nvidia-cudnn-cu12")),
              "cases": {}}
-  for name in _CASES.value:
-    r = results["cases"][name] = compile_case(name, device, gpu, _TOP.value)
+  for name in names:
+    r = results["cases"][name] = compile_case(name, device, gpu, _TOP.value, _SMOKE.value)
     print(f"{name}: {r['full']['kernels']} / {r['drop']['kernels']} kernels, floor "
           f"{r['full']['floor_s'] * 1e3:.1f} / {r['drop']['floor_s'] * 1e3:.1f} ms "
           f"(matmuls {r['full']['matmul_floor_s'] * 1e3:.1f} / "
