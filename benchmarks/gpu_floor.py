@@ -102,6 +102,8 @@ def compile_only_device(gpu: str):
 
 
 def compile_case(name: str, device, gpu: str, top: int, smoke: bool = False) -> dict:
+  """A case's full and drop steps compiled for `device`: per step the kernel summary, its
+  floor at `gpu`'s peak and bandwidth, the MFU there, compiled memory, the `top` kernels."""
   import jax
 
   from tokendrop_jax import benchmark, flops
