@@ -37,11 +37,9 @@ def config_file(smoke: bool) -> str:
   return os.path.join(ROOT, "configs", "tiny.py" if smoke else "bert_base.py")
 
 
-def case_fields(smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout,
+def case_fields(base, smoke: bool, seq_len, batch, keep, attention, prng, attn_dropout,
                 dropout) -> dict:
-  """{dotted config field: value}: what a case changes in its config file."""
-  from tokendrop_jax import config_lib
-  base = config_lib.load_file(config_file(smoke))
+  """{dotted config field: value}: what a case changes in `base`, its config file's config."""
   return {"model.attention": attention, "model.attention_dropout_rate": attn_dropout,
           "model.dropout_rate": dropout, "model.max_position": max(base.model.max_position,
                                                                    seq_len),
@@ -56,7 +54,7 @@ def case_config(smoke: bool, *case):
   """The config of a case (CASES / SMOKE_CASES value)."""
   from tokendrop_jax import config_lib
   c = config_lib.load_file(config_file(smoke))
-  for field, value in case_fields(smoke, *case).items():
+  for field, value in case_fields(c, smoke, *case).items():
     section, name = field.split(".")
     c[section][name] = value
   return c
@@ -73,6 +71,8 @@ def main(argv: list[str]) -> int:
   """`accelerator_cases.py ACCELERATOR_JSON`: prints the flags that give profile_step.py
   the fastest measured case's config (nothing, status 1, if none was measured)."""
   import json
+
+  from tokendrop_jax import config_lib
   with open(argv[1]) as f:
     results = json.load(f)
   name = fastest(results)
@@ -80,8 +80,9 @@ def main(argv: list[str]) -> int:
     return 1
   smoke = results.get("smoke", False)
   case = (SMOKE_CASES if smoke else CASES)[name]
+  fields = case_fields(config_lib.load_file(config_file(smoke)), smoke, *case)
   print(" ".join([f"--config={os.path.relpath(config_file(smoke), ROOT)}"] +
-                 [f"--config.{k}={v}" for k, v in case_fields(smoke, *case).items()]))
+                 [f"--config.{k}={v}" for k, v in fields.items()]))
   return 0
 
 

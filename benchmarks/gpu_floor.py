@@ -111,8 +111,8 @@ def compile_case(name: str, device, gpu: str, top: int, smoke: bool = False) -> 
   case = (SMOKE_CASES if smoke else CASES)[name]
   config = case_config(smoke, *case)
   bench = benchmark.setup(config, "loss_ema")
-  on_gpu = jax.sharding.SingleDeviceSharding(device)
-  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_gpu)  # noqa: E731
+  on_device = jax.sharding.SingleDeviceSharding(device)
+  abstract = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device)  # noqa: E731
   state, batch = jax.tree.map(abstract, bench.abstract), jax.tree.map(abstract, bench.batch)
   peak = flops.peak_flops_per_device(GPUS[gpu]["name"])
   bandwidth = GPUS[gpu]["bandwidth"]

@@ -72,9 +72,10 @@ def _entry_name(hlo_text: str) -> str:
   return m.group(1)
 
 
-def hlo_labels(hlo_text: str) -> dict[str, dict]:
-  """instruction name -> {op_name, opcode, kind, shape} from compiled HLO text."""
-  computations = _computations(hlo_text)
+def hlo_labels(hlo_text: str, computations: dict[str, str] | None = None) -> dict[str, dict]:
+  """instruction name -> {op_name, opcode, kind, shape} from compiled HLO text
+  (`computations`: its `_computations`, if the caller has them already)."""
+  computations = _computations(hlo_text) if computations is None else computations
   out = {}
   for line in hlo_text.splitlines():
     m = re.match(r"^\s*(?:ROOT )?%?([\w.\-]+) = (?:\([^()]*\)|\S+) ([\w\-]+)\(", line)
@@ -153,7 +154,7 @@ def inventory(hlo_text: str) -> list[dict]:
   """The entry computation's kernels in program order: [{name, kind, part, pass, bytes,
   flops, op_name}]; bytes = operands + results (an upper bound, module docstring)."""
   computations = _computations(hlo_text)
-  labels = hlo_labels(hlo_text)
+  labels = hlo_labels(hlo_text, computations)
   shapes: dict[str, str] = {}
   out = []
   for line in computations[_entry_name(hlo_text)].splitlines():
